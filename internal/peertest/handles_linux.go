@@ -1,0 +1,37 @@
+package peertest
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// passHandles hands file descriptors to the child as ExtraFiles, which appear
+// there as descriptors 3, 4, ... in order. The child gets duplicates, which
+// the returned function closes once the child has started: the caller's
+// descriptors stay open and owned by the caller.
+func passHandles(cmd *exec.Cmd, handles []uintptr) (string, func(), error) {
+	var names []string
+	var files []*os.File
+	done := func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}
+	for i, h := range handles {
+		dup, err := unix.FcntlInt(h, unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			done()
+			return "", nil, fmt.Errorf("duplicating descriptor %d: %w", h, err)
+		}
+		f := os.NewFile(uintptr(dup), fmt.Sprintf("peer-handle-%d", i))
+		files = append(files, f)
+		cmd.ExtraFiles = append(cmd.ExtraFiles, f)
+		names = append(names, strconv.Itoa(3+i))
+	}
+	return strings.Join(names, ","), done, nil
+}

@@ -1,0 +1,180 @@
+// Package shm creates, maps, hands over and opens shared-memory regions.
+//
+// A Region is one contiguous mapping of a memory object that two processes
+// map at once. The owner creates it read-write and hands its Handle to the
+// peer; the peer opens that handle, read-write or read-only:
+//
+//	owner process                          peer process
+//	+--------------------------+           +--------------------------+
+//	| Region (ReadWrite)       |           | Region (ReadOnly)        |
+//	| Bytes() [0 ........ n)   |           | Bytes() [0 ........ n)   |
+//	+------------+-------------+           +------------+-------------+
+//	             |    one memory object, n bytes        |
+//	             +----------->  memfd (Linux)  <--------+
+//	                            pagefile section (Windows)
+//
+// Linux: memfd_create(MFD_CLOEXEC|MFD_ALLOW_SEALING), ftruncate to n, then
+// sealed with F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_SEAL. Open refuses a
+// descriptor that is not sealed that way or whose size is not n, so a peer
+// can never shrink a region under us and turn our reads into SIGBUS. The
+// descriptor travels over a unix socket with SendHandles and RecvHandles
+// (SCM_RIGHTS).
+//
+// Windows: a pagefile-backed section (CreateFileMapping on
+// INVALID_HANDLE_VALUE) of n bytes, handed to the peer with DuplicateTo; a
+// section cannot shrink, and a view larger than the section is refused.
+//
+// A region opened ReadOnly is mapped without write permission: a write
+// through it faults, so a peer cannot scribble on memory it does not own.
+// Options.Prefault maps every page before Create or Open returns, so the
+// first message does not pay page faults.
+//
+// Everything about a handle received from a peer is untrusted: Open checks
+// what the handle is and how large it is, and every failure is an error that
+// names what was wrong.
+package shm
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+)
+
+// DefaultMaxSize is the largest region Create and Open accept when
+// Options.MaxSize is zero: 64 GiB.
+const DefaultMaxSize = 64 << 30
+
+// Mode says how a region is mapped.
+type Mode int
+
+const (
+	// ReadWrite maps the region readable and writable.
+	ReadWrite Mode = iota
+	// ReadOnly maps the region readable only; writes through it fault.
+	ReadOnly
+)
+
+func (m Mode) String() string {
+	switch m {
+	case ReadWrite:
+		return "read-write"
+	case ReadOnly:
+		return "read-only"
+	}
+	return fmt.Sprintf("Mode(%d)", int(m))
+}
+
+// Options tune Create and Open. The zero value (and a nil *Options) means:
+// no name, no prefaulting, DefaultMaxSize.
+type Options struct {
+	// Name labels the memory object for debugging (/proc/PID/fd on Linux).
+	// It is not a rendezvous name: regions are shared by handle only.
+	Name string
+	// Prefault maps every page before returning, so first use does not
+	// page-fault.
+	Prefault bool
+	// MaxSize caps the size Create and Open accept; zero means
+	// DefaultMaxSize.
+	MaxSize int64
+}
+
+func (o *Options) maxSize() int64 {
+	if o == nil || o.MaxSize <= 0 {
+		return DefaultMaxSize
+	}
+	return o.MaxSize
+}
+
+func (o *Options) name() string {
+	if o == nil || o.Name == "" {
+		return "capnshm"
+	}
+	return o.Name
+}
+
+func (o *Options) prefault() bool { return o != nil && o.Prefault }
+
+// Errors that Create, Open and Close return, wrapped with details. Match them
+// with errors.Is.
+var (
+	// ErrInvalidSize: the size is zero or negative, or (on Open) does not
+	// match the memory object's.
+	ErrInvalidSize = errors.New("shm: invalid region size")
+	// ErrTooLarge: the size exceeds Options.MaxSize.
+	ErrTooLarge = errors.New("shm: region size over the limit")
+	// ErrNotShared: the handle is not a shared-memory object of the kind
+	// this package creates.
+	ErrNotShared = errors.New("shm: handle is not a shared-memory region")
+	// ErrNotSealed: (Linux) the memfd lacks the seals that make its size
+	// fixed, so its owner could shrink it under us.
+	ErrNotSealed = errors.New("shm: memfd is not sealed against resizing")
+	// ErrClosed: the region was already closed.
+	ErrClosed = errors.New("shm: region closed")
+	// ErrHandoff: handles sent with a payload arrived damaged: a different
+	// count than expected, a truncated control message, or a truncated
+	// payload.
+	ErrHandoff = errors.New("shm: bad handle transfer")
+)
+
+// Region is a shared-memory region mapped into this process. Its zero value
+// is not usable; get one from Create or Open. A Region's methods may be called
+// from several goroutines.
+type Region struct {
+	data   []byte
+	h      Handle
+	mode   Mode
+	unmap  func() error
+	mu     sync.Mutex
+	closed bool
+}
+
+// Bytes returns the mapped memory. It stays valid until Close; touching it
+// after Close faults.
+func (r *Region) Bytes() []byte { return r.data }
+
+// Len returns the region's size in bytes.
+func (r *Region) Len() int { return len(r.data) }
+
+// Mode returns how the region is mapped in this process.
+func (r *Region) Mode() Mode { return r.mode }
+
+// Handle returns the operating-system handle of the memory object. The Region
+// still owns it: hand it to a peer (SendHandles, DuplicateTo), don't close it.
+func (r *Region) Handle() Handle { return r.h }
+
+// Close unmaps the region and closes its handle. The memory object lives on
+// while a peer still maps it or holds a handle to it. A second Close returns
+// ErrClosed.
+func (r *Region) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return ErrClosed
+	}
+	r.closed = true
+	var errs []error
+	if r.unmap != nil {
+		if err := r.unmap(); err != nil {
+			errs = append(errs, fmt.Errorf("shm: unmapping region: %w", err))
+		}
+	}
+	if err := closeHandle(r.h); err != nil {
+		errs = append(errs, fmt.Errorf("shm: closing region handle: %w", err))
+	}
+	r.data = nil
+	return errors.Join(errs...)
+}
+
+// checkSize validates a requested size against the options.
+func checkSize(size int64, opts *Options) error {
+	if size <= 0 {
+		return fmt.Errorf("%w: %d bytes (want at least 1)", ErrInvalidSize, size)
+	}
+	if max := opts.maxSize(); size > max {
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, size, max)
+	}
+	if int64(int(size)) != size {
+		return fmt.Errorf("%w: %d bytes does not fit this platform's int", ErrTooLarge, size)
+	}
+	return nil
+}

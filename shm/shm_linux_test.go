@@ -1,0 +1,323 @@
+package shm_test
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"unsafe"
+
+	"github.com/capnshm/capnshm/internal/peertest"
+	"github.com/capnshm/capnshm/shm"
+	"golang.org/x/sys/unix"
+)
+
+func init() {
+	peertest.Register("shm-truncate", truncatePeer)
+}
+
+func dupHandle(t *testing.T, h shm.Handle) shm.Handle {
+	t.Helper()
+	fd, err := unix.FcntlInt(uintptr(h), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return shm.Handle(fd)
+}
+
+// truncatePeer tries to shrink and to grow the region it was given; both must
+// fail because of the seals.
+func truncatePeer(args []string) int {
+	fd := int(peertest.Handles()[0])
+	size, _ := strconv.ParseInt(args[0], 10, 64)
+	for _, n := range []int64{0, size / 2, size * 2} {
+		if err := unix.Ftruncate(fd, n); !errors.Is(err, unix.EPERM) {
+			return peertest.Fail("ftruncate(%d) = %v, want EPERM", n, err)
+		}
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_WRITE); !errors.Is(err, unix.EPERM) {
+		return peertest.Fail("adding a seal = %v, want EPERM", err)
+	}
+	peertest.Say("sealed")
+	return 0
+}
+
+func TestPeerCannotResize(t *testing.T) {
+	const size = 1 << 16
+	r, err := shm.Create(size, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	p := peertest.Start(t, "shm-truncate", []uintptr{uintptr(r.Handle())}, fmt.Sprint(size))
+	p.Expect("sealed")
+	p.WaitOK()
+	r.Bytes()[size-1] = 1 // still mapped, no SIGBUS
+}
+
+// TestOpenRejects hands Open descriptors that are not what they claim.
+func TestOpenRejects(t *testing.T) {
+	unsealed := func(t *testing.T) int {
+		fd, err := unix.MemfdCreate("unsealed", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Ftruncate(fd, 4096); err != nil {
+			t.Fatal(err)
+		}
+		return fd
+	}
+	tests := []struct {
+		name string
+		fd   func(t *testing.T) int
+		size int64
+		want error
+		text string
+	}{
+		{"pipe", func(t *testing.T) int {
+			var p [2]int
+			if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+				t.Fatal(err)
+			}
+			unix.Close(p[1])
+			return p[0]
+		}, 4096, shm.ErrNotShared, "not a memory file"},
+		{"eventfd", func(t *testing.T) int {
+			fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return fd
+		}, 4096, shm.ErrNotShared, "not a memory file"},
+		{"regular file", func(t *testing.T) int {
+			f, err := os.CreateTemp("", "shm-test")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer os.Remove(f.Name())
+			defer f.Close()
+			if err := f.Truncate(4096); err != nil {
+				t.Fatal(err)
+			}
+			fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return fd
+		}, 4096, nil, ""},
+		{"unsealed memfd", unsealed, 4096, shm.ErrNotSealed, "seals"},
+		{"memfd sealed against shrinking only", func(t *testing.T) int {
+			fd := unsealed(t)
+			if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK); err != nil {
+				t.Fatal(err)
+			}
+			return fd
+		}, 4096, shm.ErrNotSealed, "seals"},
+		{"closed descriptor", func(t *testing.T) int { return 1 << 20 }, 4096, shm.ErrNotShared, "fstat"},
+		{"size smaller than announced", func(t *testing.T) int {
+			r, err := shm.Create(4096, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			return int(dupHandle(t, r.Handle()))
+		}, 8192, shm.ErrInvalidSize, "4096 bytes, peer announced 8192"},
+		{"size larger than announced", func(t *testing.T) int {
+			r, err := shm.Create(8192, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			return int(dupHandle(t, r.Handle()))
+		}, 4096, shm.ErrInvalidSize, "8192 bytes, peer announced 4096"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := countFDs(t)
+			fd := tt.fd(t)
+			r, err := shm.Open(shm.Handle(fd), tt.size, shm.ReadOnly, nil)
+			if err == nil {
+				r.Close()
+				t.Fatal("Open accepted it")
+			}
+			if tt.want != nil && !errors.Is(err, tt.want) {
+				t.Fatalf("error %v, want %v", err, tt.want)
+			}
+			if tt.want == nil && !errors.Is(err, shm.ErrNotShared) && !errors.Is(err, shm.ErrNotSealed) {
+				t.Fatalf("error %v, want ErrNotShared or ErrNotSealed", err)
+			}
+			if !strings.Contains(err.Error(), tt.text) {
+				t.Fatalf("error %q does not mention %q", err, tt.text)
+			}
+			if after := countFDs(t); after != before {
+				t.Fatalf("%d descriptors before, %d after: Open leaked or over-closed", before, after)
+			}
+		})
+	}
+}
+
+func countFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+func socketPair(t *testing.T) (*net.UnixConn, *net.UnixConn) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := func(fd int) *net.UnixConn {
+		f := os.NewFile(uintptr(fd), "socketpair")
+		defer f.Close()
+		c, err := net.FileConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c.(*net.UnixConn)
+	}
+	return conn(fds[0]), conn(fds[1])
+}
+
+func TestHandoff(t *testing.T) {
+	r, err := shm.Create(4096, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	r.Bytes()[100] = 42
+	tests := []struct {
+		name    string
+		payload []byte
+		send    int // handles sent
+		want    int // handles expected
+		bufLen  int
+		wantErr string
+	}{
+		{"one handle", []byte("region"), 1, 1, 64, ""},
+		{"three handles", []byte("regions"), 3, 3, 64, ""},
+		{"no handles", []byte("hello"), 0, 0, 64, ""},
+		{"fewer than expected", []byte("x"), 1, 2, 64, "got 1 handles, want 2"},
+		{"more than expected", []byte("x"), 3, 1, 64, "got 3 handles, want 1"},
+		{"payload truncated", []byte("a long payload"), 1, 1, 4, "payload truncated"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, b := socketPair(t)
+			before := countFDs(t)
+			hs := make([]shm.Handle, tt.send)
+			for i := range hs {
+				hs[i] = r.Handle()
+			}
+			if err := shm.SendHandles(a, tt.payload, hs...); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, tt.bufLen)
+			n, got, err := shm.RecvHandles(b, buf, tt.want)
+			if tt.wantErr != "" {
+				if !errors.Is(err, shm.ErrHandoff) || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("RecvHandles error = %v, want ErrHandoff mentioning %q", err, tt.wantErr)
+				}
+				if after := countFDs(t); after != before {
+					t.Fatalf("%d descriptors before, %d after a refused transfer", before, after)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(buf[:n]) != string(tt.payload) || len(got) != tt.want {
+				t.Fatalf("got %q and %d handles", buf[:n], len(got))
+			}
+			for _, h := range got {
+				m, err := shm.Open(h, 4096, shm.ReadOnly, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if m.Bytes()[100] != 42 {
+					t.Fatal("received region does not show the sender's write")
+				}
+				m.Close()
+			}
+			if after := countFDs(t); after != before {
+				t.Fatalf("%d descriptors before, %d after", before, after)
+			}
+		})
+	}
+}
+
+func TestHandoffLimits(t *testing.T) {
+	a, b := socketPair(t)
+	if err := shm.SendHandles(a, nil, 0); !errors.Is(err, shm.ErrHandoff) {
+		t.Errorf("empty payload: %v", err)
+	}
+	if err := shm.SendHandles(a, []byte("x"), make([]shm.Handle, shm.MaxHandles+1)...); !errors.Is(err, shm.ErrHandoff) {
+		t.Errorf("too many handles: %v", err)
+	}
+	if _, _, err := shm.RecvHandles(b, make([]byte, 8), shm.MaxHandles+1); !errors.Is(err, shm.ErrHandoff) {
+		t.Errorf("asking for too many: %v", err)
+	}
+	a.Close()
+	if _, _, err := shm.RecvHandles(b, make([]byte, 8), 1); err == nil {
+		t.Error("receiving from a closed peer succeeded")
+	}
+}
+
+// TestPrefault checks with mincore that a prefaulted region is resident.
+func TestPrefault(t *testing.T) {
+	const size = 4 << 20
+	r, err := shm.Create(size, &shm.Options{Prefault: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	vec := make([]byte, size/os.Getpagesize())
+	b := r.Bytes()
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+		t.Fatal(e)
+	}
+	for i, v := range vec {
+		if v&1 == 0 {
+			t.Fatalf("page %d of %d not resident after prefault", i, len(vec))
+		}
+	}
+}
+
+// TestNoLeaks creates, maps and closes regions and checks that descriptors
+// and mappings return to where they were.
+func TestNoLeaks(t *testing.T) {
+	maps := func() int {
+		b, err := os.ReadFile("/proc/self/maps")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Count(string(b), "memfd:leakcheck")
+	}
+	fds := countFDs(t)
+	for i := 0; i < 50; i++ {
+		r, err := shm.Create(1<<16, &shm.Options{Name: "leakcheck"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ro, err := shm.Open(dupHandle(t, r.Handle()), 1<<16, shm.ReadOnly, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if maps() != 2 {
+			t.Fatalf("%d mappings of the region, want 2", maps())
+		}
+		ro.Close()
+		r.Close()
+	}
+	if maps() != 0 || countFDs(t) != fds {
+		t.Fatalf("after closing: %d mappings left, descriptors %d -> %d", maps(), fds, countFDs(t))
+	}
+}
