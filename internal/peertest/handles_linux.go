@@ -35,3 +35,19 @@ func passHandles(cmd *exec.Cmd, handles []uintptr) (string, func(), error) {
 	}
 	return strings.Join(names, ","), done, nil
 }
+
+// TakeHandle duplicates the descriptor h of the peer process into this one
+// (pidfd_getfd), for handles that flow from the peer to the test. The caller
+// owns the result.
+func (p *Peer) TakeHandle(h uintptr) (uintptr, error) {
+	pidfd, err := unix.PidfdOpen(p.Pid(), 0)
+	if err != nil {
+		return 0, fmt.Errorf("pidfd_open(%d): %w", p.Pid(), err)
+	}
+	defer unix.Close(pidfd)
+	fd, err := unix.PidfdGetfd(pidfd, int(h), 0)
+	if err != nil {
+		return 0, fmt.Errorf("pidfd_getfd(%d, %d): %w", p.Pid(), h, err)
+	}
+	return uintptr(fd), nil
+}

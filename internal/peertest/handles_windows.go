@@ -27,3 +27,18 @@ func passHandles(cmd *exec.Cmd, handles []uintptr) (string, func(), error) {
 	cmd.SysProcAttr = attr
 	return strings.Join(names, ","), func() {}, nil
 }
+
+// TakeHandle duplicates the handle h of the peer process into this one, for
+// handles that flow from the peer to the test. The caller owns the result.
+func (p *Peer) TakeHandle(h uintptr) (uintptr, error) {
+	proc, err := windows.OpenProcess(windows.PROCESS_DUP_HANDLE, false, uint32(p.Pid()))
+	if err != nil {
+		return 0, err
+	}
+	defer windows.CloseHandle(proc)
+	var out windows.Handle
+	if err := windows.DuplicateHandle(proc, windows.Handle(h), windows.CurrentProcess(), &out, 0, false, windows.DUPLICATE_SAME_ACCESS); err != nil {
+		return 0, err
+	}
+	return uintptr(out), nil
+}

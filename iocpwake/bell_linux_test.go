@@ -1,0 +1,99 @@
+package iocpwake_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/capnshm/capnshm/iocpwake"
+	"golang.org/x/sys/unix"
+)
+
+// On Linux a Wait never returns without a ring.
+func TestNoSpuriousWakeup(t *testing.T) {
+	b := newBell(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Millisecond)
+	defer cancel()
+	if err := b.Wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Wait without a ring = %v, want DeadlineExceeded", err)
+	}
+}
+
+func TestOpenRejects(t *testing.T) {
+	tests := []struct {
+		name string
+		fd   func(t *testing.T) int
+	}{
+		{"pipe", func(t *testing.T) int {
+			var p [2]int
+			if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+				t.Fatal(err)
+			}
+			unix.Close(p[1])
+			return p[0]
+		}},
+		{"memfd", func(t *testing.T) int {
+			fd, err := unix.MemfdCreate("x", unix.MFD_CLOEXEC)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return fd
+		}},
+		{"closed descriptor", func(t *testing.T) int { return 1 << 20 }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := countFDs(t)
+			b, err := iocpwake.Open(iocpwake.Handle(tt.fd(t)))
+			if !errors.Is(err, iocpwake.ErrNotDoorbell) {
+				if b != nil {
+					b.Close()
+				}
+				t.Fatalf("Open = %v, want ErrNotDoorbell", err)
+			}
+			if after := countFDs(t); after != before {
+				t.Fatalf("%d descriptors before, %d after a refused Open", before, after)
+			}
+		})
+	}
+}
+
+func TestNoLeaks(t *testing.T) {
+	before := countFDs(t)
+	for i := 0; i < 100; i++ {
+		b, err := iocpwake.New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fd, err := unix.FcntlInt(uintptr(b.Handle()), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o, err := iocpwake.Open(iocpwake.Handle(fd))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := o.Ring(); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Wait(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		o.Close()
+		b.Close()
+	}
+	if after := countFDs(t); after != before {
+		t.Fatalf("%d descriptors before, %d after", before, after)
+	}
+}
+
+func countFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}

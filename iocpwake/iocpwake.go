@@ -1,0 +1,43 @@
+// Package iocpwake provides doorbells: a way to wake a peer that may be
+// asleep, within one process or across two.
+//
+// A Bell is created by the side that waits (New) and rung by either side: the
+// waiter's own process rings it directly, and a peer rings the copy it opened
+// from the waiter's Handle (Open). Rings coalesce: many rings before a Wait
+// wake it once. A Wait may also return without a ring (a spurious wake-up),
+// so a waiter always re-checks the shared state it waits for; in exchange a
+// lost wake-up costs latency, never a hang, because waits are bounded
+// internally where the system can lose one.
+//
+//	waiter process                         peer process
+//	Bell from New()                        Bell from Open(h)
+//	  Wait(ctx) <-- wakes --+                Ring()
+//	  Ring()  ---- local ---+                  |
+//	                        +---- cross-process+
+//
+// Linux: an eventfd (EFD_NONBLOCK|EFD_CLOEXEC) wrapped in an *os.File, so a
+// Wait parks the goroutine in Go's netpoller instead of pinning an OS thread.
+// Ring writes 1 to the counter; Wait reads and clears it.
+//
+// Windows: the waiter owns an I/O completion port and waits in
+// GetQueuedCompletionStatusEx. A local Ring posts a packet to the port with
+// PostQueuedCompletionStatus. A peer rings an auto-reset event, which is
+// bridged onto the port (NtAssociateWaitCompletionPacket where the system
+// has it, otherwise RegisterWaitForSingleObject): an IOCP handle cannot be
+// shared between processes. Close posts a quit packet, because closing a port
+// does not wake its waiters everywhere (Wine).
+package iocpwake
+
+import "errors"
+
+// Errors returned by Bell methods, wrapped with details. Match them with
+// errors.Is.
+var (
+	// ErrClosed: the bell was closed (before or during the call).
+	ErrClosed = errors.New("iocpwake: doorbell closed")
+	// ErrRingOnly: Wait was called on a bell opened from a peer's handle;
+	// only the process that created a bell waits on it.
+	ErrRingOnly = errors.New("iocpwake: doorbell opened from a peer's handle can only ring")
+	// ErrNotDoorbell: the handle given to Open is not a doorbell.
+	ErrNotDoorbell = errors.New("iocpwake: handle is not a doorbell")
+)
