@@ -24,18 +24,18 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/capnshm/capnshm/internal/child"
 )
 
 const (
-	envName    = "CAPNSHM_PEERTEST_NAME"
-	envArgs    = "CAPNSHM_PEERTEST_ARGS"
-	envHandles = "CAPNSHM_PEERTEST_HANDLES"
-	argSep     = "\x1f"
+	envName = "CAPNSHM_PEERTEST_NAME"
+	envArgs = "CAPNSHM_PEERTEST_ARGS"
+	argSep  = "\x1f"
 )
 
 var (
@@ -79,21 +79,7 @@ func Main(m *testing.M) {
 
 // Handles returns, in a peer, the handles its parent passed to Start, in the
 // same order, as valid handle values in this process.
-func Handles() []uintptr {
-	s := os.Getenv(envHandles)
-	if s == "" {
-		return nil
-	}
-	var hs []uintptr
-	for _, f := range strings.Split(s, ",") {
-		v, err := strconv.ParseUint(f, 10, 64)
-		if err != nil {
-			panic("peertest: bad handle list " + s)
-		}
-		hs = append(hs, uintptr(v))
-	}
-	return hs
-}
+func Handles() []uintptr { return child.Handles() }
 
 // Peer is a running peer process.
 type Peer struct {
@@ -115,15 +101,11 @@ func Start(t testing.TB, name string, handles []uintptr, args ...string) *Peer {
 	if err != nil {
 		t.Fatalf("peertest: %v", err)
 	}
-	cmd := exec.Command(exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), envName+"="+name, envArgs+"="+strings.Join(args, argSep))
-	childHandles, started, err := passHandles(cmd, handles)
+	cmd, started, err := child.Command(exe, []string{"-test.run=^$"}, handles)
 	if err != nil {
 		t.Fatalf("peertest: passing handles: %v", err)
 	}
-	if len(childHandles) > 0 {
-		cmd.Env = append(cmd.Env, envHandles+"="+childHandles)
-	}
+	cmd.Env = append(cmd.Env, envName+"="+name, envArgs+"="+strings.Join(args, argSep))
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -159,6 +141,10 @@ func Start(t testing.TB, name string, handles []uintptr, args ...string) *Peer {
 	})
 	return p
 }
+
+// TakeHandle duplicates the handle h of the peer process into this one, for
+// handles that flow from the peer to the test. The caller owns the result.
+func (p *Peer) TakeHandle(h uintptr) (uintptr, error) { return child.Take(p.Pid(), h) }
 
 // Pid returns the peer's process id.
 func (p *Peer) Pid() int { return p.cmd.Process.Pid }

@@ -1,4 +1,4 @@
-package peertest
+package child
 
 import (
 	"fmt"
@@ -36,18 +36,18 @@ func passHandles(cmd *exec.Cmd, handles []uintptr) (string, func(), error) {
 	return strings.Join(names, ","), done, nil
 }
 
-// TakeHandle duplicates the descriptor h of the peer process into this one
-// (pidfd_getfd), for handles that flow from the peer to the test. The caller
+// Take duplicates the descriptor h of process pid into this one
+// (pidfd_getfd), for handles that flow from a child to its parent. The caller
 // owns the result.
-func (p *Peer) TakeHandle(h uintptr) (uintptr, error) {
-	pidfd, err := unix.PidfdOpen(p.Pid(), 0)
+func Take(pid int, h uintptr) (uintptr, error) {
+	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
-		return 0, fmt.Errorf("pidfd_open(%d): %w", p.Pid(), err)
+		return 0, fmt.Errorf("pidfd_open(%d): %w", pid, err)
 	}
 	defer unix.Close(pidfd)
 	fd, err := unix.PidfdGetfd(pidfd, int(h), 0)
 	if err != nil {
-		return 0, fmt.Errorf("pidfd_getfd(%d, %d): %w", p.Pid(), h, err)
+		return 0, fmt.Errorf("pidfd_getfd(%d, %d): %w", pid, h, err)
 	}
 	return uintptr(fd), nil
 }

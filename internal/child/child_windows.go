@@ -1,4 +1,4 @@
-package peertest
+package child
 
 import (
 	"os/exec"
@@ -28,10 +28,10 @@ func passHandles(cmd *exec.Cmd, handles []uintptr) (string, func(), error) {
 	return strings.Join(names, ","), func() {}, nil
 }
 
-// TakeHandle duplicates the handle h of the peer process into this one, for
-// handles that flow from the peer to the test. The caller owns the result.
-func (p *Peer) TakeHandle(h uintptr) (uintptr, error) {
-	proc, err := windows.OpenProcess(windows.PROCESS_DUP_HANDLE, false, uint32(p.Pid()))
+// Take duplicates the handle h of process pid into this one, for handles
+// that flow from a child to its parent. The caller owns the result.
+func Take(pid int, h uintptr) (uintptr, error) {
+	proc, err := windows.OpenProcess(windows.PROCESS_DUP_HANDLE, false, uint32(pid))
 	if err != nil {
 		return 0, err
 	}
