@@ -1,0 +1,201 @@
+package ringbuf
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"sync/atomic"
+)
+
+// A Producer writes records into a Ring. Take one with Ring.Producer; a ring
+// has one producer at a time (across both processes), used by one goroutine
+// at a time. The zero value is not usable.
+type Producer struct {
+	r    *Ring
+	opts Options
+	tail uint64 // end of the last claimed record (local)
+	pub  uint64 // tail last published to the ring
+	head uint64 // head last read from the ring and validated
+	err  error  // sticky corruption error
+	st   ProducerStats
+}
+
+// ProducerStats are a Producer's counters.
+type ProducerStats struct {
+	Records uint64 // records claimed
+	Bytes   uint64 // payload bytes claimed
+	Commits uint64 // commits that published something
+	Rings   uint64 // times the consumer's doorbell was rung
+	Full    uint64 // claims refused with ErrFull
+	Parks   uint64 // times WaitSpace parked (or slept, without a Waiter)
+}
+
+// Producer returns the ring's producer, starting at the ring's current tail.
+// If the ring's indices are already impossible, every method of the
+// Producer returns an error wrapping ErrCorrupt.
+func (r *Ring) Producer(opts Options) *Producer {
+	tail := atomic.LoadUint64(r.tail)
+	head := atomic.LoadUint64(r.head)
+	return &Producer{
+		r:    r,
+		opts: opts.resolve(),
+		tail: tail,
+		pub:  tail,
+		head: head,
+		err:  checkIndices(head, tail, r.capacity),
+	}
+}
+
+// Stats returns the producer's counters.
+func (p *Producer) Stats() ProducerStats { return p.st }
+
+// Claim reserves a record with an n-byte payload and returns the payload to
+// write into. The record reaches the consumer at the next Commit; until then
+// later Claims stack up behind it (a batch). Claim returns ErrFull if the
+// ring has no room for the record now (see WaitSpace), and an error
+// wrapping ErrTooLarge if n is negative or over Ring.MaxPayload. The
+// returned slice has capacity n and must not be used after Commit.
+func (p *Producer) Claim(n int) ([]byte, error) {
+	if p.err != nil {
+		return nil, p.err
+	}
+	if err := p.checkLen(n); err != nil {
+		return nil, err
+	}
+	size := recordSize(uint64(n))
+	need, pad := p.need(size)
+	if need > p.r.capacity-(p.tail-p.head) {
+		if err := p.loadHead(); err != nil {
+			return nil, err
+		}
+		if need > p.r.capacity-(p.tail-p.head) {
+			p.st.Full++
+			return nil, ErrFull
+		}
+	}
+	data := p.r.data
+	off := p.tail & (p.r.capacity - 1)
+	if pad {
+		// Fill exactly to the end of the data area; the record goes at 0.
+		putRecordHeader(data[off:], p.r.capacity-off-recordHeaderSize, flagPadding)
+		p.tail += p.r.capacity - off
+		off = 0
+	}
+	putRecordHeader(data[off:], uint64(n), 0)
+	p.tail += size
+	p.st.Records++
+	p.st.Bytes += uint64(n)
+	start := off + recordHeaderSize
+	end := start + uint64(n)
+	return data[start:end:end], nil
+}
+
+// need returns how many bytes a record of size bytes takes at the claim
+// position, counting the padding record in front of it if it does not fit
+// before the end of the data area.
+func (p *Producer) need(size uint64) (need uint64, pad bool) {
+	left := p.r.capacity - p.tail&(p.r.capacity-1)
+	if size > left {
+		return left + size, true
+	}
+	return size, false
+}
+
+func (p *Producer) checkLen(n int) error {
+	if n < 0 || uint64(n) > p.r.maxPayload() {
+		return fmt.Errorf("%w: %d-byte payload, max is %d", ErrTooLarge, n, p.r.maxPayload())
+	}
+	return nil
+}
+
+// loadHead reads the consumer's head once and validates it.
+func (p *Producer) loadHead() error {
+	h := atomic.LoadUint64(p.r.head)
+	switch {
+	case h < p.head:
+		p.err = corrupt("head moved backwards from %d to %d", p.head, h)
+	case h > p.pub:
+		p.err = corrupt("head %d is ahead of tail %d", h, p.pub)
+	case h%8 != 0:
+		p.err = corrupt("head %d is not 8-byte aligned", h)
+	default:
+		p.head = h
+		return nil
+	}
+	return p.err
+}
+
+func putRecordHeader(b []byte, length uint64, flags uint32) {
+	_ = b[7]
+	binary.NativeEndian.PutUint32(b, uint32(length))
+	binary.NativeEndian.PutUint32(b[4:], flags)
+}
+
+// Commit publishes every record claimed since the last Commit with one
+// atomic store of the ring's tail, then rings Options.Ringer if the consumer
+// announced that it is parked waiting for data. Commit with nothing claimed
+// does nothing. An error from the doorbell is returned wrapped, but the
+// records are published regardless.
+func (p *Producer) Commit() error {
+	if p.err != nil {
+		return p.err
+	}
+	if p.tail == p.pub {
+		return nil
+	}
+	p.pub = p.tail
+	atomic.StoreUint64(p.r.tail, p.tail)
+	p.st.Commits++
+	// Dekker, producer side: we stored tail above, now load data_wanted;
+	// the consumer stores data_wanted=1, then loads tail (Options.park).
+	// With sequentially consistent atomics one of us sees the other's
+	// store, so a parked consumer is always rung. The CAS 1->0 makes the
+	// next commits skip the doorbell until the consumer parks again.
+	if p.opts.Ringer != nil && atomic.LoadUint32(p.r.dataWanted) == 1 &&
+		atomic.CompareAndSwapUint32(p.r.dataWanted, 1, 0) {
+		p.st.Rings++
+		if err := p.opts.Ringer.Ring(); err != nil {
+			return fmt.Errorf("ringbuf: ringing the consumer: %w", err)
+		}
+	}
+	return nil
+}
+
+// Write publishes one record holding a copy of b: Claim, copy, Commit (so it
+// also publishes records claimed before). It returns ErrFull without waiting
+// if there is no room.
+func (p *Producer) Write(b []byte) error {
+	buf, err := p.Claim(len(b))
+	if err != nil {
+		return err
+	}
+	copy(buf, b)
+	return p.Commit()
+}
+
+// WaitSpace waits, per Options.Strategy, until a record with an n-byte
+// payload can be claimed, or ctx is done (the error then wraps ctx.Err()).
+// Commit claimed records before waiting: space they hold is not freed by the
+// consumer; if they leave no room for n bytes even in a drained ring,
+// WaitSpace returns an error wrapping ErrFull at once.
+func (p *Producer) WaitSpace(ctx context.Context, n int) error {
+	if p.err != nil {
+		return p.err
+	}
+	if err := p.checkLen(n); err != nil {
+		return err
+	}
+	need, _ := p.need(recordSize(uint64(n)))
+	if pending := p.tail - p.pub; need > p.r.capacity-pending {
+		return fmt.Errorf("%w: %d claimed bytes not committed leave no room for a %d-byte payload; Commit first", ErrFull, pending, n)
+	}
+	return p.opts.wait(ctx, p.r.spaceWanted, func() (bool, error) {
+		if need <= p.r.capacity-(p.tail-p.head) {
+			return true, nil
+		}
+		if err := p.loadHead(); err != nil {
+			return false, err
+		}
+		return need <= p.r.capacity-(p.tail-p.head), nil
+	}, &p.st.Parks)
+}
