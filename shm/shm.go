@@ -85,13 +85,6 @@ func (o *Options) maxSize() int64 {
 	return o.MaxSize
 }
 
-func (o *Options) name() string {
-	if o == nil || o.Name == "" {
-		return "capnshm"
-	}
-	return o.Name
-}
-
 func (o *Options) prefault() bool { return o != nil && o.Prefault }
 
 // Errors that Create, Open and Close return, wrapped with details. Match them

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 
 	"github.com/edsrzf/mmap-go"
 	"golang.org/x/sys/unix"
@@ -118,11 +119,19 @@ func prefault(b []byte, mode Mode) {
 		return
 	}
 	page := os.Getpagesize()
-	var sink byte
+	var sum byte
 	for i := 0; i < len(b); i += page {
-		sink += b[i]
+		sum += b[i]
 	}
-	_ = sink
+	runtime.KeepAlive(sum) // keeps the reads
+
+}
+
+func (o *Options) name() string {
+	if o == nil || o.Name == "" {
+		return "capnshm"
+	}
+	return o.Name
 }
 
 func closeHandle(h Handle) error {
