@@ -252,3 +252,50 @@ func TestCrossProcessPingPong(t *testing.T) {
 	}
 	p.WaitOK()
 }
+
+// BenchmarkCrossProcessPingPong: a doorbell round trip between two
+// processes, each side re-checking a shared counter after every wake-up.
+func BenchmarkCrossProcessPingPong(b *testing.B) {
+	r, err := shm.Create(4096, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	mine, err := iocpwake.New()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer mine.Close()
+	p := peertest.Start(b, "bell-pingpong", []uintptr{uintptr(r.Handle()), uintptr(mine.Handle())}, fmt.Sprint(b.N))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	line, err := p.Line(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	v, _ := strconv.ParseUint(line, 10, 64)
+	h, err := p.TakeHandle(uintptr(v))
+	if err != nil {
+		b.Fatal(err)
+	}
+	peer, err := iocpwake.Open(iocpwake.Handle(h))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer peer.Close()
+	c := counter(r)
+	b.ResetTimer()
+	for i := uint64(0); i < uint64(b.N); i++ {
+		c.Store(2*i + 1)
+		if err := peer.Ring(); err != nil {
+			b.Fatal(err)
+		}
+		for c.Load() != 2*i+2 {
+			if err := mine.Wait(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.StopTimer()
+	p.WaitOK()
+}

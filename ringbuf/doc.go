@@ -22,17 +22,27 @@
 //	    16 |  ...    |   zero
 //	   128 +---------+ block 1: producer
 //	       |  u64    |   tail: free-running byte count    producer (atomic)
-//	   136 |  u32    |   space_wanted: 1 = producer is    producer sets,
-//	       |         |   parked, waiting for space        consumer CAS 1->0
-//	   140 |  ...    |   zero
+//	   136 |  ...    |   zero
 //	   256 +---------+ block 2: consumer
 //	       |  u64    |   head: free-running byte count    consumer (atomic)
-//	   264 |  u32    |   data_wanted: 1 = consumer is     consumer sets,
+//	   264 |  ...    |   zero
+//	   384 +---------+ block 3: consumer's wake-up flag
+//	       |  u32    |   data_wanted: 1 = consumer is     consumer sets,
 //	       |         |   parked, waiting for data         producer CAS 1->0
-//	   268 |  ...    |   zero
-//	   384 +---------+ data area: C bytes, C a power of two
-//	       | records |   (HeaderSize = 384)               producer
-//	 384+C +---------+
+//	   388 |  ...    |   zero
+//	   512 +---------+ block 4: producer's wake-up flag
+//	       |  u32    |   space_wanted: 1 = producer is    producer sets,
+//	       |         |   parked, waiting for space        consumer CAS 1->0
+//	   516 |  ...    |   zero
+//	   640 +---------+ data area: C bytes, C a power of two
+//	       | records |   (HeaderSize = 640)               producer
+//	 640+C +---------+
+//
+// The wake-up flags have blocks of their own because each side reads the
+// other's flag after every publication: next to an index that the other
+// side rewrites for every record, that read would move a cache line per
+// record even when nobody ever parks. Alone, a flag's line changes only
+// when a side parks.
 //
 // head and tail never wrap (uint64 byte counts); the offset of a position in
 // the data area is position & (C-1). The bytes in [head, tail) are published

@@ -217,7 +217,7 @@ func recordLen(seq uint64) int {
 func runConcurrent(t *testing.T, s WaitStrategy, bells bool, n int) {
 	r, _ := newTestRing(t, MinCapacity)
 	var po, co Options
-	po = Options{Strategy: s, Spins: 200, Yields: 5}
+	po = Options{Strategy: s, SpinTime: 2 * time.Microsecond, Yields: 5}
 	co = po
 	var cb, pb *chanBell
 	if bells {

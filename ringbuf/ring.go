@@ -11,7 +11,7 @@ import (
 // Layout constants; see the package documentation for the picture.
 const (
 	// HeaderSize is the number of bytes before the data area.
-	HeaderSize = 384
+	HeaderSize = 640
 	// MinCapacity is the smallest data area capacity, in bytes.
 	MinCapacity = 4096
 	// MaxCapacity is the largest data area capacity, in bytes.
@@ -25,9 +25,9 @@ const (
 	offVersion     = 4
 	offCapacity    = 8
 	offTail        = 128
-	offSpaceWanted = 136
 	offHead        = 256
-	offDataWanted  = 264
+	offDataWanted  = 384
+	offSpaceWanted = 512
 
 	recordHeaderSize = 8
 	flagPadding      = 1

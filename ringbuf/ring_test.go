@@ -326,7 +326,7 @@ func TestWaitContext(t *testing.T) {
 		for _, withBell := range []bool{false, true} {
 			t.Run(s.String(), func(t *testing.T) {
 				r, _ := newTestRing(t, MinCapacity)
-				opts := Options{Strategy: s, Spins: 100, Yields: 2}
+				opts := Options{Strategy: s, SpinTime: time.Microsecond, Yields: 2}
 				if withBell {
 					opts.Waiter = newBell()
 				}

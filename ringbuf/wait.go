@@ -29,9 +29,12 @@ type Waiter interface {
 type WaitStrategy int
 
 const (
-	// Adaptive polls the ring Options.Spins times, then calls
+	// Adaptive polls the ring for Options.SpinTime, then calls
 	// runtime.Gosched between polls Options.Yields times, then parks.
-	// It is the zero value.
+	// It is the zero value. The spin outlasts a parked peer's wake-up, so
+	// that one side's parking does not make the other park in turn: under
+	// steady traffic both sides stay in the spin phase, and an idle side
+	// parks after SpinTime and then costs nothing.
 	Adaptive WaitStrategy = iota
 	// BusySpin polls the ring until it is ready or ctx is done (checked
 	// every few hundred polls). It never parks, so the peer never needs to
@@ -57,9 +60,10 @@ func (s WaitStrategy) String() string {
 
 // Defaults for the zero fields of Options.
 const (
-	// DefaultSpins is the number of polls Adaptive makes before yielding:
-	// a few microseconds.
-	DefaultSpins = 2000
+	// DefaultSpinTime is how long Adaptive polls before yielding: longer
+	// than a doorbell wake-up (about 10-30 µs through Go's netpoller), so
+	// that a reply from a peer that had parked still finds us spinning.
+	DefaultSpinTime = 50 * time.Microsecond
 	// DefaultYields is the number of runtime.Gosched calls Adaptive makes
 	// before parking.
 	DefaultYields = 20
@@ -87,9 +91,9 @@ type Options struct {
 	// rings. Nil: parking sleep-polls instead, with exponential backoff
 	// from 1µs up to MaxSleep, and the peer is not asked to ring.
 	Waiter Waiter
-	// Spins is the number of polls Adaptive makes before yielding.
-	// 0 means DefaultSpins; negative means none.
-	Spins int
+	// SpinTime is how long Adaptive polls before yielding. 0 means
+	// DefaultSpinTime; negative means no spinning.
+	SpinTime time.Duration
 	// Yields is the number of runtime.Gosched calls Adaptive makes before
 	// parking. 0 means DefaultYields; negative means none.
 	Yields int
@@ -99,8 +103,8 @@ type Options struct {
 }
 
 func (o Options) resolve() Options {
-	if o.Spins == 0 {
-		o.Spins = DefaultSpins
+	if o.SpinTime == 0 {
+		o.SpinTime = DefaultSpinTime
 	}
 	if o.Yields == 0 {
 		o.Yields = DefaultYields
@@ -130,13 +134,19 @@ func (o *Options) wait(ctx context.Context, wanted *uint32, ready func() (bool, 
 			}
 		}
 	case Adaptive:
-		for i := 1; i <= o.Spins; i++ {
-			if ok, err := ready(); ok || err != nil {
-				return err
-			}
-			if i%ctxCheckEvery == 0 {
-				if err := ctx.Err(); err != nil {
-					return ctxError(err)
+		if o.SpinTime > 0 {
+			start := time.Now()
+			for i := 1; ; i++ {
+				if ok, err := ready(); ok || err != nil {
+					return err
+				}
+				if i%ctxCheckEvery == 0 {
+					if err := ctx.Err(); err != nil {
+						return ctxError(err)
+					}
+					if time.Since(start) >= o.SpinTime {
+						break
+					}
 				}
 			}
 		}

@@ -25,24 +25,32 @@ func init() {
 func eventfdEchoPeer(args []string) int {
 	hs := peertest.Handles()
 	n, _ := strconv.Atoi(args[0])
+	serve := pingpong.EventfdServer
+	if args[1] == "kernel" {
+		serve = pingpong.KernelEventfdServer
+	}
 	peertest.Say("ready")
-	if err := pingpong.EventfdServer(int(hs[0]), int(hs[1]), n); err != nil {
+	if err := serve(int(hs[0]), int(hs[1]), n); err != nil {
 		return peertest.Fail("%v", err)
 	}
 	peertest.Say("done")
 	return 0
 }
 
-func runEventfd(t testing.TB, n int) time.Duration {
+func runEventfd(t testing.TB, n int, kernel bool) time.Duration {
 	ping, pong, err := pingpong.Eventfds()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer unix.Close(ping)
 	defer unix.Close(pong)
-	p := peertest.Start(t, "eventfd-echo", []uintptr{uintptr(ping), uintptr(pong)}, strconv.Itoa(n))
+	mode, client := "go", pingpong.EventfdClient
+	if kernel {
+		mode, client = "kernel", pingpong.KernelEventfdClient
+	}
+	p := peertest.Start(t, "eventfd-echo", []uintptr{uintptr(ping), uintptr(pong)}, strconv.Itoa(n), mode)
 	p.Expect("ready")
-	d, err := pingpong.EventfdClient(ping, pong, n, nil)
+	d, err := client(ping, pong, n, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +74,7 @@ func measureFloors(b *testing.B) {
 			b.Fatal(err)
 		}
 		floors.spin = float64(d.Nanoseconds()) / n
-		floors.eventfd = float64(runEventfd(b, n/10).Nanoseconds()) / (n / 10)
+		floors.eventfd = float64(runEventfd(b, n/10, false).Nanoseconds()) / (n / 10)
 	})
 }
 
@@ -83,7 +91,10 @@ func BenchmarkRoundTrip(b *testing.B) {
 		report(b, d)
 	})
 	b.Run("floor-eventfd", func(b *testing.B) {
-		report(b, runEventfd(b, b.N))
+		report(b, runEventfd(b, b.N, false))
+	})
+	b.Run("floor-eventfd-kernel", func(b *testing.B) {
+		report(b, runEventfd(b, b.N, true))
 	})
 	for _, st := range []ringbuf.WaitStrategy{ringbuf.BusySpin, ringbuf.Adaptive, ringbuf.Block} {
 		b.Run("ring-"+st.String(), func(b *testing.B) {
