@@ -3,9 +3,12 @@ module github.com/capnshm/capnshm
 go 1.26.8
 
 require (
-	capnproto.org/go/capnp/v3 v3.0.1-alpha.2 // indirect
+	capnproto.org/go/capnp/v3 v3.0.1-alpha.2
+	github.com/edsrzf/mmap-go v1.2.0
+	golang.org/x/sys v0.49.0
+)
+
+require (
 	github.com/colega/zeropool v0.0.0-20230505084239-6fb4a4f75381 // indirect
-	github.com/edsrzf/mmap-go v1.2.0 // indirect
 	golang.org/x/sync v0.7.0 // indirect
-	golang.org/x/sys v0.49.0 // indirect
 )

@@ -1,0 +1,466 @@
+// Package conformance is the transport conformance suite: the behaviour
+// every transport must show under go-capnp's rpc.Conn, run against an Echo
+// server (internal/echoproto) at the other end of a connection that the
+// caller sets up: in-process over go-capnp's own transport (to check the
+// suite itself) or across processes over shared memory.
+package conformance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	capnp "capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/rpc"
+
+	"github.com/capnshm/capnshm/internal/echoproto"
+)
+
+// Conn is one client connection to an Echo server.
+type Conn struct {
+	// Boot is the server's bootstrap capability; the suite releases it.
+	Boot echoproto.Echo
+	// RPC is the client's connection.
+	RPC *rpc.Conn
+	// CloseServer closes the connection from the server's side.
+	CloseServer func() error
+}
+
+// Env describes the transport under test.
+type Env struct {
+	// Dial makes a new connection to a new or shared server.
+	Dial func(t *testing.T) *Conn
+	// Sizes are the echo payload sizes to check; nil means DefaultSizes.
+	Sizes []int
+	// Huge, if non-zero, is the size of the chunked message checked in
+	// both directions (the 1 GiB case).
+	Huge int
+	// Concurrent is the number of calls in flight at once; 0 means 10000.
+	Concurrent int
+}
+
+// DefaultSizes are the message sizes the suite echoes.
+var DefaultSizes = []int{0, 1, 1 << 20, 64 << 20}
+
+// bound turns a hang into a failure; nothing here should take long.
+const bound = 2 * time.Minute
+
+// Run runs every case as a subtest.
+func Run(t *testing.T, env Env) {
+	cases := []struct {
+		name string
+		fn   func(t *testing.T, env Env)
+	}{
+		{"Bootstrap", testBootstrap},
+		{"Echo", testEcho},
+		{"Huge", testHuge},
+		{"Pipelining", testPipelining},
+		{"Embargo", testEmbargo},
+		{"Cancel", testCancel},
+		{"Exception", testException},
+		{"CapabilitiesBothWays", testCallback},
+		{"Stream", testStream},
+		{"Concurrent", testConcurrent},
+		{"CloseClient", testCloseClient},
+		{"CloseServer", testCloseServer},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) { c.fn(t, env) })
+	}
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), bound)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func dial(t *testing.T, env Env) *Conn {
+	t.Helper()
+	c := env.Dial(t)
+	t.Cleanup(func() { c.Boot.Release() })
+	return c
+}
+
+func testBootstrap(t *testing.T, env Env) {
+	c := dial(t, env)
+	ctx := ctxT(t)
+	for i := 0; i < 3; i++ {
+		f, release := c.Boot.Ping(ctx, nil)
+		if _, err := f.Struct(); err != nil {
+			t.Fatalf("ping %d: %v", i, err)
+		}
+		release()
+	}
+}
+
+func testEcho(t *testing.T, env Env) {
+	c := dial(t, env)
+	ctx := ctxT(t)
+	sizes := env.Sizes
+	if sizes == nil {
+		sizes = DefaultSizes
+	}
+	for _, n := range sizes {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			// Built in place: the client writes the Data into its
+			// message, the server copies it into its results.
+			f, release := c.Boot.Echo(ctx, func(p echoproto.Echo_echo_Params) error {
+				ptr, b, err := echoproto.NewData(p.Segment(), n)
+				if err != nil {
+					return err
+				}
+				echoproto.FillPattern(b, byte(n), 0)
+				return capnp.Struct(p).SetPtr(0, ptr)
+			})
+			defer release()
+			res, err := f.Struct()
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, err := res.Data()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(d) != n {
+				t.Fatalf("echoed %d bytes, want %d", len(d), n)
+			}
+			if i := mismatch(d, byte(n), 0); i >= 0 {
+				t.Fatalf("byte %d of %d differs", i, n)
+			}
+		})
+	}
+}
+
+// mismatch returns the index of the first byte of d that is not the fill
+// pattern for offset off, or -1.
+func mismatch(d []byte, seed byte, off uint64) int {
+	for i, b := range d {
+		if b != echoproto.Pattern(seed, off+uint64(i)) {
+			return i
+		}
+	}
+	return -1
+}
+
+func testHuge(t *testing.T, env Env) {
+	if env.Huge == 0 {
+		t.Skip("no huge size configured")
+	}
+	c := dial(t, env)
+	ctx := ctxT(t)
+	const chunk = 256 << 20
+	count := (env.Huge + chunk - 1) / chunk
+	size := env.Huge / count
+	size &^= 7
+	// Client to server: the client builds count chunks in place.
+	var want uint64
+	f, release := c.Boot.SumChunks(ctx, func(p echoproto.Echo_sumChunks_Params) error {
+		l, err := p.NewChunks(int32(count))
+		if err != nil {
+			return err
+		}
+		for i := 0; i < count; i++ {
+			ptr, b, err := echoproto.NewData(p.Segment(), size)
+			if err != nil {
+				return err
+			}
+			echoproto.FillPattern(b, 3, uint64(i*size))
+			want += echoproto.Sum(b)
+			if err := capnp.PointerList(l).Set(i, ptr); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	res, err := f.Struct()
+	if err != nil {
+		t.Fatalf("sending %d bytes: %v", count*size, err)
+	}
+	if res.Length() != uint64(count*size) || res.Sum() != want {
+		t.Fatalf("server saw %d bytes summing to %d, want %d and %d", res.Length(), res.Sum(), count*size, want)
+	}
+	release()
+	// Server to client: the server fills count chunks in place.
+	g, release2 := c.Boot.FillChunks(ctx, func(p echoproto.Echo_fillChunks_Params) error {
+		p.SetChunkSize(uint64(size))
+		p.SetCount(uint32(count))
+		p.SetSeed(5)
+		return nil
+	})
+	defer release2()
+	r2, err := g.Struct()
+	if err != nil {
+		t.Fatalf("receiving %d bytes: %v", count*size, err)
+	}
+	chunks, err := r2.Chunks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if chunks.Len() != count {
+		t.Fatalf("%d chunks, want %d", chunks.Len(), count)
+	}
+	for i := 0; i < count; i++ {
+		d, err := chunks.At(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(d) != size {
+			t.Fatalf("chunk %d: %d bytes, want %d", i, len(d), size)
+		}
+		if j := mismatch(d, 5, uint64(i*size)); j >= 0 {
+			t.Fatalf("chunk %d: byte %d differs", i, j)
+		}
+	}
+}
+
+func testPipelining(t *testing.T, env Env) {
+	c := dial(t, env)
+	ctx := ctxT(t)
+	// Call add on the counter before the call that returns it has returned.
+	f, release := c.Boot.Counter(ctx, func(p echoproto.Echo_counter_Params) error {
+		p.SetStart(40)
+		return nil
+	})
+	defer release()
+	counter := f.Counter()
+	g, release2 := counter.Add(ctx, func(p echoproto.Counter_add_Params) error {
+		p.SetDelta(2)
+		return nil
+	})
+	defer release2()
+	res, err := g.Struct()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Value() != 42 {
+		t.Fatalf("pipelined add = %d, want 42", res.Value())
+	}
+}
+
+func testEmbargo(t *testing.T, env Env) {
+	c := dial(t, env)
+	ctx := ctxT(t)
+	f, release := c.Boot.Counter(ctx, func(p echoproto.Echo_counter_Params) error { return nil })
+	defer release()
+	counter := f.Counter()
+	// self returns the same counter; calls made on the promise and, once
+	// it resolves, directly, must all run in the order they were made.
+	s, release2 := counter.Self(ctx, nil)
+	defer release2()
+	self := s.Counter()
+	const n = 100
+	futures := make([]echoproto.Counter_add_Results_Future, 0, n)
+	for i := 0; i < n; i++ {
+		g, rel := self.Add(ctx, func(p echoproto.Counter_add_Params) error {
+			p.SetDelta(1)
+			return nil
+		})
+		defer rel()
+		futures = append(futures, g)
+		if i == n/2 {
+			if _, err := s.Struct(); err != nil { // let the promise resolve mid-way
+				t.Fatal(err)
+			}
+		}
+	}
+	for i, g := range futures {
+		res, err := g.Struct()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Value() != int64(i+1) {
+			t.Fatalf("call %d saw %d: calls ran out of order", i, res.Value())
+		}
+	}
+}
+
+func testCancel(t *testing.T, env Env) {
+	c := dial(t, env)
+	ctx, cancel := context.WithCancel(ctxT(t))
+	f, release := c.Boot.Block(ctx, nil)
+	defer release()
+	time.AfterFunc(10*time.Millisecond, cancel)
+	_, err := f.Struct()
+	if err == nil {
+		t.Fatal("a cancelled call succeeded")
+	}
+	// The connection still works.
+	g, release2 := c.Boot.Ping(ctxT(t), nil)
+	defer release2()
+	if _, err := g.Struct(); err != nil {
+		t.Fatalf("ping after a cancelled call: %v", err)
+	}
+}
+
+func testException(t *testing.T, env Env) {
+	c := dial(t, env)
+	ctx := ctxT(t)
+	f, release := c.Boot.Fail(ctx, func(p echoproto.Echo_fail_Params) error {
+		return p.SetReason("the server says no")
+	})
+	defer release()
+	_, err := f.Struct()
+	if err == nil || !strings.Contains(err.Error(), "the server says no") {
+		t.Fatalf("got %v, want the server's error", err)
+	}
+}
+
+type callback struct{}
+
+func (callback) Call(_ context.Context, call echoproto.Callback_call) error {
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	res.SetResult(call.Args().Value() * 2)
+	return nil
+}
+
+func testCallback(t *testing.T, env Env) {
+	c := dial(t, env)
+	ctx := ctxT(t)
+	cb := echoproto.Callback_ServerToClient(callback{})
+	defer cb.Release()
+	f, release := c.Boot.CallBack(ctx, func(p echoproto.Echo_callBack_Params) error {
+		p.SetValue(20)
+		return p.SetCallback(cb.AddRef())
+	})
+	defer release()
+	res, err := f.Struct()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Result() != 41 {
+		t.Fatalf("callBack = %d, want 20*2+1", res.Result())
+	}
+}
+
+func testStream(t *testing.T, env Env) {
+	c := dial(t, env)
+	ctx := ctxT(t)
+	before := pushed(t, ctx, c.Boot)
+	const n, size = 1000, 4096
+	for i := 0; i < n; i++ {
+		if err := c.Boot.Push(ctx, func(p echoproto.Echo_push_Params) error {
+			ptr, b, err := echoproto.NewData(p.Segment(), size)
+			if err != nil {
+				return err
+			}
+			echoproto.FillPattern(b, byte(i), 0)
+			return capnp.Struct(p).SetPtr(0, ptr)
+		}); err != nil {
+			t.Fatalf("push %d: %v", i, err)
+		}
+	}
+	if err := c.Boot.WaitStreaming(); err != nil {
+		t.Fatal(err)
+	}
+	after := pushed(t, ctx, c.Boot)
+	if after[0]-before[0] != n*size || after[1]-before[1] != n {
+		t.Fatalf("server received %d bytes in %d calls, want %d in %d", after[0]-before[0], after[1]-before[1], n*size, n)
+	}
+}
+
+func pushed(t *testing.T, ctx context.Context, e echoproto.Echo) [2]uint64 {
+	f, release := e.Pushed(ctx, nil)
+	defer release()
+	res, err := f.Struct()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return [2]uint64{res.Bytes(), res.Count()}
+}
+
+func testConcurrent(t *testing.T, env Env) {
+	c := dial(t, env)
+	ctx := ctxT(t)
+	n := env.Concurrent
+	if n == 0 {
+		n = 10000
+	}
+	type call struct {
+		f       echoproto.Echo_echo_Results_Future
+		release capnp.ReleaseFunc
+	}
+	calls := make([]call, n)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	// Issue every call before waiting for any, from several goroutines.
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := g; i < n; i += 8 {
+				f, release := c.Boot.Echo(ctx, func(p echoproto.Echo_echo_Params) error {
+					return p.SetData([]byte(fmt.Sprint(i)))
+				})
+				mu.Lock()
+				calls[i] = call{f, release}
+				mu.Unlock()
+			}
+		}(g)
+	}
+	wg.Wait()
+	for i, cl := range calls {
+		res, err := cl.f.Struct()
+		if err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+		d, err := res.Data()
+		if err != nil || string(d) != fmt.Sprint(i) {
+			t.Fatalf("call %d: got %q, %v", i, d, err)
+		}
+		cl.release()
+	}
+}
+
+func testCloseClient(t *testing.T, env Env) {
+	c := env.Dial(t)
+	ctx := ctxT(t)
+	f, release := c.Boot.Block(ctx, nil)
+	defer release()
+	c.Boot.Release()
+	if err := c.RPC.Close(); err != nil && !errors.Is(err, rpc.ErrConnClosed) {
+		t.Logf("close: %v", err)
+	}
+	select {
+	case <-c.RPC.Done():
+	case <-ctx.Done():
+		t.Fatal("the connection is not done after Close")
+	}
+	if _, err := f.Struct(); err == nil {
+		t.Fatal("a call outstanding at Close succeeded")
+	}
+}
+
+func testCloseServer(t *testing.T, env Env) {
+	c := env.Dial(t)
+	defer c.Boot.Release()
+	ctx := ctxT(t)
+	f, release := c.Boot.Block(ctx, nil)
+	defer release()
+	// Make sure the call reached the server before closing it.
+	g, release2 := c.Boot.Ping(ctx, nil)
+	if _, err := g.Struct(); err != nil {
+		t.Fatal(err)
+	}
+	release2()
+	if err := c.CloseServer(); err != nil {
+		t.Logf("server close: %v", err)
+	}
+	start := time.Now()
+	if _, err := f.Struct(); err == nil {
+		t.Fatal("a call outstanding when the server closed succeeded")
+	}
+	select {
+	case <-c.RPC.Done():
+	case <-ctx.Done():
+		t.Fatal("the client connection is not done after the server closed")
+	}
+	t.Logf("outstanding call failed %v after the server closed", time.Since(start))
+}

@@ -1,0 +1,32 @@
+package conformance_test
+
+import (
+	"net"
+	"testing"
+
+	capnp "capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/rpc"
+
+	"github.com/capnshm/capnshm/internal/conformance"
+	"github.com/capnshm/capnshm/internal/echoproto"
+)
+
+// TestStreamTransport runs the suite over go-capnp's own stream transport on
+// an in-process pipe: the reference behaviour, and a check of the suite.
+func TestStreamTransport(t *testing.T) {
+	conformance.Run(t, conformance.Env{
+		Dial: func(t *testing.T) *conformance.Conn {
+			a, b := net.Pipe()
+			boot := echoproto.Echo_ServerToClient(&echoproto.Server{})
+			server := rpc.NewConn(rpc.NewStreamTransport(a), &rpc.Options{BootstrapClient: capnp.Client(boot)})
+			client := rpc.NewConn(rpc.NewStreamTransport(b), nil)
+			t.Cleanup(func() { client.Close(); server.Close() })
+			return &conformance.Conn{
+				Boot:        echoproto.Echo(client.Bootstrap(t.Context())),
+				RPC:         client,
+				CloseServer: server.Close,
+			}
+		},
+		Sizes: []int{0, 1, 1 << 20},
+	})
+}

@@ -1,0 +1,59 @@
+# The test and benchmark protocol of capnshm: what the transport conformance
+# suite, the benchmarks and the bench/ program call across processes.
+@0xa06fa95ce5be4ed0;
+
+using Go = import "/go.capnp";
+$Go.package("echoproto");
+$Go.import("github.com/capnshm/capnshm/internal/echoproto");
+
+interface Echo {
+  ping @0 () -> ();
+  # The smallest call: measures a round trip.
+
+  echo @1 (data :Data) -> (data :Data);
+  # Returns data unchanged (the server copies it into its results).
+
+  sum @2 (data :Data) -> (sum :UInt64, length :UInt64);
+  # Reads every byte of data; the client built it in place.
+
+  fill @3 (size :UInt64, seed :UInt8) -> (data :Data);
+  # Results of size bytes written in place by the server: byte i is
+  # (seed + i*7) mod 256.
+
+  push @4 (data :Data) -> stream;
+  # A streaming call; the server counts what it received.
+
+  pushed @5 () -> (bytes :UInt64, count :UInt64);
+  # What push has received so far.
+
+  fail @6 (reason :Text) -> ();
+  # Fails with reason as the error message.
+
+  block @7 () -> ();
+  # Returns only when the call is cancelled (or the connection ends).
+
+  counter @8 (start :Int64) -> (counter :Counter);
+  # A new capability, for pipelining and embargo tests.
+
+  callBack @9 (callback :Callback, value :Int64) -> (result :Int64);
+  # Calls the client's capability and returns its answer plus one.
+
+  sumChunks @10 (chunks :List(Data)) -> (sum :UInt64, length :UInt64);
+  # sum for messages over 512 MiB: a Data holds less than 2^29 bytes.
+
+  fillChunks @11 (chunkSize :UInt64, count :UInt32, seed :UInt8) -> (chunks :List(Data));
+  # fill for results over 512 MiB: count chunks, each filled as fill
+  # fills (byte i of the whole is (seed + i*7) mod 256).
+}
+
+interface Counter {
+  add @0 (delta :Int64) -> (value :Int64);
+  get @1 () -> (value :Int64);
+  self @2 () -> (counter :Counter);
+  # Returns this same counter (resolving a promise to a local capability
+  # exercises embargoes).
+}
+
+interface Callback {
+  call @0 (value :Int64) -> (result :Int64);
+}

@@ -1,0 +1,251 @@
+package echoproto
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+
+	capnp "capnproto.org/go/capnp/v3"
+)
+
+// Pattern returns byte i of the pattern that fill and fillChunks write.
+func Pattern(seed byte, i uint64) byte { return seed + byte(i*7) }
+
+// FillPattern writes the fill pattern for offset off into b.
+func FillPattern(b []byte, seed byte, off uint64) {
+	for i := range b {
+		b[i] = Pattern(seed, off+uint64(i))
+	}
+}
+
+// Sum is the checksum that sum and sumChunks return: the sum of all bytes.
+func Sum(b []byte) uint64 {
+	var s uint64
+	for _, c := range b {
+		s += uint64(c)
+	}
+	return s
+}
+
+// NewData allocates an n-byte Data in seg's message and returns it as a
+// pointer to store with SetPtr and as the bytes to fill in place: unlike
+// SetData, nothing is copied.
+func NewData(seg *capnp.Segment, n int) (capnp.Ptr, []byte, error) {
+	l, err := capnp.NewUInt8List(seg, int32(n))
+	if err != nil {
+		return capnp.Ptr{}, nil, err
+	}
+	p := l.ToPtr()
+	return p, p.Data(), nil
+}
+
+// Server implements Echo. Its zero value is ready to use.
+type Server struct {
+	pushedBytes atomic.Uint64
+	pushedCount atomic.Uint64
+}
+
+// Ping does nothing.
+func (s *Server) Ping(context.Context, Echo_ping) error { return nil }
+
+// Echo copies data into the results.
+func (s *Server) Echo(_ context.Context, call Echo_echo) error {
+	d, err := call.Args().Data()
+	if err != nil {
+		return err
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	p, b, err := NewData(res.Segment(), len(d))
+	if err != nil {
+		return err
+	}
+	copy(b, d)
+	return capnp.Struct(res).SetPtr(0, p)
+}
+
+// Sum reads every byte of data.
+func (s *Server) Sum(_ context.Context, call Echo_sum) error {
+	d, err := call.Args().Data()
+	if err != nil {
+		return err
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	res.SetSum(Sum(d))
+	res.SetLength(uint64(len(d)))
+	return nil
+}
+
+// Fill writes the pattern into size bytes of results, in place.
+func (s *Server) Fill(_ context.Context, call Echo_fill) error {
+	n := call.Args().Size()
+	if n >= 1<<29 {
+		return fmt.Errorf("fill: %d bytes is over what one Data holds; use fillChunks", n)
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	p, b, err := NewData(res.Segment(), int(n))
+	if err != nil {
+		return err
+	}
+	FillPattern(b, call.Args().Seed(), 0)
+	return capnp.Struct(res).SetPtr(0, p)
+}
+
+// Push counts what it receives.
+func (s *Server) Push(_ context.Context, call Echo_push) error {
+	d, err := call.Args().Data()
+	if err != nil {
+		return err
+	}
+	s.pushedBytes.Add(uint64(len(d)))
+	s.pushedCount.Add(1)
+	return nil
+}
+
+// Pushed reports what Push has received.
+func (s *Server) Pushed(_ context.Context, call Echo_pushed) error {
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	res.SetBytes(s.pushedBytes.Load())
+	res.SetCount(s.pushedCount.Load())
+	return nil
+}
+
+// Fail returns an error carrying the message.
+func (s *Server) Fail(_ context.Context, call Echo_fail) error {
+	m, err := call.Args().Reason()
+	if err != nil {
+		return err
+	}
+	return errors.New(m)
+}
+
+// Block returns when the call's context ends.
+func (s *Server) Block(ctx context.Context, call Echo_block) error {
+	call.Go() // let other calls to this object proceed meanwhile
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// Counter returns a new counter capability.
+func (s *Server) Counter(_ context.Context, call Echo_counter) error {
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	c := &counter{}
+	c.value.Store(call.Args().Start())
+	return res.SetCounter(Counter_ServerToClient(c))
+}
+
+// CallBack calls the client's callback and returns its answer plus one.
+func (s *Server) CallBack(ctx context.Context, call Echo_callBack) error {
+	cb := call.Args().Callback()
+	v := call.Args().Value()
+	call.Go()
+	f, release := cb.Call(ctx, func(p Callback_call_Params) error {
+		p.SetValue(v)
+		return nil
+	})
+	defer release()
+	r, err := f.Struct()
+	if err != nil {
+		return err
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	res.SetResult(r.Result() + 1)
+	return nil
+}
+
+// SumChunks reads every byte of every chunk.
+func (s *Server) SumChunks(_ context.Context, call Echo_sumChunks) error {
+	chunks, err := call.Args().Chunks()
+	if err != nil {
+		return err
+	}
+	var sum, n uint64
+	for i := 0; i < chunks.Len(); i++ {
+		d, err := chunks.At(i)
+		if err != nil {
+			return err
+		}
+		sum += Sum(d)
+		n += uint64(len(d))
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	res.SetSum(sum)
+	res.SetLength(n)
+	return nil
+}
+
+// FillChunks writes count chunks of the pattern into the results, in place.
+func (s *Server) FillChunks(_ context.Context, call Echo_fillChunks) error {
+	size, count, seed := call.Args().ChunkSize(), call.Args().Count(), call.Args().Seed()
+	if size >= 1<<29 {
+		return fmt.Errorf("fillChunks: %d-byte chunks are over what one Data holds", size)
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	l, err := res.NewChunks(int32(count))
+	if err != nil {
+		return err
+	}
+	for i := 0; i < int(count); i++ {
+		p, b, err := NewData(res.Segment(), int(size))
+		if err != nil {
+			return err
+		}
+		FillPattern(b, seed, uint64(i)*size)
+		if err := capnp.PointerList(l).Set(i, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type counter struct{ value atomic.Int64 }
+
+func (c *counter) Add(_ context.Context, call Counter_add) error {
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	res.SetValue(c.value.Add(call.Args().Delta()))
+	return nil
+}
+
+func (c *counter) Get(_ context.Context, call Counter_get) error {
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	res.SetValue(c.value.Load())
+	return nil
+}
+
+func (c *counter) Self(_ context.Context, call Counter_self) error {
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	return res.SetCounter(Counter_ServerToClient(c))
+}
