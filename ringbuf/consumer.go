@@ -2,7 +2,6 @@ package ringbuf
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"sync/atomic"
 )
@@ -18,7 +17,6 @@ type Consumer struct {
 	opts Options
 	pos  uint64 // position of the next record to read (local)
 	head uint64 // head last published to the ring
-	tail uint64 // tail last read from the ring and validated
 	err  error  // sticky corruption error
 	st   ConsumerStats
 }
@@ -33,14 +31,13 @@ type ConsumerStats struct {
 }
 
 // Consumer returns the ring's consumer, starting at the ring's current head.
-// If the ring's indices are already impossible, every method of the
-// Consumer returns an error wrapping ErrCorrupt.
+// If that head is impossible, every method of the Consumer returns an error
+// wrapping ErrCorrupt.
 func (r *Ring) Consumer(opts Options) *Consumer {
 	head := atomic.LoadUint64(r.head)
-	tail := atomic.LoadUint64(r.tail)
-	c := &Consumer{r: r, opts: opts.resolve(), pos: head, head: head, tail: tail}
-	if c.err = checkIndices(head, tail, r.capacity); c.err != nil {
-		c.tail = head
+	c := &Consumer{r: r, opts: opts.resolve(), pos: head, head: head}
+	if head%8 != 0 {
+		c.err = corrupt("head %d is not 8-byte aligned", head)
 	}
 	return c
 }
@@ -56,78 +53,52 @@ func (c *Consumer) Stats() ConsumerStats { return c.st }
 // empty, non-nil slice. An impossible index or record gives an error wrapping
 // ErrCorrupt, and so does every call after it.
 func (c *Consumer) Poll() ([]byte, error) {
-	if c.err != nil {
-		return nil, c.err
+	length, size, err := c.next()
+	if err != nil {
+		return nil, err
 	}
-	capacity := c.r.capacity
+	if size == 0 {
+		return nil, ErrEmpty
+	}
+	// checkRecord made sure that off+size <= capacity.
+	start := c.pos&(c.r.capacity-1) + recordHeaderSize
+	end := start + length
+	c.pos += size
+	c.st.Records++
+	c.st.Bytes += length
+	return c.r.data[start:end:end], nil
+}
+
+// next reads and validates the header at the consumer's position, skipping
+// padding records. It returns the length and size of the record there, or
+// size 0 if the header is zero: nothing is published there yet. The header
+// word is loaded once, atomically (acquiring the producer's stores before
+// its publication), and only the local copy is used.
+func (c *Consumer) next() (length, size uint64, err error) {
+	if c.err != nil {
+		return 0, 0, c.err
+	}
 	for {
-		if c.pos == c.tail {
-			if err := c.loadTail(); err != nil {
-				return nil, err
-			}
-			if c.pos == c.tail {
-				return nil, ErrEmpty
-			}
+		h := atomic.LoadUint64(c.r.word(c.pos & (c.r.capacity - 1)))
+		if h == 0 {
+			return 0, 0, nil
 		}
-		// pos and tail are 8-byte aligned and pos < tail, so at least one
-		// record header is published, and off+8 <= capacity.
-		avail := c.tail - c.pos
-		off := c.pos & (capacity - 1)
-		left := capacity - off
-		hdr := c.r.data[off : off+recordHeaderSize]
-		// Read each header word once; use only the locals from here on.
-		length := uint64(binary.NativeEndian.Uint32(hdr))
-		flags := binary.NativeEndian.Uint32(hdr[4:])
-		if flags&^flagPadding != 0 {
-			return nil, c.fail(corrupt("record at offset %d has unknown flags %#x", off, flags))
+		length, size, pad, err := c.r.checkRecord(h, c.pos, c.head)
+		if err != nil {
+			return 0, 0, c.fail(err)
 		}
-		if flags&flagPadding != 0 {
-			if length+recordHeaderSize != left {
-				return nil, c.fail(corrupt("padding record at offset %d claims %d bytes, does not end at the end of the data area (%d bytes left)", off, length, left-recordHeaderSize))
-			}
-			if left > avail {
-				return nil, c.fail(corrupt("padding record at offset %d claims %d bytes, only %d published", off, length, avail-recordHeaderSize))
-			}
-			c.pos += left
-			continue
+		if !pad {
+			return length, size, nil
 		}
-		if length > c.r.maxPayload() {
-			return nil, c.fail(corrupt("record at offset %d claims %d bytes, max is %d", off, length, c.r.maxPayload()))
-		}
-		size := recordSize(length)
-		if size > left {
-			return nil, c.fail(corrupt("record at offset %d claims %d bytes, crosses the end of the data area (%d bytes left)", off, length, left-recordHeaderSize))
-		}
-		if size > avail {
-			return nil, c.fail(corrupt("record at offset %d claims %d bytes, only %d published", off, length, avail-recordHeaderSize))
-		}
+		// A padding record is published with the record after it (at
+		// offset 0), in the same batch.
 		c.pos += size
-		c.st.Records++
-		c.st.Bytes += length
-		start := off + recordHeaderSize
-		end := start + length
-		return c.r.data[start:end:end], nil
 	}
 }
 
 func (c *Consumer) fail(err error) error {
 	c.err = err
 	return err
-}
-
-// loadTail reads the producer's tail once and validates it.
-func (c *Consumer) loadTail() error {
-	t := atomic.LoadUint64(c.r.tail)
-	switch {
-	case t < c.tail:
-		return c.fail(corrupt("tail moved backwards from %d to %d", c.tail, t))
-	case t-c.head > c.r.capacity:
-		return c.fail(corrupt("tail %d is %d bytes ahead of head %d, capacity is %d", t, t-c.head, c.head, c.r.capacity))
-	case t%8 != 0:
-		return c.fail(corrupt("tail %d is not 8-byte aligned", t))
-	}
-	c.tail = t
-	return nil
 }
 
 // Release hands the space of every record returned by Poll so far back to
@@ -169,12 +140,7 @@ func (c *Consumer) Wait(ctx context.Context) error {
 		return c.err
 	}
 	return c.opts.wait(ctx, c.r.dataWanted, func() (bool, error) {
-		if c.pos != c.tail {
-			return true, nil
-		}
-		if err := c.loadTail(); err != nil {
-			return false, err
-		}
-		return c.pos != c.tail, nil
+		_, size, err := c.next()
+		return size != 0, err
 	}, &c.st.Parks)
 }

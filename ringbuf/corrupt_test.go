@@ -5,75 +5,89 @@ import (
 	"encoding/binary"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
+	"unsafe"
 )
 
 // Raw accessors for building hostile images.
-func setTail(mem []byte, v uint64) { binary.NativeEndian.PutUint64(mem[offTail:], v) }
 func setHead(mem []byte, v uint64) { binary.NativeEndian.PutUint64(mem[offHead:], v) }
+
+// setWord stores the header word at offset off of the data area.
+func setWord(mem []byte, off int, h uint64) {
+	atomic.StoreUint64((*uint64)(unsafe.Pointer(&mem[HeaderSize+off])), h)
+}
+
+// setRecord stores a record header; flags are stored as given (add
+// flagPresent for a well-formed one).
 func setRecord(mem []byte, off int, length, flags uint32) {
-	binary.NativeEndian.PutUint32(mem[HeaderSize+off:], length)
-	binary.NativeEndian.PutUint32(mem[HeaderSize+off+4:], flags)
+	setWord(mem, off, uint64(flags)<<32|uint64(length))
 }
 
 func TestConsumerCorruption(t *testing.T) {
 	// Every case starts from a 4 KiB ring holding a 4-byte record at offset
-	// 0 and a 100-byte record at offset 16 (tail 128). prep edits the
-	// memory before the Consumer is made; late (if any) after it has read
-	// everything it could.
+	// 0 and a 100-byte record at offset 16 (the terminator at 128). prep
+	// edits the memory before the Consumer is made; late (if any) after it
+	// has read everything it could.
+	const ok = flagPresent
 	tests := []struct {
 		name   string
 		prep   func(mem []byte)
 		late   func(mem []byte)
 		phrase string
 	}{
-		{"tail beyond capacity", func(m []byte) { setTail(m, 4096+8) }, nil,
-			"tail 4104 is 4104 bytes ahead of head 0, capacity is 4096"},
-		{"tail beyond capacity later", nil, func(m []byte) { setTail(m, 1<<40) },
-			"tail 1099511627776 is 1099511627776 bytes ahead of head 0, capacity is 4096"},
-		{"tail backwards", nil, func(m []byte) { setTail(m, 64) },
-			"tail moved backwards from 128 to 64"},
-		{"tail misaligned", nil, func(m []byte) { setTail(m, 131) },
-			"tail 131 is not 8-byte aligned"},
-		{"tail misaligned at start", func(m []byte) { setTail(m, 131) }, nil,
-			"tail 131 is not 8-byte aligned"},
 		{"head misaligned", func(m []byte) { setHead(m, 4) }, nil,
 			"head 4 is not 8-byte aligned"},
-		{"head ahead of tail", func(m []byte) { setHead(m, 256) }, nil,
-			"head 256 is ahead of tail 128"},
-		{"length over max", func(m []byte) { setRecord(m, 0, 5000, 0) }, nil,
+		{"no present bit", func(m []byte) { setRecord(m, 0, 4, 0) }, nil,
+			"record at offset 0 has header 0x4 without the present bit"},
+		{"padding without present bit", func(m []byte) { setRecord(m, 16, 100, flagPadding) }, nil,
+			"record at offset 16 has header 0x100000064 without the present bit"},
+		{"no present bit later", nil, func(m []byte) { setRecord(m, 128, 0, flagPadding) },
+			"record at offset 128 has header 0x100000000 without the present bit"},
+		{"unknown flags", func(m []byte) { setRecord(m, 16, 100, ok|4) }, nil,
+			"record at offset 16 has unknown flags 0x6"},
+		{"unknown flags with padding", func(m []byte) { setRecord(m, 0, 4, 0x80000003) }, nil,
+			"record at offset 0 has unknown flags 0x80000003"},
+		{"unknown flags later", nil, func(m []byte) { setRecord(m, 128, 8, 0xffffffff) },
+			"record at offset 128 has unknown flags 0xffffffff"},
+		{"length over max", func(m []byte) { setRecord(m, 0, 5000, ok) }, nil,
 			"record at offset 0 claims 5000 bytes, max is 2040"},
-		{"length over max, huge", func(m []byte) { setRecord(m, 16, 0xffffffff, 0) }, nil,
+		{"length over max, huge", func(m []byte) { setRecord(m, 16, 0xffffffff, ok) }, nil,
 			"record at offset 16 claims 4294967295 bytes, max is 2040"},
-		{"more than published", func(m []byte) { setRecord(m, 0, 200, 0) }, nil,
-			"record at offset 0 claims 200 bytes, only 120 published"},
+		{"length over max later", nil, func(m []byte) { setRecord(m, 128, 2041, ok) },
+			"record at offset 128 claims 2041 bytes, max is 2040"},
 		{"crosses the end", func(m []byte) {
 			setHead(m, 4032)
-			setRecord(m, 4032, 100, 0)
-			setTail(m, 4032+112)
+			setRecord(m, 4032, 100, ok)
 		}, nil, "record at offset 4032 claims 100 bytes, crosses the end of the data area (56 bytes left)"},
-		{"unknown flags", func(m []byte) { setRecord(m, 16, 100, 2) }, nil,
-			"record at offset 16 has unknown flags 0x2"},
-		{"unknown flags with padding", func(m []byte) { setRecord(m, 0, 4, 0x80000001) }, nil,
-			"record at offset 0 has unknown flags 0x80000001"},
-		{"short padding", func(m []byte) { setRecord(m, 0, 4, flagPadding) }, nil,
+		{"short padding", func(m []byte) { setRecord(m, 0, 4, ok|flagPadding) }, nil,
 			"padding record at offset 0 claims 4 bytes, does not end at the end of the data area (4088 bytes left)"},
 		{"long padding", func(m []byte) {
 			setHead(m, 4032)
-			setRecord(m, 4032, 1000, flagPadding)
-			setTail(m, 4096+16)
+			setRecord(m, 4032, 1000, ok|flagPadding)
 		}, nil, "padding record at offset 4032 claims 1000 bytes, does not end at the end of the data area (56 bytes left)"},
-		{"padding not published", func(m []byte) {
-			setHead(m, 4032)
-			setRecord(m, 4032, 56, flagPadding)
-			setTail(m, 4040)
-		}, nil, "padding record at offset 4032 claims 56 bytes, only 0 published"},
 		{"padding then bad record", func(m []byte) {
 			setHead(m, 4032)
-			setRecord(m, 4032, 56, flagPadding)
-			setRecord(m, 0, 3000, 0)
-			setTail(m, 4096+16)
+			setRecord(m, 4032, 56, ok|flagPadding)
+			setRecord(m, 0, 3000, ok)
 		}, nil, "record at offset 0 claims 3000 bytes, max is 2040"},
+		{"records all around the ring", func(m []byte) {
+			// Four forged 1 KiB records fill the ring; the consumer, not
+			// releasing, must not read the first one again as a fifth.
+			for off := 0; off < 4096; off += 1024 {
+				setRecord(m, off, 1016, ok)
+			}
+		}, nil, "record at offset 0 (position 4096) ends 5120 bytes past the released head 0, more than the capacity 4096"},
+		{"records all around the ring later", nil, func(m []byte) {
+			// The consumer has read to 128 without releasing; forged
+			// records from there fill the ring to 4096, and at offset 0
+			// is the unreleased 4-byte record again.
+			setRecord(m, 128, 2040, ok)
+			setRecord(m, 2176, 1912, ok|flagPadding)
+		}, "record at offset 0 (position 4096) ends 4112 bytes past the released head 0, more than the capacity 4096"},
+		{"paddings all around the ring", func(m []byte) { setRecord(m, 0, 4088, ok|flagPadding) }, nil,
+			"record at offset 0 (position 4096) ends 8192 bytes past the released head 0, more than the capacity 4096"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -142,11 +156,24 @@ func checkCorrupt(t *testing.T, err error, phrase string) {
 func TestConsumerCorruptionInWait(t *testing.T) {
 	r, mem := newTestRing(t, MinCapacity)
 	for _, s := range []WaitStrategy{Adaptive, BusySpin, Block} {
-		setTail(mem, 0)
-		setHead(mem, 0)
-		c := r.Consumer(Options{Strategy: s, Waiter: newBell()})
-		setTail(mem, 12345)
-		checkCorrupt(t, c.Wait(context.Background()), "tail 12345 is 12345 bytes ahead of head 0")
+		for _, during := range []bool{false, true} {
+			setWord(mem, 0, 0)
+			bell := newBell()
+			c := r.Consumer(Options{Strategy: s, Waiter: bell, SpinTime: 100 * time.Microsecond, Yields: 2})
+			corrupt := func() {
+				setRecord(mem, 0, 12345, flagPresent)
+				bell.Ring()
+			}
+			if during {
+				go func() {
+					time.Sleep(2 * time.Millisecond)
+					corrupt()
+				}()
+			} else {
+				corrupt()
+			}
+			checkCorrupt(t, c.Wait(context.Background()), "record at offset 0 claims 12345 bytes, max is 2040")
+		}
 	}
 }
 
@@ -157,7 +184,7 @@ func TestProducerCorruption(t *testing.T) {
 		phrase string
 	}{
 		{"head ahead of tail", func(m []byte) { setHead(m, 8192) },
-			"head 8192 is ahead of tail 5104"},
+			"head 8192 is ahead of tail 4032"},
 		{"head misaligned", func(m []byte) { setHead(m, 1012) },
 			"head 1012 is not 8-byte aligned"},
 		{"head backwards", func(m []byte) { setHead(m, 0) },
@@ -184,7 +211,10 @@ func TestProducerCorruption(t *testing.T) {
 			if err := c.Release(); err != nil {
 				t.Fatal(err)
 			}
-			if err := fill(); err != ErrFull { // caches head 1008
+			// 64 bytes before the end and 1008 freed: no room for a
+			// padding record, the record and the terminator. Caches head
+			// 1008.
+			if err := fill(); err != ErrFull {
 				t.Fatal(err)
 			}
 			tt.tamper(mem)
@@ -202,11 +232,33 @@ func TestProducerCorruption(t *testing.T) {
 		})
 	}
 	t.Run("at start", func(t *testing.T) {
-		r, mem := newTestRing(t, MinCapacity)
-		setTail(mem, 8192)
-		p := r.Producer(Options{})
-		_, err := p.Claim(1)
-		checkCorrupt(t, err, "tail 8192 is 8192 bytes ahead of head 0, capacity is 4096")
+		for _, tt := range []struct {
+			name   string
+			tamper func(mem []byte)
+			phrase string
+		}{
+			{"head misaligned", func(m []byte) { setHead(m, 12) }, "head 12 is not 8-byte aligned"},
+			{"bad record", func(m []byte) { setRecord(m, 16, 3000, flagPresent) }, "record at offset 16 claims 3000 bytes, max is 2040"},
+			{"records all around", func(m []byte) {
+				for off := 0; off < 4096; off += 1024 {
+					setRecord(m, off, 1016, flagPresent)
+				}
+			}, "record at offset 0 (position 4096) ends 5120 bytes past the released head 0"},
+		} {
+			t.Run(tt.name, func(t *testing.T) {
+				r, mem := newTestRing(t, MinCapacity)
+				if err := r.Producer(Options{}).Write([]byte("x")); err != nil {
+					t.Fatal(err)
+				}
+				tt.tamper(mem)
+				p := r.Producer(Options{})
+				_, err := p.Claim(1)
+				checkCorrupt(t, err, tt.phrase)
+				if err2 := p.Commit(); err2 != err {
+					t.Fatalf("Commit after corruption: %v", err2)
+				}
+			})
+		}
 	})
 	t.Run("in WaitSpace", func(t *testing.T) {
 		r, mem := newTestRing(t, MinCapacity)

@@ -69,6 +69,17 @@ func runModel(t *testing.T, seed uint64, ops int) bool {
 			return rng.IntN(200)
 		}
 	}
+	// checkTerminator checks the protocol's invariant: the word at the
+	// producer's published position is zero.
+	checkTerminator := func() bool {
+		if w := atomic.LoadUint64(r.word(p.pub % uint64(capacity))); w != 0 {
+			return fail("word %#x at published position %d (claimed to %d), want 0", w, p.pub, tail)
+		}
+		if p.tail != tail {
+			return fail("producer tail %d, model %d", p.tail, tail)
+		}
+		return true
+	}
 	claim := func(n int) (bool, bool) { // ok, continue
 		rs := recordSize(uint64(n))
 		left := uint64(capacity) - tail%uint64(capacity)
@@ -76,7 +87,7 @@ func runModel(t *testing.T, seed uint64, ops int) bool {
 		if rs > left {
 			need += left
 		}
-		fits := need <= uint64(capacity)-(tail-head)
+		fits := need+8 <= uint64(capacity)-(tail-head) // and the terminator
 		b, err := p.Claim(n)
 		if !fits {
 			if err != ErrFull {
@@ -96,7 +107,7 @@ func runModel(t *testing.T, seed uint64, ops int) bool {
 		tail += need
 		claimed = append(claimed, modelRec{bytes.Clone(b), tail})
 		bufs = append(bufs, b)
-		return true, true
+		return true, checkTerminator()
 	}
 	for range ops {
 		switch op := rng.IntN(10); {
@@ -117,6 +128,9 @@ func runModel(t *testing.T, seed uint64, ops int) bool {
 			}
 			queue = append(queue, claimed...)
 			claimed, bufs = claimed[:0], bufs[:0]
+			if !checkTerminator() {
+				return false
+			}
 		case op < 6:
 			if len(claimed) > 0 {
 				continue // Write would commit the claimed records too

@@ -11,13 +11,14 @@ import (
 // has one producer at a time (across both processes), used by one goroutine
 // at a time. The zero value is not usable.
 type Producer struct {
-	r    *Ring
-	opts Options
-	tail uint64 // end of the last claimed record (local)
-	pub  uint64 // tail last published to the ring
-	head uint64 // head last read from the ring and validated
-	err  error  // sticky corruption error
-	st   ProducerStats
+	r     *Ring
+	opts  Options
+	tail  uint64 // end of the last claimed record (local)
+	pub   uint64 // end of the last committed record (local); the terminator is here
+	head  uint64 // head last read from the ring and validated
+	first uint64 // header of the record at pub, stored by the next Commit
+	err   error  // sticky corruption error
+	st    ProducerStats
 }
 
 // ProducerStats are a Producer's counters.
@@ -30,20 +31,48 @@ type ProducerStats struct {
 	Parks   uint64 // times WaitSpace parked (or slept, without a Waiter)
 }
 
-// Producer returns the ring's producer, starting at the ring's current tail.
-// If the ring's indices are already impossible, every method of the
+// Producer returns the ring's producer, starting after the last record
+// published in the ring: it walks the published records from the ring's
+// head to the zero word that ends them, validating them as a Consumer
+// does. If head or those records are impossible, every method of the
 // Producer returns an error wrapping ErrCorrupt.
 func (r *Ring) Producer(opts Options) *Producer {
-	tail := atomic.LoadUint64(r.tail)
 	head := atomic.LoadUint64(r.head)
+	tail, err := r.findTail(head)
 	return &Producer{
 		r:    r,
 		opts: opts.resolve(),
 		tail: tail,
 		pub:  tail,
 		head: head,
-		err:  checkIndices(head, tail, r.capacity),
+		err:  err,
 	}
+}
+
+// findTail returns the position of the terminator: the first zero header
+// after the records published from head on.
+func (r *Ring) findTail(head uint64) (uint64, error) {
+	if head%8 != 0 {
+		return head, corrupt("head %d is not 8-byte aligned", head)
+	}
+	pos := head
+	for {
+		h := atomic.LoadUint64(r.word(pos & (r.capacity - 1)))
+		if h == 0 {
+			break
+		}
+		// checkRecord bounds pos+size-head by the capacity, so this loop
+		// ends after at most capacity/8 records.
+		_, size, _, err := r.checkRecord(h, pos, head)
+		if err != nil {
+			return head, err
+		}
+		pos += size
+	}
+	if pos-head > r.capacity-recordHeaderSize {
+		return head, corrupt("records published from head %d fill %d bytes, no room left for the terminator (capacity %d)", head, pos-head, r.capacity)
+	}
+	return pos, nil
 }
 
 // Stats returns the producer's counters.
@@ -55,6 +84,10 @@ func (p *Producer) Stats() ProducerStats { return p.st }
 // ring has no room for the record now (see WaitSpace), and an error
 // wrapping ErrTooLarge if n is negative or over Ring.MaxPayload. The
 // returned slice has capacity n and must not be used after Commit.
+//
+// A record takes 8 bytes of header plus n rounded up to a multiple of 8,
+// and Claim also keeps 8 free bytes after the claimed records for the zero
+// word (terminator) that Commit writes there.
 func (p *Producer) Claim(n int) ([]byte, error) {
 	if p.err != nil {
 		return nil, p.err
@@ -64,11 +97,11 @@ func (p *Producer) Claim(n int) ([]byte, error) {
 	}
 	size := recordSize(uint64(n))
 	need, pad := p.need(size)
-	if need > p.r.capacity-(p.tail-p.head) {
+	if !p.fits(need) {
 		if err := p.loadHead(); err != nil {
 			return nil, err
 		}
-		if need > p.r.capacity-(p.tail-p.head) {
+		if !p.fits(need) {
 			p.st.Full++
 			return nil, ErrFull
 		}
@@ -77,11 +110,11 @@ func (p *Producer) Claim(n int) ([]byte, error) {
 	off := p.tail & (p.r.capacity - 1)
 	if pad {
 		// Fill exactly to the end of the data area; the record goes at 0.
-		putRecordHeader(data[off:], p.r.capacity-off-recordHeaderSize, flagPadding)
+		p.putHeader(off, makeHeader(p.r.capacity-off-recordHeaderSize, flagPadding))
 		p.tail += p.r.capacity - off
 		off = 0
 	}
-	putRecordHeader(data[off:], uint64(n), 0)
+	p.putHeader(off, makeHeader(uint64(n), 0))
 	p.tail += size
 	p.st.Records++
 	p.st.Bytes += uint64(n)
@@ -99,6 +132,26 @@ func (p *Producer) need(size uint64) (need uint64, pad bool) {
 		return left + size, true
 	}
 	return size, false
+}
+
+// fits reports whether need more bytes, plus the 8 of the terminator after
+// them, fit in the free space left by the cached head. The invariant
+// tail+8 <= head+capacity keeps the subtraction from wrapping.
+func (p *Producer) fits(need uint64) bool {
+	return need+recordHeaderSize <= p.r.capacity-(p.tail-p.head)
+}
+
+// putHeader writes the header word h of the record at offset off, which is
+// at position p.tail. The first header of a batch (at p.pub) is kept in
+// p.first: its atomic store in Commit publishes the batch, and until then
+// the zero word at p.pub keeps the consumer off the batch. The other
+// headers are plain stores; that store in Commit orders them.
+func (p *Producer) putHeader(off, h uint64) {
+	if p.tail == p.pub {
+		p.first = h
+		return
+	}
+	binary.NativeEndian.PutUint64(p.r.data[off:], h)
 }
 
 func (p *Producer) checkLen(n int) error {
@@ -125,17 +178,13 @@ func (p *Producer) loadHead() error {
 	return p.err
 }
 
-func putRecordHeader(b []byte, length uint64, flags uint32) {
-	_ = b[7]
-	binary.NativeEndian.PutUint32(b, uint32(length))
-	binary.NativeEndian.PutUint32(b[4:], flags)
-}
-
-// Commit publishes every record claimed since the last Commit with one
-// atomic store of the ring's tail, then rings Options.Ringer if the consumer
-// announced that it is parked waiting for data. Commit with nothing claimed
-// does nothing. An error from the doorbell is returned wrapped, but the
-// records are published regardless.
+// Commit publishes every record claimed since the last Commit, then rings
+// Options.Ringer if the consumer announced that it is parked waiting for
+// data. It writes a zero word (the terminator) after the last claimed
+// record, then stores the header of the first claimed record atomically:
+// that one store publishes the batch. Commit with nothing claimed does
+// nothing. An error from the doorbell is returned wrapped, but the records
+// are published regardless.
 func (p *Producer) Commit() error {
 	if p.err != nil {
 		return p.err
@@ -143,11 +192,21 @@ func (p *Producer) Commit() error {
 	if p.tail == p.pub {
 		return nil
 	}
+	// The terminator: the consumer stops at this zero word after the
+	// batch. Claim kept these 8 bytes free (fits), so they hold no record
+	// the consumer has not released; when the batch ends at the end of the
+	// data area, the word is at offset 0.
+	capacity := p.r.capacity
+	binary.NativeEndian.PutUint64(p.r.data[p.tail&(capacity-1):], 0)
+	// Publication: the consumer waits at pub for a nonzero header. Its
+	// atomic load that sees this store also sees every store before it
+	// (payloads, the other headers, the terminator).
+	atomic.StoreUint64(p.r.word(p.pub&(capacity-1)), p.first)
 	p.pub = p.tail
-	atomic.StoreUint64(p.r.tail, p.tail)
 	p.st.Commits++
-	// Dekker, producer side: we stored tail above, now load data_wanted;
-	// the consumer stores data_wanted=1, then loads tail (Options.park).
+	// Dekker, producer side: we stored the header above, now load
+	// data_wanted; the consumer stores data_wanted=1, then loads the header
+	// at its position (Options.park).
 	// With sequentially consistent atomics one of us sees the other's
 	// store, so a parked consumer is always rung. The CAS 1->0 makes the
 	// next commits skip the doorbell until the consumer parks again.
@@ -186,16 +245,16 @@ func (p *Producer) WaitSpace(ctx context.Context, n int) error {
 		return err
 	}
 	need, _ := p.need(recordSize(uint64(n)))
-	if pending := p.tail - p.pub; need > p.r.capacity-pending {
+	if pending := p.tail - p.pub; need+recordHeaderSize > p.r.capacity-pending {
 		return fmt.Errorf("%w: %d claimed bytes not committed leave no room for a %d-byte payload; Commit first", ErrFull, pending, n)
 	}
 	return p.opts.wait(ctx, p.r.spaceWanted, func() (bool, error) {
-		if need <= p.r.capacity-(p.tail-p.head) {
+		if p.fits(need) {
 			return true, nil
 		}
 		if err := p.loadHead(); err != nil {
 			return false, err
 		}
-		return need <= p.r.capacity-(p.tail-p.head), nil
+		return p.fits(need), nil
 	}, &p.st.Parks)
 }

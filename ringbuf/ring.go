@@ -17,20 +17,25 @@ const (
 	// MaxCapacity is the largest data area capacity, in bytes.
 	MaxCapacity = 1 << 30
 	// Version is the layout version written by Init and required by Attach.
-	Version = 1
+	// Version 2: records are published by their own header (there is no
+	// shared tail).
+	Version = 2
 	// Magic is the 4-byte tag at offset 0.
 	Magic = "CSRB"
 
 	offMagic       = 0
 	offVersion     = 4
 	offCapacity    = 8
-	offTail        = 128
+	offReserved    = 128 // block 1: was tail in version 1; zero
 	offHead        = 256
 	offDataWanted  = 384
 	offSpaceWanted = 512
 
 	recordHeaderSize = 8
-	flagPadding      = 1
+	// Record header flags (the high 32 bits of the header word).
+	flagPadding = 1 // padding record: skip to the end of the data area
+	flagPresent = 2 // set in every header, so that a zero header means "nothing here yet"
+	flagsKnown  = flagPadding | flagPresent
 )
 
 // Errors, wrapped with details. Match them with errors.Is.
@@ -61,7 +66,6 @@ var (
 type Ring struct {
 	data        []byte // the data area, len == capacity
 	capacity    uint64 // power of two, validated, local (never re-read)
-	tail        *uint64
 	head        *uint64
 	spaceWanted *uint32
 	dataWanted  *uint32
@@ -75,19 +79,21 @@ func SizeFor(capacity int) int { return HeaderSize + capacity }
 // Init formats mem as an empty ring and returns it. len(mem) must be
 // SizeFor(c) for a power of two c in [MinCapacity, MaxCapacity], and mem
 // must be 8-byte aligned (page-aligned shared memory and heap slices of
-// 8 bytes or more are). Init writes the whole header; the peer must not use
-// the memory until Init has returned. Errors wrap ErrBadSize.
+// 8 bytes or more are). Init writes the whole header and zeroes the data
+// area; the peer must not use the memory until Init has returned. Errors
+// wrap ErrBadSize.
 func Init(mem []byte) (*Ring, error) {
 	capacity, err := checkMem(mem)
 	if err != nil {
 		return nil, err
 	}
-	clear(mem[:HeaderSize])
+	// The whole memory, data area included: a zero word at the producer's
+	// position is what tells the consumer that nothing is published there.
+	clear(mem)
 	copy(mem[offMagic:], Magic)
 	binary.NativeEndian.PutUint32(mem[offVersion:], Version)
 	binary.NativeEndian.PutUint64(mem[offCapacity:], capacity)
 	r := newRing(mem, capacity)
-	atomic.StoreUint64(r.tail, 0)
 	atomic.StoreUint64(r.head, 0)
 	atomic.StoreUint32(r.spaceWanted, 0)
 	atomic.StoreUint32(r.dataWanted, 0)
@@ -97,8 +103,8 @@ func Init(mem []byte) (*Ring, error) {
 // Attach returns the ring that a peer formatted in mem with Init. It checks
 // the length and alignment of mem as Init does (ErrBadSize), then the magic,
 // the version and that the capacity in the header matches len(mem)
-// (ErrBadHeader). The capacity is read once and kept; the indices are not
-// checked here but by every Producer and Consumer operation.
+// (ErrBadHeader). The capacity is read once and kept; head and the records
+// are not checked here but by every Producer and Consumer operation.
 func Attach(mem []byte) (*Ring, error) {
 	capacity, err := checkMem(mem)
 	if err != nil {
@@ -136,7 +142,6 @@ func newRing(mem []byte, capacity uint64) *Ring {
 	return &Ring{
 		data:        mem[HeaderSize : HeaderSize+int(capacity) : HeaderSize+int(capacity)],
 		capacity:    capacity,
-		tail:        (*uint64)(unsafe.Pointer(&mem[offTail])),
 		head:        (*uint64)(unsafe.Pointer(&mem[offHead])),
 		spaceWanted: (*uint32)(unsafe.Pointer(&mem[offSpaceWanted])),
 		dataWanted:  (*uint32)(unsafe.Pointer(&mem[offDataWanted])),
@@ -159,17 +164,47 @@ func corrupt(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrCorrupt}, args...)...)
 }
 
-// checkIndices validates a head and tail read together from shared memory.
-func checkIndices(head, tail, capacity uint64) error {
+// word returns the 8-byte word at offset off of the data area. off must be a
+// multiple of 8 below the capacity; the data area is 8-byte aligned because
+// the memory is (checkMem) and HeaderSize is a multiple of 8.
+func (r *Ring) word(off uint64) *uint64 { return (*uint64)(unsafe.Pointer(&r.data[off])) }
+
+// makeHeader returns the header word of a record: the payload length in the
+// low 32 bits, the flags, always with flagPresent, in the high 32 bits.
+func makeHeader(length uint64, flags uint32) uint64 {
+	return uint64(flags|flagPresent)<<32 | length
+}
+
+// checkRecord validates the nonzero header word h read (once) at position
+// pos, where head is the consumer's last released position (pos >= head).
+// It returns the payload length, the bytes the record takes (header,
+// payload and alignment; for a padding record, up to the end of the data
+// area), and whether it is a padding record.
+func (r *Ring) checkRecord(h, pos, head uint64) (length, size uint64, pad bool, err error) {
+	off := pos & (r.capacity - 1)
+	left := r.capacity - off
+	length = h & (1<<32 - 1)
+	flags := uint32(h >> 32)
 	switch {
-	case head%8 != 0:
-		return corrupt("head %d is not 8-byte aligned", head)
-	case tail%8 != 0:
-		return corrupt("tail %d is not 8-byte aligned", tail)
-	case head > tail:
-		return corrupt("head %d is ahead of tail %d", head, tail)
-	case tail-head > capacity:
-		return corrupt("tail %d is %d bytes ahead of head %d, capacity is %d", tail, tail-head, head, capacity)
+	case flags&flagPresent == 0:
+		return 0, 0, false, corrupt("record at offset %d has header %#x without the present bit", off, h)
+	case flags&^flagsKnown != 0:
+		return 0, 0, false, corrupt("record at offset %d has unknown flags %#x", off, flags)
+	case flags&flagPadding != 0:
+		if length+recordHeaderSize != left {
+			return 0, 0, false, corrupt("padding record at offset %d claims %d bytes, does not end at the end of the data area (%d bytes left)", off, length, left-recordHeaderSize)
+		}
+		size, pad = left, true
+	case length > r.maxPayload():
+		return 0, 0, false, corrupt("record at offset %d claims %d bytes, max is %d", off, length, r.maxPayload())
+	default:
+		size = recordSize(length)
+		if size > left {
+			return 0, 0, false, corrupt("record at offset %d claims %d bytes, crosses the end of the data area (%d bytes left)", off, length, left-recordHeaderSize)
+		}
 	}
-	return nil
+	if end := pos + size - head; end > r.capacity {
+		return 0, 0, false, corrupt("record at offset %d (position %d) ends %d bytes past the released head %d, more than the capacity %d", off, pos, end, head, r.capacity)
+	}
+	return length, size, pad, nil
 }

@@ -83,7 +83,7 @@ func TestInitAttachValidation(t *testing.T) {
 			m := good()
 			binary.NativeEndian.PutUint32(m[offVersion:], 7)
 			return m
-		}, true, ErrBadHeader, "version 7, want 1"},
+		}, true, ErrBadHeader, "version 7, want 2"},
 		{"capacity mismatch", func() []byte {
 			m := good()
 			binary.NativeEndian.PutUint64(m[offCapacity:], 2*MinCapacity)
@@ -202,8 +202,11 @@ func TestBatch(t *testing.T) {
 		}
 		want = append(want, bytes.Clone(b))
 	}
-	if atomic.LoadUint64(r.tail) != 0 {
-		t.Fatal("tail moved before Commit")
+	if h := atomic.LoadUint64(r.word(0)); h != 0 {
+		t.Fatalf("first header %#x stored before Commit", h)
+	}
+	if _, err := c.Poll(); err != ErrEmpty {
+		t.Fatalf("before Commit: %v", err)
 	}
 	if err := p.Commit(); err != nil {
 		t.Fatal(err)
@@ -233,8 +236,8 @@ func TestBatch(t *testing.T) {
 	if err := c.Release(); err != nil {
 		t.Fatal(err)
 	}
-	if atomic.LoadUint64(r.head) != atomic.LoadUint64(r.tail) {
-		t.Fatal("head != tail after releasing all")
+	if h := atomic.LoadUint64(r.head); h != p.tail || h != p.pub {
+		t.Fatalf("head %d, producer at %d/%d after releasing all", h, p.pub, p.tail)
 	}
 }
 
@@ -268,12 +271,14 @@ func TestWrapAndFull(t *testing.T) {
 		t.Fatalf("wrapping write: %v", err)
 	}
 	// Padding header at offset 4032, filling 64 bytes.
-	ph := mem[HeaderSize+4032:]
-	if l, f := binary.NativeEndian.Uint32(ph), binary.NativeEndian.Uint32(ph[4:]); l != 56 || f != flagPadding {
-		t.Fatalf("padding header %d %d", l, f)
+	if h := binary.NativeEndian.Uint64(mem[HeaderSize+4032:]); h != makeHeader(56, flagPadding) {
+		t.Fatalf("padding header %#x", h)
 	}
-	if tail := atomic.LoadUint64(r.tail); tail != 4096+1512 {
-		t.Fatalf("tail %d", tail)
+	if p.tail != 4096+1512 || p.pub != p.tail {
+		t.Fatalf("tail %d, published %d", p.tail, p.pub)
+	}
+	if h := binary.NativeEndian.Uint64(mem[HeaderSize+1512:]); h != 0 {
+		t.Fatalf("terminator %#x", h)
 	}
 	for i, want := range []byte{2, 3, 9} {
 		b, err := c.Poll()
@@ -303,6 +308,82 @@ func TestWrapAndFull(t *testing.T) {
 		}
 		if err := p.WaitSpace(context.Background(), n); !errors.Is(err, ErrTooLarge) {
 			t.Fatalf("WaitSpace(%d): %v", n, err)
+		}
+	}
+}
+
+// TestStaleLap fills the ring with large records whose payloads are made of
+// plausible record headers, consumes them, then writes small records whose
+// positions fall inside those old payloads: the consumer must see exactly
+// the new records, and ErrEmpty after each batch, never a stale "header".
+func TestStaleLap(t *testing.T) {
+	r, mem := newTestRing(t, MinCapacity)
+	p, c := r.Producer(Options{}), r.Consumer(Options{})
+	// Every word of these payloads reads as a published record: an 8-byte
+	// record, or a zero-length one, or a padding record to the end.
+	fakes := []uint64{makeHeader(8, 0), makeHeader(0, 0), makeHeader(16, 0)}
+	poison := func(b []byte, i int) {
+		for j := 0; j+8 <= len(b); j += 8 {
+			binary.NativeEndian.PutUint64(b[j:], fakes[(i+j/8)%len(fakes)])
+		}
+	}
+	var seq byte
+	check := func(want [][]byte) {
+		t.Helper()
+		for i, w := range want {
+			b, err := c.Poll()
+			if err != nil || !bytes.Equal(b, w) {
+				t.Fatalf("record %d of %d: %v, %d bytes %.16x..., want %d bytes %.16x...", i, len(want), err, len(b), b, len(w), w)
+			}
+		}
+		if b, err := c.Poll(); err != ErrEmpty {
+			t.Fatalf("after %d records: %v, a %d-byte record %.16x..., want ErrEmpty", len(want), err, len(b), b)
+		}
+		if err := c.Release(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for lap := range 40 {
+		// Large records with poisoned payloads, one at a time.
+		for i := range 3 {
+			b, err := p.Claim(r.MaxPayload()/2 + 8*i + lap%3)
+			if err != nil {
+				t.Fatal(err)
+			}
+			poison(b, i+lap)
+			want := [][]byte{bytes.Clone(b)}
+			if err := p.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			check(want)
+		}
+		// Small records in batches of 1 to 5: their headers and the
+		// terminators land inside the old payloads.
+		for k := range 12 {
+			var want [][]byte
+			for range 1 + (k+lap)%5 {
+				b, err := p.Claim(int(seq) % 13)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for j := range b {
+					b[j] = seq
+				}
+				seq++
+				want = append(want, bytes.Clone(b))
+			}
+			// Not visible before Commit, even with the stale headers
+			// all around.
+			if _, err := c.Poll(); err != ErrEmpty {
+				t.Fatalf("lap %d: before Commit: %v", lap, err)
+			}
+			if err := p.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			if h := binary.NativeEndian.Uint64(mem[HeaderSize+int(p.tail%MinCapacity):]); h != 0 {
+				t.Fatalf("lap %d: terminator %#x", lap, h)
+			}
+			check(want)
 		}
 	}
 }

@@ -8,8 +8,10 @@ import (
 	"hash/crc32"
 	"math/rand/v2"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/capnshm/capnshm/internal/peertest"
 	"github.com/capnshm/capnshm/internal/pingpong"
@@ -228,7 +230,8 @@ func TestCrossProcessStress(t *testing.T) {
 	}
 }
 
-// corrupterPeer publishes a tail far beyond what the ring can hold.
+// corrupterPeer publishes a record header at the start of the data area
+// whose length is far beyond what the ring can hold.
 func corrupterPeer(args []string) int {
 	s, err := openPeerSide(args)
 	if err != nil {
@@ -238,7 +241,10 @@ func corrupterPeer(args []string) int {
 		return peertest.Fail("no go-ahead")
 	}
 	req, _ := pingpong.Rings(s.region.Bytes(), s.capacity)
-	binary.NativeEndian.PutUint64(req[128:], 1<<40) // the tail word (see the layout)
+	// The first record header (see the layout): flags "present" (bit 1 of
+	// the high word), length 1<<30, over MaxPayload.
+	const present = 2 << 32
+	atomic.StoreUint64((*uint64)(unsafe.Pointer(&req[ringbuf.HeaderSize])), present|1<<30)
 	if err := s.peer.Ring(); err != nil {
 		return peertest.Fail("ring: %v", err)
 	}
@@ -246,7 +252,7 @@ func corrupterPeer(args []string) int {
 	return 0
 }
 
-// TestCorruptingPeer: a peer that writes an impossible tail gets an error
+// TestCorruptingPeer: a peer that writes an impossible record gets an error
 // that names it on our side, and this process goes on working.
 func TestCorruptingPeer(t *testing.T) {
 	const capacity = 4096
