@@ -25,8 +25,8 @@ const (
 
 // Indices of the descriptors of a HELLO frame.
 const (
-	HelloFDPool     = 0 // the sender's pool (the receiver maps it read-only)
-	HelloFDRing     = 1 // the sender's ring region (read-write)
+	HelloFDPool = 0 // the sender's pool (the receiver maps it read-only)
+	HelloFDRing = 1 // the sender's ring region (read-write)
 	// HelloFDDataBell is the sender's doorbell for "records published in
 	// your outbound ring" (the receiver's producer rings it).
 	HelloFDDataBell = 2

@@ -1,0 +1,1253 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	capnp "capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/rpc/transport"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
+	"golang.org/x/sys/unix"
+
+	"github.com/capnshm/capnshm/iocpwake"
+	"github.com/capnshm/capnshm/ringbuf"
+	"github.com/capnshm/capnshm/rpc/internal/wire"
+	"github.com/capnshm/capnshm/segalloc"
+	"github.com/capnshm/capnshm/shm"
+)
+
+// Transport carries go-capnp's rpc.Conn over shared memory: it implements
+// capnproto.org/go/capnp/v3/rpc/transport.Transport. Get one from
+// NewTransport on each end of a connected unix socket.
+type Transport struct {
+	opts Options
+	side Side
+	log  *slog.Logger
+	conn *net.UnixConn
+	fc   *wire.FrameConn
+
+	myPool, myRing      *shm.Region
+	myRingView          *ringbuf.Ring
+	dataBell, spaceBell *iocpwake.Bell // ours: we wait on them
+	peerData, peerSpace *iocpwake.Bell // the peer's, opened to ring
+	peerPool            *mapped
+	peerRing            *shm.Region
+	peerPID             int
+	alloc               *segalloc.Allocator
+	mapper              *mapper
+	out                 *ringbuf.Producer // guarded by outMu
+	in                  *ringbuf.Consumer // used by RecvMessage only (recvMu)
+	outMu, recvMu       sync.Mutex
+	sockSeq             uint64 // guarded by outMu: socket messages sent
+	recvSeq             uint64 // guarded by recvMu: socket messages taken
+	ctx                 context.Context
+	cancel              context.CancelCauseFunc
+	closed              atomic.Bool
+	closeOnce           sync.Once
+	closeErr            error
+	wg                  sync.WaitGroup
+	finalLocal          atomic.Bool
+	liveLocal, liveIn   atomic.Int64
+	sentMu              sync.Mutex
+	sent                map[uint64]*outMsg
+	nextID              uint64
+	pendMu              sync.Mutex
+	frees               []uint64
+	unmaps              []uint32
+	kick                chan struct{}
+	peerMu              sync.Mutex
+	peerMaps            map[uint32]*mapped
+	sockMsgs            map[uint64]*capnp.Message
+	peerChanged         chan struct{}
+	recvRec             wire.Msg
+	stats               counters
+}
+
+// mapped is a peer's region mapped read-only here, shared by the messages
+// that refer to it: unmapped when the last reference goes.
+type mapped struct {
+	r    *shm.Region
+	refs atomic.Int64
+}
+
+func (m *mapped) ref() { m.refs.Add(1) }
+func (m *mapped) unref() {
+	if m.refs.Add(-1) == 0 {
+		m.r.Close()
+	}
+}
+
+// NewTransport runs the handshake on conn, a connected unix socket, as side,
+// and returns a transport that carries messages through shared memory. conn
+// stays open for the transport's life (it detects the peer's death, carries
+// handles and fallback messages); the transport closes it. On error conn is
+// closed and everything made so far is released.
+func NewTransport(ctx context.Context, conn *net.UnixConn, side Side, opts *Options) (*Transport, error) {
+	o := opts.withDefaults()
+	t := &Transport{
+		opts:        o,
+		side:        side,
+		log:         o.Logger.With("side", side.String()),
+		conn:        conn,
+		fc:          wire.NewFrameConn(conn),
+		sent:        make(map[uint64]*outMsg),
+		kick:        make(chan struct{}, 1),
+		peerMaps:    make(map[uint32]*mapped),
+		sockMsgs:    make(map[uint64]*capnp.Message),
+		peerChanged: make(chan struct{}),
+	}
+	t.ctx, t.cancel = context.WithCancelCause(context.Background())
+	if err := t.handshake(ctx); err != nil {
+		t.abandon()
+		return nil, err
+	}
+	t.wg.Add(2)
+	go t.readSocket()
+	go t.flushLoop()
+	return t, nil
+}
+
+// abandon releases what a failed handshake made.
+func (t *Transport) abandon() {
+	t.cancel(ErrClosed)
+	t.conn.Close()
+	for _, c := range []interface{ Close() error }{t.myPool, t.myRing, t.peerRing, t.dataBell, t.spaceBell, t.peerData, t.peerSpace} {
+		if c != nil && !isNilCloser(c) {
+			c.Close()
+		}
+	}
+	if t.peerPool != nil {
+		t.peerPool.unref()
+	}
+	if t.alloc != nil {
+		t.alloc.Close()
+	}
+}
+
+func isNilCloser(c interface{ Close() error }) bool {
+	switch v := c.(type) {
+	case *shm.Region:
+		return v == nil
+	case *iocpwake.Bell:
+		return v == nil
+	}
+	return false
+}
+
+func (t *Transport) handshake(ctx context.Context) error {
+	deadline := time.Now().Add(t.opts.HandshakeTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	t.conn.SetDeadline(deadline)
+	defer t.conn.SetDeadline(time.Time{})
+	stop := context.AfterFunc(ctx, func() { t.conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	if t.side == Listener {
+		// The dialer speaks first; check who it is before making anything.
+		peer, fds, err := t.readHello()
+		if err != nil {
+			return err
+		}
+		if err := t.checkPeer(peer); err != nil {
+			closeFDs(fds)
+			t.refuse(err.Error())
+			return err
+		}
+		if err := t.makeMine(); err != nil {
+			closeFDs(fds)
+			t.refuse("listener could not set up shared memory")
+			return err
+		}
+		if err := t.adoptPeer(peer, fds); err != nil {
+			t.refuse(err.Error())
+			return err
+		}
+		return t.sendHello()
+	}
+	if err := t.makeMine(); err != nil {
+		return err
+	}
+	if err := t.sendHello(); err != nil {
+		return err
+	}
+	peer, fds, err := t.readHello()
+	if err != nil {
+		return err
+	}
+	if err := t.checkPeer(peer); err != nil {
+		closeFDs(fds)
+		return err
+	}
+	return t.adoptPeer(peer, fds)
+}
+
+func closeFDs(fds []int) {
+	for _, fd := range fds {
+		closeFD(fd)
+	}
+}
+
+// makeMine creates this side's pool, ring and doorbells.
+func (t *Transport) makeMine() error {
+	var err error
+	if t.myPool, err = shm.Create(t.opts.PoolSize, &shm.Options{Name: "capnshm-pool", Prefault: !t.opts.NoPrefault}); err != nil {
+		return fmt.Errorf("capnshm: creating the pool: %w", err)
+	}
+	if t.myRing, err = shm.Create(int64(ringbuf.SizeFor(t.opts.RingCapacity)), &shm.Options{Name: "capnshm-ring", Prefault: true}); err != nil {
+		return fmt.Errorf("capnshm: creating the ring: %w", err)
+	}
+	ring, err := ringbuf.Init(t.myRing.Bytes())
+	if err != nil {
+		return fmt.Errorf("capnshm: ring capacity %d: %w", t.opts.RingCapacity, err)
+	}
+	if t.dataBell, err = iocpwake.New(); err != nil {
+		return err
+	}
+	if t.spaceBell, err = iocpwake.New(); err != nil {
+		return err
+	}
+	t.mapper = &mapper{t: t, regions: make(map[uint32]*shm.Region), announced: make(map[uint32]bool)}
+	if t.alloc, err = segalloc.New(t.myPool.Bytes(), segalloc.Options{
+		Mapper:       t.mapper,
+		MaxDedicated: t.opts.MaxDedicated,
+		MaxHeap:      t.opts.MaxHeap,
+	}); err != nil {
+		return fmt.Errorf("capnshm: pool of %d bytes: %w", t.opts.PoolSize, err)
+	}
+	t.myRingView = ring
+	return nil
+}
+
+func (t *Transport) sendHello() error {
+	var b [wire.HelloSize]byte
+	n, err := wire.PutHello(b[:], wire.Hello{
+		Version:    wire.Version,
+		Features:   wire.FeatureDedicated,
+		PoolSize:   uint64(t.myPool.Len()),
+		RingSize:   uint64(t.myRing.Len()),
+		MaxMessage: uint64(t.opts.MaxMessage),
+		PID:        uint32(os.Getpid()),
+	})
+	if err != nil {
+		return fmt.Errorf("capnshm: encoding hello: %w", err)
+	}
+	fds := []int{int(t.myPool.Handle()), int(t.myRing.Handle()), int(t.dataBell.Handle()), int(t.spaceBell.Handle())}
+	if err := t.fc.WriteFrame(wire.FrameHello, 0, b[:n], fds); err != nil {
+		return fmt.Errorf("capnshm: sending hello: %w", err)
+	}
+	return nil
+}
+
+func (t *Transport) readHello() (wire.Hello, []int, error) {
+	hdr, payload, fds, err := t.fc.ReadFrame(0) // no MSG frame before the handshake ends
+	if errors.Is(err, wire.ErrMalformed) {
+		return wire.Hello{}, nil, fmt.Errorf("%w: the peer's hello: %w", ErrProtocol, err)
+	}
+	if err != nil {
+		return wire.Hello{}, nil, fmt.Errorf("capnshm: reading the peer's hello: %w", err)
+	}
+	switch hdr.Type {
+	case wire.FrameRefuse:
+		closeFDs(fds)
+		r, err := wire.ParseRefuse(payload)
+		if err != nil {
+			return wire.Hello{}, nil, fmt.Errorf("%w: %v", ErrRefused, err)
+		}
+		return wire.Hello{}, nil, fmt.Errorf("%w by the peer: %s", ErrRefused, r.Reason)
+	case wire.FrameHello:
+	default:
+		closeFDs(fds)
+		return wire.Hello{}, nil, fmt.Errorf("%w: expected a hello, got frame type %d", ErrProtocol, hdr.Type)
+	}
+	h, err := wire.ParseHello(payload)
+	if err != nil {
+		closeFDs(fds)
+		return wire.Hello{}, nil, fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	return h, fds, nil
+}
+
+func (t *Transport) refuse(reason string) {
+	if len(reason) > wire.MaxRefuseReason {
+		reason = reason[:wire.MaxRefuseReason]
+	}
+	b := make([]byte, wire.RefuseSize(wire.Refuse{Reason: reason}))
+	n, err := wire.PutRefuse(b, wire.Refuse{Version: wire.Version, Reason: reason})
+	if err != nil {
+		return
+	}
+	_ = t.fc.WriteFrame(wire.FrameRefuse, 0, b[:n], nil)
+}
+
+// checkPeer applies the credential and size policy to the peer's hello.
+func (t *Transport) checkPeer(h wire.Hello) error {
+	uid, _, pid, err := wire.PeerCred(t.conn)
+	if err != nil {
+		return fmt.Errorf("capnshm: reading the peer's credentials: %w", err)
+	}
+	if !t.opts.AllowOtherUsers && int(uid) != os.Getuid() {
+		return fmt.Errorf("%w: peer process %d runs as uid %d, this process as %d (Options.AllowOtherUsers permits it)", ErrRefused, pid, uid, os.Getuid())
+	}
+	t.peerPID = int(pid)
+	if h.PoolSize > uint64(shm.DefaultMaxSize) {
+		return fmt.Errorf("%w: peer's pool of %d bytes is over the limit %d", ErrRefused, h.PoolSize, int64(shm.DefaultMaxSize))
+	}
+	if h.RingSize > uint64(ringbuf.SizeFor(ringbuf.MaxCapacity)) {
+		return fmt.Errorf("%w: peer's ring of %d bytes is over the limit", ErrRefused, h.RingSize)
+	}
+	return nil
+}
+
+// adoptPeer maps what the peer handed over: its pool read-only, its ring
+// read-write, its doorbells to ring. It takes ownership of fds.
+func (t *Transport) adoptPeer(h wire.Hello, fds []int) error {
+	if len(fds) != 4 {
+		closeFDs(fds)
+		return fmt.Errorf("%w: hello carried %d handles, want 4", ErrProtocol, len(fds))
+	}
+	pool, err := shm.Open(shm.Handle(fds[0]), int64(h.PoolSize), shm.ReadOnly, nil)
+	if err != nil {
+		closeFDs(fds[1:])
+		return fmt.Errorf("%w: the peer's pool: %w", ErrProtocol, err)
+	}
+	t.peerPool = &mapped{r: pool}
+	t.peerPool.ref()
+	if t.peerRing, err = shm.Open(shm.Handle(fds[1]), int64(h.RingSize), shm.ReadWrite, nil); err != nil {
+		closeFDs(fds[2:])
+		return fmt.Errorf("%w: the peer's ring: %w", ErrProtocol, err)
+	}
+	ring, err := ringbuf.Attach(t.peerRing.Bytes())
+	if err != nil {
+		closeFDs(fds[2:])
+		return fmt.Errorf("%w: the peer's ring: %w", ErrProtocol, err)
+	}
+	if t.peerData, err = iocpwake.Open(iocpwake.Handle(fds[2])); err != nil {
+		closeFD(fds[3])
+		return fmt.Errorf("%w: the peer's data doorbell: %w", ErrProtocol, err)
+	}
+	if t.peerSpace, err = iocpwake.Open(iocpwake.Handle(fds[3])); err != nil {
+		return fmt.Errorf("%w: the peer's space doorbell: %w", ErrProtocol, err)
+	}
+	t.in = ring.Consumer(ringbuf.Options{Strategy: t.opts.Strategy, Waiter: t.dataBell, Ringer: t.peerSpace})
+	t.out = t.myRingView.Producer(ringbuf.Options{Strategy: t.opts.Strategy, Waiter: t.spaceBell, Ringer: t.peerData})
+	t.log.Debug("capnshm: connected", "peer_pid", t.peerPID, "peer_pool", h.PoolSize, "peer_ring", h.RingSize)
+	return nil
+}
+
+// PeerPID returns the process id of the peer, from its credentials.
+func (t *Transport) PeerPID() int { return t.peerPID }
+
+// Stats returns the transport's counters.
+func (t *Transport) Stats() Stats {
+	s := Stats{
+		MessagesSent:     t.stats.messagesSent.Load(),
+		MessagesReceived: t.stats.messagesReceived.Load(),
+		BytesSent:        t.stats.bytesSent.Load(),
+		BytesReceived:    t.stats.bytesReceived.Load(),
+		SentByReference:  t.stats.sentByReference.Load(),
+		SentInline:       t.stats.sentInline.Load(),
+		SentOnSocket:     t.stats.sentOnSocket.Load(),
+		BytesCopied:      t.stats.bytesCopied.Load(),
+		FreesSent:        t.stats.freesSent.Load(),
+		FreesReceived:    t.stats.freesReceived.Load(),
+		Pool:             t.alloc.Stats(),
+	}
+	t.sentMu.Lock()
+	s.PeerHeld = uint64(len(t.sent))
+	t.sentMu.Unlock()
+	return s
+}
+
+// fail ends the connection with err (the first cause wins).
+func (t *Transport) fail(err error) {
+	if t.ctx.Err() == nil {
+		t.log.Warn("capnshm: connection failed", "err", err)
+	}
+	t.cancel(err)
+}
+
+// cause returns why the transport stopped.
+func (t *Transport) cause() error {
+	if err := context.Cause(t.ctx); err != nil {
+		return err
+	}
+	return ErrClosed
+}
+
+// ---- sending ----
+
+// outMsg is a message this side builds and sends.
+type outMsg struct {
+	t        *Transport
+	msg      *capnp.Message
+	arena    *segalloc.Arena
+	rm       rpccp.Message
+	refs     atomic.Int32 // go-capnp's reference, plus the peer's after Send by reference
+	released atomic.Bool
+	sent     bool
+	err      error
+}
+
+// NewMessage starts a message in this side's pool. It never blocks. When
+// even the heap fallback is exhausted it returns a message that cannot be
+// sent, with an error, never a nil message (go-capnp requires that).
+func (t *Transport) NewMessage() (transport.OutgoingMessage, error) {
+	om := &outMsg{t: t}
+	om.refs.Store(1)
+	if t.closed.Load() {
+		return t.deadMessage(om, t.cause())
+	}
+	om.arena = t.alloc.NewArena()
+	msg, seg, err := capnp.NewMessage(om.arena)
+	if err != nil {
+		om.arena.Release()
+		return t.deadMessage(om, fmt.Errorf("capnshm: new message: %w", err))
+	}
+	rm, err := rpccp.NewRootMessage(seg)
+	if err != nil {
+		msg.Release()
+		return t.deadMessage(om, fmt.Errorf("capnshm: new message: %w", err))
+	}
+	om.msg, om.rm = msg, rm
+	t.liveLocal.Add(1)
+	return om, nil
+}
+
+// deadMessage returns a heap message that Send refuses with err.
+func (t *Transport) deadMessage(om *outMsg, err error) (transport.OutgoingMessage, error) {
+	msg, seg := capnp.NewSingleSegmentMessage(nil)
+	om.msg, om.arena, om.err = msg, nil, err
+	om.rm, _ = rpccp.NewRootMessage(seg)
+	return om, err
+}
+
+func (om *outMsg) Message() rpccp.Message { return om.rm }
+
+// Release drops go-capnp's reference. The segments return to the pool when
+// the peer has released its reference too.
+func (om *outMsg) Release() {
+	if om.released.Swap(true) {
+		return
+	}
+	if om.arena == nil {
+		om.msg.Release()
+		return
+	}
+	// If it was never sent, record the lengths used so that scrubbing
+	// zeroes only what capnp wrote.
+	if !om.sent {
+		om.arena.SetUsed(segmentLengths(om.msg, nil))
+	}
+	om.msg.Release() // drops the arena's local reference
+	t := om.t
+	t.liveLocal.Add(-1)
+	t.maybeFinalize()
+}
+
+// dropPeerRef drops the peer's reference after its FREE.
+func (om *outMsg) dropPeerRef() { om.arena.Release() }
+
+func segmentLengths(msg *capnp.Message, buf []int) []int {
+	n := int(msg.NumSegments())
+	buf = buf[:0]
+	for i := 0; i < n; i++ {
+		s, err := msg.Segment(capnp.SegmentID(i))
+		if err != nil {
+			buf = append(buf, 0)
+			continue
+		}
+		buf = append(buf, len(s.Data()))
+	}
+	return buf
+}
+
+// Send transmits the message: inline in the ring if small, by reference to
+// its segments in shared memory otherwise, or on the socket if part of it
+// had to go to the heap. All three keep FIFO order. It blocks only while
+// the ring is full, and returns when the transport closes.
+func (om *outMsg) Send() error {
+	if om.released.Load() {
+		panic("capnshm: Send after Release")
+	}
+	if om.err != nil {
+		return om.err
+	}
+	if om.sent {
+		return errors.New("capnshm: message sent twice")
+	}
+	om.sent = true
+	t := om.t
+	var lbuf [8]int
+	lengths := segmentLengths(om.msg, lbuf[:0])
+	om.arena.SetUsed(lengths)
+	var total int
+	for _, n := range lengths {
+		total += n
+	}
+	segs := om.arena.Segments()
+	heap := false
+	for i := range lengths {
+		if segs[i].Loc == segalloc.LocHeap {
+			heap = true
+		}
+	}
+
+	t.outMu.Lock()
+	defer t.outMu.Unlock()
+	if t.closed.Load() || t.ctx.Err() != nil {
+		return t.cause()
+	}
+	t.flushPendingLocked(false)
+	var err error
+	switch {
+	case total <= t.opts.InlineMax && !heap:
+		err = t.sendInline(om.msg, lengths)
+	case heap:
+		err = t.sendOnSocket(om.msg)
+	default:
+		err = t.sendByReference(om, segs, lengths)
+	}
+	if err != nil {
+		return err
+	}
+	t.stats.messagesSent.Add(1)
+	t.stats.bytesSent.Add(uint64(total))
+	return nil
+}
+
+// claim claims an n-byte record in the outbound ring, waiting for space.
+// Called with outMu held.
+func (t *Transport) claim(n int) ([]byte, error) {
+	for {
+		b, err := t.out.Claim(n)
+		if !errors.Is(err, ringbuf.ErrFull) {
+			if err != nil {
+				return nil, fmt.Errorf("capnshm: outbound ring: %w", err)
+			}
+			return b, nil
+		}
+		if err := t.out.Commit(); err != nil {
+			return nil, t.ringError(err)
+		}
+		if err := t.out.WaitSpace(t.ctx, n); err != nil {
+			if t.ctx.Err() != nil {
+				return nil, t.cause()
+			}
+			return nil, t.ringError(err)
+		}
+	}
+}
+
+func (t *Transport) commit() error {
+	if err := t.out.Commit(); err != nil {
+		return t.ringError(err)
+	}
+	return nil
+}
+
+// ringError turns an error from the outbound ring into the connection's end.
+func (t *Transport) ringError(err error) error {
+	if errors.Is(err, ringbuf.ErrCorrupt) {
+		err = fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	t.fail(err)
+	return err
+}
+
+func (t *Transport) sendInline(msg *capnp.Message, lengths []int) error {
+	var sbuf [8][]byte
+	segs := sbuf[:0]
+	for i := range lengths {
+		s, err := msg.Segment(capnp.SegmentID(i))
+		if err != nil {
+			return err
+		}
+		segs = append(segs, s.Data())
+	}
+	b, err := t.claim(wire.InlineSize(lengths))
+	if err != nil {
+		return err
+	}
+	if _, err := wire.PutInline(b, segs); err != nil {
+		return err
+	}
+	t.stats.sentInline.Add(1)
+	var total int
+	for _, n := range lengths {
+		total += n
+	}
+	t.stats.bytesCopied.Add(uint64(total))
+	return t.commit()
+}
+
+func (t *Transport) sendByReference(om *outMsg, segs []segalloc.Segment, lengths []int) error {
+	var rbuf [8]wire.SegRef
+	refs := rbuf[:0]
+	for i, n := range lengths {
+		s := segs[i]
+		if s.Loc != segalloc.LocPool {
+			if err := t.mapper.announce(s.Mapping); err != nil {
+				return err
+			}
+		}
+		refs = append(refs, wire.SegRef{Loc: uint32(s.Loc), Offset: uint64(s.Offset), Length: uint64(n)})
+	}
+	t.sentMu.Lock()
+	t.nextID++
+	id := t.nextID
+	t.sent[id] = om
+	t.sentMu.Unlock()
+	om.arena.Retain() // the peer's reference, dropped by its FREE
+	b, err := t.claim(wire.MsgSize(len(refs)))
+	if err != nil {
+		return err
+	}
+	if _, err := wire.PutMsg(b, id, refs); err != nil {
+		return err
+	}
+	t.stats.sentByReference.Add(1)
+	return t.commit()
+}
+
+func (t *Transport) sendOnSocket(msg *capnp.Message) error {
+	data, err := msg.Marshal()
+	if err != nil {
+		return fmt.Errorf("capnshm: marshalling a message for the socket: %w", err)
+	}
+	t.sockSeq++
+	if err := t.fc.WriteFrame(wire.FrameMsg, t.sockSeq, data, nil); err != nil {
+		t.fail(fmt.Errorf("%w: writing to the socket: %w", ErrPeerGone, err))
+		return t.cause()
+	}
+	b, err := t.claim(wire.SockSize)
+	if err != nil {
+		return err
+	}
+	if _, err := wire.PutSock(b, t.sockSeq); err != nil {
+		return err
+	}
+	t.stats.sentOnSocket.Add(1)
+	t.stats.bytesCopied.Add(uint64(len(data)))
+	return t.commit()
+}
+
+// queueFree schedules a FREE of the peer's message id.
+func (t *Transport) queueFree(id uint64) {
+	t.pendMu.Lock()
+	t.frees = append(t.frees, id)
+	t.pendMu.Unlock()
+	t.flushPending()
+}
+
+// queueUnmap schedules an UNMAP of our dedicated mapping id.
+func (t *Transport) queueUnmap(id uint32) {
+	t.pendMu.Lock()
+	t.unmaps = append(t.unmaps, id)
+	t.pendMu.Unlock()
+	t.flushPending()
+}
+
+// flushPending writes pending FREE and UNMAP records if the ring is free
+// now, else leaves them to the flush goroutine. It never blocks.
+func (t *Transport) flushPending() {
+	if t.closed.Load() {
+		return
+	}
+	if !t.outMu.TryLock() {
+		t.kickFlusher()
+		return
+	}
+	defer t.outMu.Unlock()
+	if t.ctx.Err() != nil {
+		return
+	}
+	if !t.flushPendingLocked(false) {
+		t.kickFlusher()
+	}
+}
+
+func (t *Transport) kickFlusher() {
+	select {
+	case t.kick <- struct{}{}:
+	default:
+	}
+}
+
+// flushPendingLocked writes pending records; with wait it waits for ring
+// space, else it stops at the first full claim. It reports whether nothing
+// is left pending. Called with outMu held.
+func (t *Transport) flushPendingLocked(wait bool) bool {
+	t.pendMu.Lock()
+	frees, unmaps := t.frees, t.unmaps
+	t.frees, t.unmaps = nil, nil
+	t.pendMu.Unlock()
+	if len(frees) == 0 && len(unmaps) == 0 {
+		return true
+	}
+	claim := func(n int) ([]byte, error) {
+		if wait {
+			return t.claim(n)
+		}
+		return t.out.Claim(n)
+	}
+	putBack := func() bool {
+		t.pendMu.Lock()
+		t.frees = append(frees, t.frees...)
+		t.unmaps = append(unmaps, t.unmaps...)
+		t.pendMu.Unlock()
+		return false
+	}
+	for len(frees) > 0 {
+		n := min(len(frees), wire.MaxFreeIDs, (t.myRingView.MaxPayload()-8)/8)
+		b, err := claim(wire.FreeSize(n))
+		if err != nil {
+			t.commit()
+			return putBack()
+		}
+		if _, err := wire.PutFree(b, frees[:n]); err != nil {
+			t.fail(err)
+			return false
+		}
+		frees = frees[n:]
+		t.stats.freesSent.Add(uint64(n))
+	}
+	for len(unmaps) > 0 {
+		b, err := claim(wire.UnmapSize)
+		if err != nil {
+			t.commit()
+			return putBack()
+		}
+		if _, err := wire.PutUnmap(b, unmaps[0]); err != nil {
+			t.fail(err)
+			return false
+		}
+		unmaps = unmaps[1:]
+	}
+	return t.commit() == nil
+}
+
+// flushLoop writes pending records that found the ring full.
+func (t *Transport) flushLoop() {
+	defer t.wg.Done()
+	for {
+		select {
+		case <-t.ctx.Done():
+			return
+		case <-t.kick:
+		}
+		t.outMu.Lock()
+		if t.ctx.Err() == nil {
+			t.flushPendingLocked(true)
+		}
+		t.outMu.Unlock()
+	}
+}
+
+// ---- receiving ----
+
+// inMsg is a message received from the peer.
+type inMsg struct {
+	t        *Transport
+	msg      *capnp.Message
+	rm       rpccp.Message
+	id       uint64 // peer's message id to FREE, 0 if copied
+	maps     []*mapped
+	released atomic.Bool
+}
+
+func (im *inMsg) Message() rpccp.Message { return im.rm }
+
+// Release gives the message's memory back to the peer.
+func (im *inMsg) Release() {
+	if im.released.Swap(true) {
+		return
+	}
+	t := im.t
+	if im.id != 0 {
+		t.queueFree(im.id)
+	}
+	for _, m := range im.maps {
+		m.unref()
+	}
+	t.liveIn.Add(-1)
+	t.maybeFinalize()
+}
+
+// RecvMessage returns the next message from the peer. Its segments are the
+// peer's shared memory (mapped read-only), not a copy, unless the message is
+// small.
+func (t *Transport) RecvMessage() (transport.IncomingMessage, error) {
+	t.recvMu.Lock()
+	defer t.recvMu.Unlock()
+	for {
+		if t.closed.Load() {
+			return nil, t.cause()
+		}
+		rec, err := t.in.Poll()
+		if errors.Is(err, ringbuf.ErrEmpty) {
+			if err := t.in.Release(); err != nil {
+				return nil, t.recvFail(err)
+			}
+			if err := t.in.Wait(t.ctx); err != nil {
+				return nil, t.recvFail(err)
+			}
+			continue
+		}
+		if err != nil {
+			return nil, t.recvFail(err)
+		}
+		m, err := t.handleRecord(rec)
+		if rerr := t.in.Release(); rerr != nil && err == nil {
+			err = rerr
+		}
+		if err != nil {
+			return nil, t.recvFail(err)
+		}
+		if m != nil {
+			t.stats.messagesReceived.Add(1)
+			return m, nil
+		}
+	}
+}
+
+// recvFail ends the connection because of err met while receiving.
+func (t *Transport) recvFail(err error) error {
+	if t.ctx.Err() != nil {
+		return t.cause()
+	}
+	if errors.Is(err, ringbuf.ErrCorrupt) {
+		err = fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	t.fail(err)
+	return err
+}
+
+// handleRecord processes one record; it returns a message for go-capnp, or
+// nil for records that carry none.
+func (t *Transport) handleRecord(rec []byte) (*inMsg, error) {
+	kind, err := wire.Peek(rec)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	switch kind {
+	case wire.KindInline:
+		return t.recvInline(rec)
+	case wire.KindMsg:
+		return t.recvByReference(rec)
+	case wire.KindFree:
+		return nil, t.recvFree(rec)
+	case wire.KindSock:
+		return t.recvFromSocket(rec)
+	case wire.KindUnmap:
+		id, err := wire.ParseUnmap(rec)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
+		}
+		t.peerMu.Lock()
+		m := t.peerMaps[id]
+		delete(t.peerMaps, id)
+		t.peerMu.Unlock()
+		if m == nil {
+			return nil, fmt.Errorf("%w: UNMAP of mapping %d, which the peer never announced", ErrProtocol, id)
+		}
+		m.unref()
+		return nil, nil
+	}
+	return nil, fmt.Errorf("%w: record kind %d", ErrProtocol, kind)
+}
+
+func (t *Transport) recvInline(rec []byte) (*inMsg, error) {
+	var sbuf [8][]byte
+	segs, err := wire.ParseInline(rec, sbuf[:0])
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	return t.copyOut(segs, 0, nil)
+}
+
+// copyOut builds a private copy of segs, which the peer may change at any
+// time; id, if not zero, is freed at once.
+func (t *Transport) copyOut(segs [][]byte, id uint64, maps []*mapped) (*inMsg, error) {
+	var total int
+	for _, s := range segs {
+		total += len(s)
+	}
+	buf := make([]byte, total)
+	own := make([][]byte, len(segs))
+	off := 0
+	for i, s := range segs {
+		own[i] = buf[off : off+len(s) : off+len(s)]
+		off += copy(own[i], s)
+	}
+	t.stats.bytesCopied.Add(uint64(total))
+	if id != 0 {
+		t.queueFree(id)
+	}
+	for _, m := range maps {
+		m.unref()
+	}
+	return t.newIn(own, total, 0, nil)
+}
+
+func (t *Transport) newIn(segs [][]byte, total int, id uint64, maps []*mapped) (*inMsg, error) {
+	msg := &capnp.Message{Arena: &roArena{segs: segs}, TraverseLimit: t.readLimit(total)}
+	rm, err := rpccp.ReadRootMessage(msg)
+	if err != nil {
+		if id != 0 {
+			t.queueFree(id)
+		}
+		for _, m := range maps {
+			m.unref()
+		}
+		return nil, fmt.Errorf("%w: unreadable message: %w", ErrProtocol, err)
+	}
+	t.stats.bytesReceived.Add(uint64(total))
+	t.liveIn.Add(1)
+	return &inMsg{t: t, msg: msg, rm: rm, id: id, maps: maps}, nil
+}
+
+// readLimit is the traversal limit of a total-byte message: generous for
+// a message read a few times, capped by MaxMessage.
+func (t *Transport) readLimit(total int) uint64 {
+	return min(uint64(total)*8+64<<10, uint64(t.opts.MaxMessage)*4)
+}
+
+func (t *Transport) recvByReference(rec []byte) (*inMsg, error) {
+	if err := wire.ParseMsg(rec, &t.recvRec); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	m := &t.recvRec
+	var total uint64
+	segs := make([][]byte, len(m.Segs))
+	var maps []*mapped
+	fail := func(err error) (*inMsg, error) {
+		for _, mm := range maps {
+			mm.unref()
+		}
+		return nil, err
+	}
+	for i, s := range m.Segs {
+		var region *mapped
+		if s.Loc == 0 {
+			region = t.peerPool
+		} else {
+			r, err := t.peerMapping(s.Loc)
+			if err != nil {
+				return fail(err)
+			}
+			region = r
+		}
+		b := region.r.Bytes()
+		if !s.Within(uint64(len(b))) {
+			return fail(fmt.Errorf("%w: message %d segment %d at %d+%d lies outside %s of %d bytes", ErrProtocol, m.ID, i, s.Offset, s.Length, locName(s.Loc), len(b)))
+		}
+		total += s.Length
+		if total > uint64(t.opts.MaxMessage) {
+			return fail(fmt.Errorf("%w: message %d is over %d bytes (Options.MaxMessage)", ErrTooLarge, m.ID, t.opts.MaxMessage))
+		}
+		segs[i] = b[s.Offset : s.Offset+s.Length : s.Offset+s.Length]
+		region.ref()
+		maps = append(maps, region)
+	}
+	if int(total) <= t.opts.InlineMax {
+		return t.copyOut(segs, m.ID, maps)
+	}
+	return t.newIn(segs, int(total), m.ID, maps)
+}
+
+func locName(loc uint32) string {
+	if loc == 0 {
+		return "the peer's pool"
+	}
+	return fmt.Sprintf("dedicated mapping %d", loc)
+}
+
+// peerMapping waits until the socket reader has mapped the peer's
+// dedicated mapping id (the peer sends it before any record that uses it).
+func (t *Transport) peerMapping(id uint32) (*mapped, error) {
+	for {
+		t.peerMu.Lock()
+		m, ch := t.peerMaps[id], t.peerChanged
+		t.peerMu.Unlock()
+		if m != nil {
+			return m, nil
+		}
+		select {
+		case <-ch:
+		case <-t.ctx.Done():
+			return nil, t.cause()
+		}
+	}
+}
+
+func (t *Transport) recvFree(rec []byte) error {
+	var ibuf [64]uint64
+	ids, err := wire.ParseFree(rec, ibuf[:0])
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	for _, id := range ids {
+		t.sentMu.Lock()
+		om := t.sent[id]
+		delete(t.sent, id)
+		t.sentMu.Unlock()
+		if om == nil {
+			return fmt.Errorf("%w: FREE of message %d, which the peer does not hold", ErrProtocol, id)
+		}
+		om.dropPeerRef()
+	}
+	t.stats.freesReceived.Add(uint64(len(ids)))
+	return nil
+}
+
+func (t *Transport) recvFromSocket(rec []byte) (*inMsg, error) {
+	seq, err := wire.ParseSock(rec)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	if seq != t.recvSeq+1 {
+		return nil, fmt.Errorf("%w: socket message %d announced, expected %d", ErrProtocol, seq, t.recvSeq+1)
+	}
+	t.recvSeq = seq
+	for {
+		t.peerMu.Lock()
+		msg, ch := t.sockMsgs[seq], t.peerChanged
+		delete(t.sockMsgs, seq)
+		t.peerMu.Unlock()
+		if msg != nil {
+			rm, err := rpccp.ReadRootMessage(msg)
+			if err != nil {
+				return nil, fmt.Errorf("%w: unreadable socket message: %w", ErrProtocol, err)
+			}
+			size, _ := msg.TotalSize()
+			t.stats.bytesReceived.Add(size)
+			t.stats.bytesCopied.Add(size)
+			t.liveIn.Add(1)
+			return &inMsg{t: t, msg: msg, rm: rm}, nil
+		}
+		select {
+		case <-ch:
+		case <-t.ctx.Done():
+			return nil, t.cause()
+		}
+	}
+}
+
+// readSocket reads frames from the rendezvous socket: the peer's dedicated
+// mappings and fallback messages. EOF means the peer is gone.
+func (t *Transport) readSocket() {
+	defer t.wg.Done()
+	for {
+		hdr, payload, fds, err := t.fc.ReadFrame(int(min(t.opts.MaxMessage, 1<<31-1)))
+		if err != nil {
+			if t.closed.Load() {
+				return
+			}
+			t.fail(fmt.Errorf("%w: %w", ErrPeerGone, err))
+			return
+		}
+		if err := t.handleFrame(hdr, payload, fds); err != nil {
+			t.fail(err)
+			return
+		}
+	}
+}
+
+func (t *Transport) handleFrame(hdr wire.FrameHeader, payload []byte, fds []int) error {
+	switch hdr.Type {
+	case wire.FrameMap:
+		mp, err := wire.ParseMapping(payload)
+		id, size := mp.ID, mp.Size
+		if err != nil {
+			closeFDs(fds)
+			return fmt.Errorf("%w: %w", ErrProtocol, err)
+		}
+		if size > uint64(t.opts.MaxMessage)+1<<20 {
+			closeFDs(fds)
+			return fmt.Errorf("%w: dedicated mapping %d of %d bytes is over Options.MaxMessage", ErrTooLarge, id, size)
+		}
+		r, err := shm.Open(shm.Handle(fds[0]), int64(size), shm.ReadOnly, nil)
+		if err != nil {
+			return fmt.Errorf("%w: dedicated mapping %d: %w", ErrProtocol, id, err)
+		}
+		m := &mapped{r: r}
+		m.ref()
+		t.peerMu.Lock()
+		dup := t.peerMaps[id] != nil
+		if !dup {
+			t.peerMaps[id] = m
+			close(t.peerChanged)
+			t.peerChanged = make(chan struct{})
+		}
+		t.peerMu.Unlock()
+		if dup {
+			m.unref()
+			return fmt.Errorf("%w: dedicated mapping %d announced twice", ErrProtocol, id)
+		}
+		return nil
+	case wire.FrameMsg:
+		closeFDs(fds)
+		msg, err := capnp.Unmarshal(payload)
+		if err != nil {
+			return fmt.Errorf("%w: socket message %d: %w", ErrProtocol, hdr.Seq, err)
+		}
+		msg.TraverseLimit = t.readLimit(len(payload))
+		t.peerMu.Lock()
+		t.sockMsgs[hdr.Seq] = msg
+		close(t.peerChanged)
+		t.peerChanged = make(chan struct{})
+		t.peerMu.Unlock()
+		return nil
+	case wire.FrameBye:
+		closeFDs(fds)
+		return fmt.Errorf("%w: the peer closed the connection", ErrPeerGone)
+	}
+	closeFDs(fds)
+	return fmt.Errorf("%w: unexpected frame type %d", ErrProtocol, hdr.Type)
+}
+
+// ---- closing ----
+
+// Close ends the connection: blocked Send and RecvMessage calls return, the
+// peer sees the connection end. Shared memory is unmapped once no message
+// refers to it any more (a received message held by user code keeps the
+// peer's memory mapped until it is released).
+func (t *Transport) Close() error {
+	t.closeOnce.Do(func() {
+		t.closed.Store(true)
+		t.cancel(ErrClosed)
+		_ = t.fc.WriteFrame(wire.FrameBye, 0, nil, nil)
+		t.conn.CloseRead()
+		t.conn.Close()
+		t.wg.Wait()
+		// Send and RecvMessage return once the context is cancelled;
+		// holding their locks keeps them out of the rings from here on.
+		t.outMu.Lock()
+		defer t.outMu.Unlock()
+		t.recvMu.Lock()
+		defer t.recvMu.Unlock()
+		var errs []error
+		for _, c := range []interface{ Close() error }{t.dataBell, t.spaceBell, t.peerData, t.peerSpace, t.peerRing} {
+			if err := c.Close(); err != nil && !errors.Is(err, iocpwake.ErrClosed) {
+				errs = append(errs, err)
+			}
+		}
+		t.peerMu.Lock()
+		for id, m := range t.peerMaps {
+			delete(t.peerMaps, id)
+			m.unref()
+		}
+		t.peerMu.Unlock()
+		t.peerPool.unref()
+		t.closeErr = errors.Join(errs...)
+		t.maybeFinalize()
+	})
+	return t.closeErr
+}
+
+// maybeFinalize unmaps this side's memory once the transport is closed and
+// go-capnp has released every message it built here.
+func (t *Transport) maybeFinalize() {
+	if !t.closed.Load() || t.liveLocal.Load() != 0 || t.finalLocal.Swap(true) {
+		return
+	}
+	t.alloc.Close()
+	t.mapper.closeAll()
+	t.myPool.Close()
+	t.myRing.Close()
+}
+
+// ---- dedicated mappings ----
+
+// mapper makes this side's dedicated mappings for segalloc and announces
+// each to the peer (its descriptor, on the socket) before first use.
+type mapper struct {
+	t         *Transport
+	mu        sync.Mutex
+	next      uint32
+	regions   map[uint32]*shm.Region
+	announced map[uint32]bool
+}
+
+type mapping struct {
+	id uint32
+	r  *shm.Region
+}
+
+func (m *mapping) ID() uint32    { return m.id }
+func (m *mapping) Bytes() []byte { return m.r.Bytes() }
+
+func (mp *mapper) Map(size int) (segalloc.Mapping, error) {
+	r, err := shm.Create(int64(size), &shm.Options{Name: "capnshm-dedicated"})
+	if err != nil {
+		return nil, err
+	}
+	mp.mu.Lock()
+	defer mp.mu.Unlock()
+	mp.next++
+	mp.regions[mp.next] = r
+	return &mapping{id: mp.next, r: r}, nil
+}
+
+func (mp *mapper) Unmap(sm segalloc.Mapping) {
+	m := sm.(*mapping)
+	mp.mu.Lock()
+	announced := mp.announced[m.id]
+	delete(mp.announced, m.id)
+	delete(mp.regions, m.id)
+	mp.mu.Unlock()
+	m.r.Close()
+	if announced {
+		mp.t.queueUnmap(m.id)
+	}
+}
+
+// announce sends the mapping's descriptor to the peer if not done yet.
+// Called with outMu held, before the record that refers to it.
+func (mp *mapper) announce(sm segalloc.Mapping) error {
+	m := sm.(*mapping)
+	mp.mu.Lock()
+	done := mp.announced[m.id]
+	mp.announced[m.id] = true
+	mp.mu.Unlock()
+	if done {
+		return nil
+	}
+	var b [wire.MappingSize]byte
+	if _, err := wire.PutMapping(b[:], wire.Mapping{ID: m.id, Size: uint64(m.r.Len())}); err != nil {
+		return err
+	}
+	if err := mp.t.fc.WriteFrame(wire.FrameMap, 0, b[:], []int{int(m.r.Handle())}); err != nil {
+		mp.t.fail(fmt.Errorf("%w: sending a dedicated mapping: %w", ErrPeerGone, err))
+		return mp.t.cause()
+	}
+	return nil
+}
+
+func (mp *mapper) closeAll() {
+	mp.mu.Lock()
+	defer mp.mu.Unlock()
+	for id, r := range mp.regions {
+		r.Close()
+		delete(mp.regions, id)
+	}
+}
+
+func closeFD(fd int) { unix.Close(fd) }
+
+type counters struct {
+	messagesSent, messagesReceived atomic.Uint64
+	bytesSent, bytesReceived       atomic.Uint64
+	sentByReference, sentInline    atomic.Uint64
+	sentOnSocket, bytesCopied      atomic.Uint64
+	freesSent, freesReceived       atomic.Uint64
+}

@@ -1,0 +1,234 @@
+package rpc_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	capnp "capnproto.org/go/capnp/v3"
+	gorpc "capnproto.org/go/capnp/v3/rpc"
+	"golang.org/x/sys/unix"
+
+	"github.com/capnshm/capnshm/internal/conformance"
+	"github.com/capnshm/capnshm/internal/echoproto"
+	"github.com/capnshm/capnshm/internal/peertest"
+	"github.com/capnshm/capnshm/rpc"
+)
+
+func init() {
+	peertest.Register("echo-server", echoServerPeer)
+}
+
+// unixConn turns a descriptor into a *net.UnixConn (the descriptor is
+// duplicated: the caller still owns fd).
+func unixConn(fd int) (*net.UnixConn, error) {
+	f := os.NewFile(uintptr(fd), "socket")
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.UnixConn), nil
+}
+
+// socketPair returns the two ends of a connected unix stream socket.
+func socketPair(t testing.TB) (mine *net.UnixConn, theirs int) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := unixConn(fds[0])
+	unix.Close(fds[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fds[1]) })
+	return c, fds[1]
+}
+
+// echoServerPeer serves echoproto.Server over the transport on the socket
+// it inherited. Commands on stdin: "close" closes the connection; EOF ends
+// the process.
+func echoServerPeer(args []string) int {
+	conn, err := unixConn(int(peertest.Handles()[0]))
+	if err != nil {
+		return peertest.Fail("%v", err)
+	}
+	opts := peerOptions(args)
+	tr, err := rpc.NewTransport(context.Background(), conn, rpc.Listener, opts)
+	if err != nil {
+		peertest.Say("handshake failed: %v", err)
+		return 0
+	}
+	boot := echoproto.Echo_ServerToClient(&echoproto.Server{})
+	c := gorpc.NewConn(tr, &gorpc.Options{BootstrapClient: capnp.Client(boot), Logger: opts.Logger})
+	peertest.Say("serving")
+	in := peertest.Stdin()
+	for in.Scan() {
+		switch in.Text() {
+		case "close":
+			c.Close()
+			<-c.Done()
+			peertest.Say("closed")
+		}
+	}
+	c.Close()
+	return 0
+}
+
+func peerOptions(args []string) *rpc.Options {
+	o := &rpc.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	for _, a := range args {
+		k, v, _ := strings.Cut(a, "=")
+		var n int64
+		fmt.Sscan(v, &n)
+		switch k {
+		case "pool":
+			o.PoolSize = n
+		case "inline":
+			o.InlineMax = int(n)
+		case "maxmsg":
+			o.MaxMessage = n
+		}
+	}
+	return o
+}
+
+// dialPeer starts an echo server process and connects to it.
+func dialPeer(t *testing.T, opts *rpc.Options, peerArgs ...string) (*conformance.Conn, *rpc.Transport, *peertest.Peer) {
+	t.Helper()
+	mine, theirs := socketPair(t)
+	p := peertest.Start(t, "echo-server", []uintptr{uintptr(theirs)}, peerArgs...)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("peer's stderr:\n%s", p.Stderr())
+		}
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if opts == nil {
+		opts = &rpc.Options{}
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	tr, err := rpc.NewTransport(ctx, mine, rpc.Dialer, opts)
+	if err != nil {
+		t.Fatalf("handshake: %v; peer: %s", err, p.Stderr())
+	}
+	p.Expect("serving")
+	c := gorpc.NewConn(tr, nil)
+	t.Cleanup(func() { c.Close() })
+	return &conformance.Conn{
+		Boot: echoproto.Echo(c.Bootstrap(t.Context())),
+		RPC:  c,
+		CloseServer: func() error {
+			p.Send("close")
+			p.Expect("closed")
+			return nil
+		},
+	}, tr, p
+}
+
+// TestConformance runs the transport conformance suite across two processes.
+func TestConformance(t *testing.T) {
+	env := conformance.Env{
+		Dial: func(t *testing.T) *conformance.Conn {
+			c, _, _ := dialPeer(t, nil)
+			return c
+		},
+		Huge: 1 << 30,
+	}
+	if testing.Short() || raceEnabled {
+		env.Sizes = []int{0, 1, 1 << 20}
+		env.Huge = 0
+		env.Concurrent = 2000
+	}
+	conformance.Run(t, env)
+}
+
+// TestZeroCopy: a large message travels by reference, with no byte copied
+// by the transport, in both directions.
+func TestZeroCopy(t *testing.T) {
+	c, tr, _ := dialPeer(t, nil)
+	defer c.Boot.Release()
+	ctx := t.Context()
+	const n = 8 << 20
+	f, release := c.Boot.Sum(ctx, func(p echoproto.Echo_sum_Params) error {
+		ptr, b, err := echoproto.NewData(p.Segment(), n)
+		if err != nil {
+			return err
+		}
+		echoproto.FillPattern(b, 1, 0)
+		return capnp.Struct(p).SetPtr(0, ptr)
+	})
+	res, err := f.Struct()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Length() != n {
+		t.Fatalf("server saw %d bytes", res.Length())
+	}
+	release()
+	before := tr.Stats()
+	g, release2 := c.Boot.Fill(ctx, func(p echoproto.Echo_fill_Params) error {
+		p.SetSize(n)
+		p.SetSeed(2)
+		return nil
+	})
+	r2, err := g.Struct()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, _ := r2.Data()
+	if len(d) != n {
+		t.Fatalf("got %d bytes", len(d))
+	}
+	release2()
+	after := tr.Stats()
+	// Only small control messages (inline) may have been copied.
+	if copied := after.BytesCopied - before.BytesCopied; copied >= 64<<10 {
+		t.Fatalf("the transport copied %d bytes for an %d-byte result", copied, n)
+	}
+	if after.SentByReference == 0 {
+		t.Fatal("no message went by reference")
+	}
+	t.Logf("stats: %+v", after)
+}
+
+// TestHandshakeRefused: a peer whose handshake fails gets a clear error, and
+// nothing is left behind.
+func TestHandshakeGarbage(t *testing.T) {
+	mine, theirs := socketPair(t)
+	other, err := unixConn(theirs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	go other.Write([]byte("GET / HTTP/1.1\r\nHost: example\r\n\r\n"))
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	_, err = rpc.NewTransport(ctx, mine, rpc.Listener, nil)
+	if !errors.Is(err, rpc.ErrProtocol) {
+		t.Fatalf("got %v, want ErrProtocol", err)
+	}
+	t.Logf("error: %v", err)
+}
+
+func TestHandshakeTimeout(t *testing.T) {
+	mine, _ := socketPair(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	_, err := rpc.NewTransport(ctx, mine, rpc.Dialer, nil)
+	if err == nil {
+		t.Fatal("handshake with a silent peer succeeded")
+	}
+	t.Logf("error: %v", err)
+}
