@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -277,6 +278,7 @@ func (t *Transport) readHello() (wire.Hello, []int, error) {
 }
 
 func (t *Transport) refuse(reason string) {
+	reason = strings.TrimPrefix(reason, ErrRefused.Error()+": ")
 	if len(reason) > wire.MaxRefuseReason {
 		reason = reason[:wire.MaxRefuseReason]
 	}
@@ -365,6 +367,15 @@ func (t *Transport) Stats() Stats {
 	s.PeerHeld = uint64(len(t.sent))
 	t.sentMu.Unlock()
 	return s
+}
+
+// Err returns why the transport stopped: nil while it runs, ErrClosed after
+// Close, or the error that ended it (ErrPeerGone, ErrProtocol, ...).
+func (t *Transport) Err() error {
+	if t.ctx.Err() == nil {
+		return nil
+	}
+	return context.Cause(t.ctx)
 }
 
 // fail ends the connection with err (the first cause wins).

@@ -25,8 +25,8 @@ func init() {
 	peertest.Register("echo-server", echoServerPeer)
 }
 
-// unixConn turns a descriptor into a *net.UnixConn (the descriptor is
-// duplicated: the caller still owns fd).
+// unixConn turns a descriptor into a *net.UnixConn. It takes fd: the
+// connection holds a duplicate and fd itself is closed.
 func unixConn(fd int) (*net.UnixConn, error) {
 	f := os.NewFile(uintptr(fd), "socket")
 	defer f.Close()
@@ -37,7 +37,9 @@ func unixConn(fd int) (*net.UnixConn, error) {
 	return c.(*net.UnixConn), nil
 }
 
-// socketPair returns the two ends of a connected unix stream socket.
+// socketPair returns the two ends of a connected unix stream socket. Close
+// theirs (closeFD) once a peer has it: while this process holds it, the
+// socket never reports the peer's death.
 func socketPair(t testing.TB) (mine *net.UnixConn, theirs int) {
 	t.Helper()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
@@ -45,11 +47,9 @@ func socketPair(t testing.TB) (mine *net.UnixConn, theirs int) {
 		t.Fatal(err)
 	}
 	c, err := unixConn(fds[0])
-	unix.Close(fds[0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { unix.Close(fds[1]) })
 	return c, fds[1]
 }
 
@@ -77,6 +77,8 @@ func echoServerPeer(args []string) int {
 			c.Close()
 			<-c.Done()
 			peertest.Say("closed")
+		case "stats":
+			peertest.Say("%+v", tr.Stats())
 		}
 	}
 	c.Close()
@@ -96,6 +98,10 @@ func peerOptions(args []string) *rpc.Options {
 			o.InlineMax = int(n)
 		case "maxmsg":
 			o.MaxMessage = n
+		case "maxded":
+			o.MaxDedicated = n
+		case "maxheap":
+			o.MaxHeap = n
 		}
 	}
 	return o
@@ -106,6 +112,7 @@ func dialPeer(t *testing.T, opts *rpc.Options, peerArgs ...string) (*conformance
 	t.Helper()
 	mine, theirs := socketPair(t)
 	p := peertest.Start(t, "echo-server", []uintptr{uintptr(theirs)}, peerArgs...)
+	unix.Close(theirs)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("peer's stderr:\n%s", p.Stderr())
