@@ -30,5 +30,6 @@ func (t *Transport) Close() error { return nil }
 
 // Stats returns zero counters.
 func (t *Transport) Stats() Stats { return Stats{} }
+
 // Err returns ErrUnsupported.
 func (t *Transport) Err() error { return ErrUnsupported }
