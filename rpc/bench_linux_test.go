@@ -87,9 +87,10 @@ func benchShmServerPeer(args []string) int {
 }
 
 const (
-	// benchTimeout bounds each benchmark function's calls: a peer that
-	// hangs fails the benchmark instead of hanging the run.
-	benchTimeout = 5 * time.Minute
+	// benchTimeout bounds every call on a connection (the connection's
+	// life): a peer that hangs fails the benchmark instead of hanging the
+	// run.
+	benchTimeout = 15 * time.Minute
 	inplaceSize  = 64 << 20
 	// streamLimit is the stream transports' message and traversal limit:
 	// go-capnp's default (64 MiB) refuses the 64 MiB in-place message.
@@ -172,6 +173,10 @@ func streamServerPeer(args []string) int {
 // benchConn is a client connection to an Echo server.
 type benchConn struct {
 	name string
+	// ctx bounds the calls; it ends after the connection closed, as
+	// go-capnp sends a call's Finish under the call's context after the
+	// caller has its results.
+	ctx  context.Context
 	boot echoproto.Echo
 	tr   *rpc.Transport // shm only
 }
@@ -239,7 +244,10 @@ func dialBench(tb testing.TB, name string) *benchConn {
 	// The bootstrap capability outlives ctx; it is released after the
 	// connection closed (a release before Close races with Close).
 	bc.boot = echoproto.Echo(c.Bootstrap(context.Background()))
+	callCtx, callCancel := context.WithTimeout(context.Background(), benchTimeout)
+	bc.ctx = callCtx
 	tb.Cleanup(func() {
+		defer callCancel()
 		c.Close()
 		select {
 		case <-c.Done():
@@ -358,12 +366,6 @@ func baselineOp(buf []byte, want uint64) error {
 	return nil
 }
 
-func benchCtx(b *testing.B) context.Context {
-	ctx, cancel := context.WithTimeout(b.Context(), benchTimeout)
-	b.Cleanup(cancel)
-	return ctx
-}
-
 // copiedPerOp reports the shm transport's copied bytes per operation since
 // before (client side: inline messages it sent and received, anything
 // copied out or sent on the socket).
@@ -395,7 +397,7 @@ func BenchmarkRPC(b *testing.B) {
 func benchTransport(b *testing.B, name string) {
 	bc := dialBench(b, name)
 	b.Run("ping", func(b *testing.B) {
-		ctx := benchCtx(b)
+		ctx := bc.ctx
 		b.ReportAllocs()
 		var before rpc.Stats
 		if bc.tr != nil {
@@ -410,7 +412,7 @@ func benchTransport(b *testing.B, name string) {
 	})
 	for _, sz := range echoSizes {
 		b.Run("echo/"+sz.name, func(b *testing.B) {
-			ctx := benchCtx(b)
+			ctx := bc.ctx
 			src := make([]byte, sz.n)
 			echoproto.FillPattern(src, 3, 0)
 			b.SetBytes(int64(sz.n))
@@ -430,7 +432,7 @@ func benchTransport(b *testing.B, name string) {
 		})
 	}
 	b.Run("inplace64M", func(b *testing.B) {
-		ctx := benchCtx(b)
+		ctx := bc.ctx
 		buf, want := baselineBuffer()
 		b.SetBytes(inplaceSize)
 		b.ReportAllocs()
@@ -498,7 +500,6 @@ func BenchmarkSummary(b *testing.B) {
 	for i, n := range names {
 		conns[i] = dialBench(b, n)
 	}
-	ctx := benchCtx(b)
 	src := make([]byte, 16<<20)
 	echoproto.FillPattern(src, 5, 0)
 	tally := make([]summaryTally, len(names))
@@ -511,7 +512,7 @@ func BenchmarkSummary(b *testing.B) {
 			m0 := ms.Mallocs
 			start := time.Now()
 			for range summaryPings {
-				if err := conns[i].ping(ctx); err != nil {
+				if err := conns[i].ping(conns[i].ctx); err != nil {
 					b.Fatalf("%s: %v", names[i], err)
 				}
 			}
@@ -524,7 +525,7 @@ func BenchmarkSummary(b *testing.B) {
 			i := (k + round) % len(conns)
 			start := time.Now()
 			for j := range summaryEchoes {
-				if err := conns[i].echo(ctx, src, round*summaryEchoes+j); err != nil {
+				if err := conns[i].echo(conns[i].ctx, src, round*summaryEchoes+j); err != nil {
 					b.Fatalf("%s: %v", names[i], err)
 				}
 			}

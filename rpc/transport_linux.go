@@ -911,7 +911,7 @@ func (t *Transport) copyOut(segs [][]byte, id uint64, maps []*mapped) (*inMsg, e
 
 func (t *Transport) newIn(segs [][]byte, total int, id uint64, maps []*mapped) (*inMsg, error) {
 	msg := &capnp.Message{Arena: &roArena{segs: segs}, TraverseLimit: t.readLimit(total)}
-	rm, err := rpccp.ReadRootMessage(msg)
+	rm, err := readRoot(msg)
 	if err != nil {
 		if id != 0 {
 			t.queueFree(id)
@@ -924,6 +924,27 @@ func (t *Transport) newIn(segs [][]byte, total int, id uint64, maps []*mapped) (
 	t.stats.bytesReceived.Add(uint64(total))
 	t.liveIn.Add(1)
 	return &inMsg{t: t, msg: msg, rm: rm, id: id, maps: maps}, nil
+}
+
+// readRoot reads the root of a message the peer wrote. A message needs at
+// least its root pointer in its first segment: go-capnp v3.0.1-alpha.2
+// panics on an empty first segment instead of returning an error, so that
+// is checked here, and any other panic from reading the root becomes an
+// error too.
+func readRoot(msg *capnp.Message) (rm rpccp.Message, err error) {
+	first, err := msg.Segment(0)
+	if err != nil {
+		return rm, err
+	}
+	if len(first.Data()) < 8 {
+		return rm, fmt.Errorf("the first segment is %d bytes, too short for a root pointer", len(first.Data()))
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("reading the root: %v", r)
+		}
+	}()
+	return rpccp.ReadRootMessage(msg)
 }
 
 // readLimit is the traversal limit of a total-byte message: generous for
@@ -1035,7 +1056,7 @@ func (t *Transport) recvFromSocket(rec []byte) (*inMsg, error) {
 		delete(t.sockMsgs, seq)
 		t.peerMu.Unlock()
 		if msg != nil {
-			rm, err := rpccp.ReadRootMessage(msg)
+			rm, err := readRoot(msg)
 			if err != nil {
 				return nil, fmt.Errorf("%w: unreadable socket message: %w", ErrProtocol, err)
 			}
