@@ -16,7 +16,8 @@ package rpc_test
 // BenchmarkSummary interleaves shm, unix and pipe in one process and reports
 // the ratios the transport is held to. Allocations are this process's only:
 // for shm, unix and tcp that is the client; for pipe it is client and server.
-// Nothing here asserts a timing.
+// Nothing here asserts a timing. CAPNSHM_BENCH_STRATEGY=adaptive|busy|block
+// runs the shm side (both processes) with that ring wait strategy.
 
 import (
 	"context"
