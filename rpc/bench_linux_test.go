@@ -35,6 +35,7 @@ import (
 	capnp "capnproto.org/go/capnp/v3"
 	gorpc "capnproto.org/go/capnp/v3/rpc"
 	"capnproto.org/go/capnp/v3/rpc/transport"
+	"golang.org/x/sys/unix"
 
 	"github.com/capnshm/capnshm/internal/echoproto"
 	"github.com/capnshm/capnshm/internal/peertest"
@@ -64,6 +65,13 @@ func benchStrategy() (ringbuf.WaitStrategy, bool) {
 	return 0, false
 }
 
+// benchSpin is the spin time of CAPNSHM_BENCH_SPIN (a duration), or 0 for
+// the default.
+func benchSpin() time.Duration {
+	d, _ := time.ParseDuration(os.Getenv("CAPNSHM_BENCH_SPIN"))
+	return d
+}
+
 // benchShmServerPeer is echo-server with the wait strategy of envStrategy
 // (inherited from the parent).
 func benchShmServerPeer(args []string) int {
@@ -71,7 +79,7 @@ func benchShmServerPeer(args []string) int {
 	if err != nil {
 		return peertest.Fail("%v", err)
 	}
-	opts := &rpc.Options{Logger: benchLogger()}
+	opts := &rpc.Options{Logger: benchLogger(), SpinTime: benchSpin()}
 	opts.Strategy, _ = benchStrategy()
 	tr, err := rpc.NewTransport(context.Background(), conn, rpc.Listener, opts)
 	if err != nil {
@@ -202,7 +210,11 @@ func dialBench(tb testing.TB, name string) *benchConn {
 		if st, ok := benchStrategy(); ok {
 			opts.Strategy, peer = st, "bench-shm-server"
 		}
+		if d := benchSpin(); d != 0 {
+			opts.SpinTime, peer = d, "bench-shm-server"
+		}
 		p := startBenchPeer(tb, peer, []uintptr{uintptr(theirs)})
+		unix.Close(theirs)
 		tr, err := rpc.NewTransport(ctx, mine, rpc.Dialer, opts)
 		if err != nil {
 			tb.Fatalf("handshake: %v; peer: %s", err, p.Stderr())
@@ -212,6 +224,7 @@ func dialBench(tb testing.TB, name string) *benchConn {
 	case "unix":
 		mine, theirs := socketPair(tb)
 		p := startBenchPeer(tb, "stream-server", []uintptr{uintptr(theirs)})
+		unix.Close(theirs)
 		p.Expect("serving")
 		t = streamTransport(mine)
 	case "tcp":

@@ -3,6 +3,7 @@ package rpc
 import (
 	"errors"
 	"log/slog"
+	"runtime"
 	"time"
 
 	"github.com/capnshm/capnshm/ringbuf"
@@ -61,6 +62,11 @@ type Options struct {
 	MaxHeap int64
 	// Strategy is how both rings wait. The zero value is ringbuf.Adaptive.
 	Strategy ringbuf.WaitStrategy
+	// SpinTime is how long the Adaptive strategy polls before it parks.
+	// Zero: ringbuf.DefaultSpinTime on machines with more than two CPUs,
+	// none (park at once) on smaller ones, where a spinning reader takes
+	// the CPU that the goroutines it waits for need. Negative: no spin.
+	SpinTime time.Duration
 	// AllowOtherUsers accepts a peer running as another user. By default
 	// the handshake refuses it.
 	AllowOtherUsers bool
@@ -89,6 +95,9 @@ func (o *Options) withDefaults() Options {
 	if v.InlineMax == 0 {
 		v.InlineMax = DefaultInlineMax
 	}
+	if v.SpinTime == 0 {
+		v.SpinTime = defaultSpinTime()
+	}
 	if v.HandshakeTimeout <= 0 {
 		v.HandshakeTimeout = DefaultHandshake
 	}
@@ -96,6 +105,16 @@ func (o *Options) withDefaults() Options {
 		v.Logger = slog.New(slog.DiscardHandler)
 	}
 	return v
+}
+
+// defaultSpinTime picks Adaptive's spin for this machine: measured on two
+// vCPUs, spinning readers (one per process) made an RPC ping 1.6x slower
+// than parking at once; with spare cores, spinning skips the doorbell.
+func defaultSpinTime() time.Duration {
+	if runtime.NumCPU() <= 2 {
+		return -1
+	}
+	return ringbuf.DefaultSpinTime
 }
 
 // Errors of the transport, wrapped with details. Match them with errors.Is.

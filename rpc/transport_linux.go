@@ -221,6 +221,10 @@ func (t *Transport) makeMine() error {
 		Mapper:       t.mapper,
 		MaxDedicated: t.opts.MaxDedicated,
 		MaxHeap:      t.opts.MaxHeap,
+		// go-capnp v3.0.1-alpha.2 zeroes every object it allocates
+		// (message.go, alloc): zeroing freed memory too would clear each
+		// byte twice on the sender's side.
+		NoScrub: true,
 	}); err != nil {
 		return fmt.Errorf("capnshm: pool of %d bytes: %w", t.opts.PoolSize, err)
 	}
@@ -339,8 +343,8 @@ func (t *Transport) adoptPeer(h wire.Hello, fds []int) error {
 	if t.peerSpace, err = iocpwake.Open(iocpwake.Handle(fds[3])); err != nil {
 		return fmt.Errorf("%w: the peer's space doorbell: %w", ErrProtocol, err)
 	}
-	t.in = ring.Consumer(ringbuf.Options{Strategy: t.opts.Strategy, Waiter: t.dataBell, Ringer: t.peerSpace})
-	t.out = t.myRingView.Producer(ringbuf.Options{Strategy: t.opts.Strategy, Waiter: t.spaceBell, Ringer: t.peerData})
+	t.in = ring.Consumer(ringbuf.Options{Strategy: t.opts.Strategy, SpinTime: t.opts.SpinTime, Waiter: t.dataBell, Ringer: t.peerSpace})
+	t.out = t.myRingView.Producer(ringbuf.Options{Strategy: t.opts.Strategy, SpinTime: t.opts.SpinTime, Waiter: t.spaceBell, Ringer: t.peerData})
 	t.log.Debug("capnshm: connected", "peer_pid", t.peerPID, "peer_pool", h.PoolSize, "peer_ring", h.RingSize)
 	return nil
 }

@@ -53,6 +53,13 @@ type Options struct {
 	// FirstSegment is the size of an arena's first segment, rounded up to a
 	// power of two and to MinBlock; at most MaxBlock. Default MinBlock.
 	FirstSegment int
+	// NoScrub reuses freed memory without zeroing it, for a user that zeroes
+	// everything it allocates itself: go-capnp v3.0.1-alpha.2 clears every
+	// object's space in its alloc, so zeroing on free as well would clear
+	// each byte twice. Only bytes the user allocated are ever sent, so
+	// stale bytes stay within this pool, which only this connection's peer
+	// maps.
+	NoScrub bool
 	// Mapper makes dedicated mappings. Nil: none; segments larger than
 	// MaxBlock and pool exhaustion go to the heap.
 	Mapper Mapper
@@ -148,6 +155,7 @@ type Allocator struct {
 	maxDed   int64
 	maxCache int64
 	maxHeap  int64
+	noScrub  bool
 
 	closing atomic.Bool // set by Close before taking mu: aborts long scrubs
 	done    chan struct{}
@@ -238,6 +246,7 @@ func newAllocator(pool []byte, opts Options) (*Allocator, error) {
 		maxDed:   limit(opts.MaxDedicated, defaultMaxDedicated),
 		maxCache: limit(opts.MaxCached, defaultMaxCached),
 		maxHeap:  limit(opts.MaxHeap, defaultMaxHeap),
+		noScrub:  opts.NoScrub,
 		done:     make(chan struct{}),
 	}
 	a.work.L = &a.mu
@@ -738,6 +747,10 @@ func (a *Allocator) free(segs []segment) {
 	scrubbed := 0
 	for j := range segs {
 		s := &segs[j]
+		if a.noScrub {
+			s.used = 0 // clean as far as the user is concerned
+			continue
+		}
 		if s.used < 0 || s.used > cap(s.Data) {
 			s.used = cap(s.Data)
 		}

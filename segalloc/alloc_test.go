@@ -799,3 +799,38 @@ func TestConcurrent(t *testing.T) {
 	a.Close()
 	mm.check(t, 0)
 }
+
+// TestNoScrub: with NoScrub, freed memory is reused as it was left, for a
+// user (go-capnp) that zeroes what it allocates.
+func TestNoScrub(t *testing.T) {
+	pool := make([]byte, 64<<10)
+	a, err := New(pool, Options{MinBlock: 1024, MaxBlock: 16 << 10, NoScrub: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ar := a.NewArena()
+	_, b, err := ar.Allocate(100, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = b[:100]
+	for i := range b {
+		b[i] = 0xee
+	}
+	ar.SetUsed([]int{100})
+	ar.Release()
+	a.waitScrubbed()
+	if got := a.Stats().BytesScrubbed; got != 0 {
+		t.Fatalf("%d bytes scrubbed with NoScrub", got)
+	}
+	ar2 := a.NewArena()
+	defer ar2.Release()
+	_, b2, err := ar2.Allocate(100, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b2[:100][0] != 0xee {
+		t.Fatal("the block was zeroed or not reused")
+	}
+}
