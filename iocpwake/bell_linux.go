@@ -31,7 +31,48 @@ type Bell struct {
 	token     chan struct{}
 	closed    chan struct{}
 	closeOnce sync.Once
-	buf       [8]byte // read buffer, used by the token holder
+	buf       [8]byte   // read buffer, used by the token holder
+	cancel    cancelReg // guarded by the token
+}
+
+// cancelReg is the registration that interrupts a read when its context
+// ends. It is kept across waits with the same context (a transport waits
+// with one long-lived context), so that a wait costs no allocation.
+type cancelReg struct {
+	ctx   context.Context
+	stop  func() bool
+	fired chan struct{}
+}
+
+// arm makes sure that ctx's end interrupts the read. Called by the token
+// holder.
+func (b *Bell) arm(ctx context.Context) {
+	if ctx.Done() == nil || b.cancel.ctx == ctx {
+		return
+	}
+	b.disarm()
+	fired := make(chan struct{})
+	b.cancel = cancelReg{
+		ctx: ctx,
+		stop: context.AfterFunc(ctx, func() {
+			_ = b.f.SetReadDeadline(time.Unix(1, 0))
+			close(fired)
+		}),
+		fired: fired,
+	}
+}
+
+// disarm drops the registration; if it already fired, it undoes its
+// deadline. Called by the token holder.
+func (b *Bell) disarm() {
+	if b.cancel.ctx == nil {
+		return
+	}
+	if !b.cancel.stop() {
+		<-b.cancel.fired
+		_ = b.f.SetReadDeadline(time.Time{})
+	}
+	b.cancel = cancelReg{}
 }
 
 // New creates a doorbell that this process waits on.
@@ -121,21 +162,12 @@ func (b *Bell) Wait(ctx context.Context) error {
 	}
 	defer func() { <-b.token }()
 
-	var stop func() bool
-	var fired chan struct{}
-	if ctx.Done() != nil {
-		fired = make(chan struct{})
-		stop = context.AfterFunc(ctx, func() {
-			_ = b.f.SetReadDeadline(time.Unix(1, 0))
-			close(fired)
-		})
-	}
+	b.arm(ctx)
 	_, err := b.f.Read(b.buf[:])
-	if stop != nil && !stop() {
-		// The cancellation ran (or is running): undo its deadline before
-		// the next waiter gets the token.
-		<-fired
-		_ = b.f.SetReadDeadline(time.Time{})
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		// ctx ended (its registration set the deadline): the next wait,
+		// with another context, must not inherit the deadline.
+		b.disarm()
 	}
 	switch {
 	case err == nil:
@@ -158,6 +190,11 @@ func (b *Bell) Close() error {
 	b.closeOnce.Do(func() {
 		close(b.closed)
 		err = b.f.Close()
+		// Waiters leave at once now; take the token for good (later
+		// Waits see closed) and drop the cancellation registration, so
+		// that a long-lived context does not keep this bell alive.
+		b.token <- struct{}{}
+		b.disarm()
 	})
 	return err
 }
