@@ -1,6 +1,29 @@
 // Package rpc carries Cap'n Proto RPC (capnproto.org/go/capnp/v3/rpc)
 // between two processes on one host through shared memory.
 //
+// # Listen and Dial
+//
+// Most programs need only Listen and Dial, with addresses as Cap'n Proto
+// users write them (ParseAddr): unix:/path, unix-abstract:name,
+// tcp:host:port or host:port run go-capnp's stream transport
+// (wire-compatible with C++ EZ-RPC); shm:/path and shm-abstract:name mean
+// shared memory, negotiated on that unix socket:
+//
+//	srv, err := rpc.Listen("shm:/run/app.sock", bootstrap)
+//	go srv.Serve(ctx)
+//
+//	conn, err := rpc.Dial(ctx, "shm:/run/app.sock")
+//	client := conn.Bootstrap(ctx)
+//
+// The dialer sends a HELLO frame; the listener peeks at the first bytes of
+// each connection, so that it also serves plain Cap'n Proto clients (C++
+// EzRpcClient, go-capnp's stream transport) on a shm: address. When shared
+// memory cannot be had (the listener refuses it, another user, FallbackNever)
+// both sides run the stream transport on the same socket, or fail clearly
+// under FallbackRequire (see Fallback).
+//
+// # The transport
+//
 // A Transport implements go-capnp's transport.Transport. Each side owns a
 // pool where it builds the messages it sends (go-capnp writes params and
 // results straight into it, through segalloc's Arena) and an outbound ring

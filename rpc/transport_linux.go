@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -91,8 +90,23 @@ func (m *mapped) unref() {
 // handles and fallback messages); the transport closes it. On error conn is
 // closed and everything made so far is released.
 func NewTransport(ctx context.Context, conn *net.UnixConn, side Side, opts *Options) (*Transport, error) {
+	t, _, err := newTransport(ctx, conn, side, opts)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+// newTransport is NewTransport, except that a handshake that ended
+// cleanly without shared memory leaves conn open: fallbackOK is true when
+// this side refused the peer (and said so with REFUSE), the peer refused
+// (REFUSE received), or the dialer could not set up shared memory before
+// sending anything. conn is then positioned after the handshake's frames,
+// ready for a stream transport. On any other error conn is closed.
+func newTransport(ctx context.Context, conn *net.UnixConn, side Side, opts *Options) (t *Transport, fallbackOK bool, err error) {
 	o := opts.withDefaults()
-	t := &Transport{
+	t = &Transport{
 		opts:        o,
 		side:        side,
 		log:         o.Logger.With("side", side.String()),
@@ -105,20 +119,22 @@ func NewTransport(ctx context.Context, conn *net.UnixConn, side Side, opts *Opti
 		peerChanged: make(chan struct{}),
 	}
 	t.ctx, t.cancel = context.WithCancelCause(context.Background())
-	if err := t.handshake(ctx); err != nil {
+	if fallbackOK, err := t.handshake(ctx); err != nil {
 		t.abandon()
-		return nil, err
+		if !fallbackOK {
+			conn.Close()
+		}
+		return nil, fallbackOK, err
 	}
 	t.wg.Add(2)
 	go t.readSocket()
 	go t.flushLoop()
-	return t, nil
+	return t, false, nil
 }
 
-// abandon releases what a failed handshake made.
+// abandon releases what a failed handshake made, except the socket.
 func (t *Transport) abandon() {
 	t.cancel(ErrClosed)
-	t.conn.Close()
 	for _, c := range []interface{ Close() error }{t.myPool, t.myRing, t.peerRing, t.dataBell, t.spaceBell, t.peerData, t.peerSpace} {
 		if c != nil && !isNilCloser(c) {
 			c.Close()
@@ -142,7 +158,10 @@ func isNilCloser(c interface{ Close() error }) bool {
 	return false
 }
 
-func (t *Transport) handshake(ctx context.Context) error {
+// handshake runs the handshake. On error, fallbackOK says whether it ended
+// cleanly, the socket left usable for a stream transport (see
+// newTransport).
+func (t *Transport) handshake(ctx context.Context) (fallbackOK bool, err error) {
 	deadline := time.Now().Add(t.opts.HandshakeTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
@@ -155,40 +174,43 @@ func (t *Transport) handshake(ctx context.Context) error {
 	if t.side == Listener {
 		// The dialer speaks first; check who it is before making anything.
 		peer, fds, err := t.readHello()
+		if errors.Is(err, wire.ErrVersion) {
+			// A whole HELLO of another version: say so, so that the
+			// dialer can fall back.
+			return t.refuse(err.Error()), err
+		}
 		if err != nil {
-			return err
+			return false, err
 		}
 		if err := t.checkPeer(peer); err != nil {
 			closeFDs(fds)
-			t.refuse(err.Error())
-			return err
+			return t.refuse(err.Error()), err
 		}
 		if err := t.makeMine(); err != nil {
 			closeFDs(fds)
-			t.refuse("listener could not set up shared memory")
-			return err
+			return t.refuse("listener could not set up shared memory"), err
 		}
 		if err := t.adoptPeer(peer, fds); err != nil {
-			t.refuse(err.Error())
-			return err
+			return t.refuse(err.Error()), err
 		}
-		return t.sendHello()
+		return false, t.sendHello()
 	}
 	if err := t.makeMine(); err != nil {
-		return err
+		return true, err // nothing sent yet
 	}
 	if err := t.sendHello(); err != nil {
-		return err
+		return false, err
 	}
 	peer, fds, err := t.readHello()
 	if err != nil {
-		return err
+		// A REFUSE frame was read whole: the stream is at a frame boundary.
+		return errors.Is(err, ErrRefused), err
 	}
 	if err := t.checkPeer(peer); err != nil {
 		closeFDs(fds)
-		return err
+		return false, err
 	}
-	return t.adoptPeer(peer, fds)
+	return false, t.adoptPeer(peer, fds)
 }
 
 func closeFDs(fds []int) {
@@ -281,18 +303,8 @@ func (t *Transport) readHello() (wire.Hello, []int, error) {
 	return h, fds, nil
 }
 
-func (t *Transport) refuse(reason string) {
-	reason = strings.TrimPrefix(reason, ErrRefused.Error()+": ")
-	if len(reason) > wire.MaxRefuseReason {
-		reason = reason[:wire.MaxRefuseReason]
-	}
-	b := make([]byte, wire.RefuseSize(wire.Refuse{Reason: reason}))
-	n, err := wire.PutRefuse(b, wire.Refuse{Version: wire.Version, Reason: reason})
-	if err != nil {
-		return
-	}
-	_ = t.fc.WriteFrame(wire.FrameRefuse, 0, b[:n], nil)
-}
+// refuse answers REFUSE with reason and reports whether it was sent.
+func (t *Transport) refuse(reason string) bool { return sendRefuse(t.fc, reason) == nil }
 
 // checkPeer applies the credential and size policy to the peer's hello.
 func (t *Transport) checkPeer(h wire.Hello) error {
@@ -382,10 +394,17 @@ func (t *Transport) Err() error {
 	return context.Cause(t.ctx)
 }
 
+// errPeerBye: the peer closed the connection in order (a BYE frame).
+var errPeerBye = errors.New("the peer closed the connection")
+
 // fail ends the connection with err (the first cause wins).
 func (t *Transport) fail(err error) {
 	if t.ctx.Err() == nil {
-		t.log.Warn("capnshm: connection failed", "err", err)
+		if errors.Is(err, errPeerBye) {
+			t.log.Info("capnshm: connection closed by the peer")
+		} else {
+			t.log.Warn("capnshm: connection failed", "err", err)
+		}
 	}
 	t.cancel(err)
 }
@@ -1145,7 +1164,7 @@ func (t *Transport) handleFrame(hdr wire.FrameHeader, payload []byte, fds []int)
 		return nil
 	case wire.FrameBye:
 		closeFDs(fds)
-		return fmt.Errorf("%w: the peer closed the connection", ErrPeerGone)
+		return fmt.Errorf("%w: %w", ErrPeerGone, errPeerBye)
 	}
 	closeFDs(fds)
 	return fmt.Errorf("%w: unexpected frame type %d", ErrProtocol, hdr.Type)

@@ -1,0 +1,200 @@
+package rpc
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+)
+
+// Scheme is the part of an address before the first colon: what kind of
+// socket it names and whether the connection may use shared memory.
+type Scheme string
+
+// Address schemes. ParseAddr also takes a bare host:port, as SchemeTCP.
+const (
+	// SchemeUnix, "unix:/path": a unix socket file; the stream transport.
+	SchemeUnix Scheme = "unix"
+	// SchemeUnixAbstract, "unix-abstract:name": a Linux abstract unix
+	// socket (Go writes it "@name"); the stream transport.
+	SchemeUnixAbstract Scheme = "unix-abstract"
+	// SchemeTCP, "tcp:host:port" or "host:port": the stream transport.
+	SchemeTCP Scheme = "tcp"
+	// SchemeShm, "shm:/path": shared memory, negotiated over the unix
+	// socket file at path (the rendezvous).
+	SchemeShm Scheme = "shm"
+	// SchemeShmAbstract, "shm-abstract:name": shared memory over a Linux
+	// abstract unix socket.
+	SchemeShmAbstract Scheme = "shm-abstract"
+)
+
+// maxUnixPath is the longest unix socket path or abstract name: sun_path
+// holds 108 bytes, including a terminating (or, for abstract names,
+// leading) NUL.
+const maxUnixPath = 107
+
+// ErrBadAddress: an address string is malformed. The error, an *AddrError,
+// quotes the address and says what was expected.
+var ErrBadAddress = errors.New("capnshm: bad address")
+
+// AddrError is the error ParseAddr returns for a malformed address. It
+// matches ErrBadAddress with errors.Is.
+type AddrError struct {
+	Addr    string // the address as given
+	Problem string // what is wrong with it
+	Want    string // the forms that would have been accepted
+}
+
+func (e *AddrError) Error() string {
+	return fmt.Sprintf("capnshm: address %q %s: want %s", e.Addr, e.Problem, e.Want)
+}
+
+// Is reports whether target is ErrBadAddress.
+func (e *AddrError) Is(target error) bool { return target == ErrBadAddress }
+
+// allForms lists every address form, for errors.
+const allForms = "unix:/path, unix-abstract:name, tcp:host:port, host:port, shm:/path or shm-abstract:name"
+
+// Addr is a parsed address. It implements net.Addr: Network is the Go
+// network ("unix" or "tcp") and String the address in the form ParseAddr
+// takes, so that a Server's Addr can be passed to Dial.
+type Addr struct {
+	Scheme Scheme
+	// Endpoint is what follows the scheme: the socket path (SchemeUnix,
+	// SchemeShm), the abstract name without any "@" (SchemeUnixAbstract,
+	// SchemeShmAbstract) or host:port (SchemeTCP).
+	Endpoint string
+}
+
+// String returns the address as ParseAddr takes it, with its scheme:
+// "shm:/run/app.sock", "tcp:127.0.0.1:4000".
+func (a Addr) String() string { return string(a.Scheme) + ":" + a.Endpoint }
+
+// Network returns the Go network of the socket: "unix" or "tcp".
+func (a Addr) Network() string {
+	if a.Scheme == SchemeTCP {
+		return "tcp"
+	}
+	return "unix"
+}
+
+// SharedMemory reports whether the address asks for shared memory (the
+// shm: and shm-abstract: schemes).
+func (a Addr) SharedMemory() bool { return a.Scheme == SchemeShm || a.Scheme == SchemeShmAbstract }
+
+// Abstract reports whether the address names a Linux abstract socket.
+func (a Addr) Abstract() bool {
+	return a.Scheme == SchemeUnixAbstract || a.Scheme == SchemeShmAbstract
+}
+
+// Net returns the network and address to give Go's net.Dial or
+// net.Listen: ("unix", "/path"), ("unix", "@name") or ("tcp", "host:port").
+func (a Addr) Net() (network, address string) {
+	if a.Abstract() {
+		return "unix", "@" + a.Endpoint
+	}
+	return a.Network(), a.Endpoint
+}
+
+// ParseAddr parses an address as Cap'n Proto users write them:
+//
+//	unix:/path/to.sock       a unix socket file
+//	unix-abstract:name       a Linux abstract unix socket
+//	tcp:host:port            TCP ("*" or an empty host: every interface)
+//	host:port                the same
+//	shm:/path/to.sock        shared memory, rendezvous on a unix socket file
+//	shm-abstract:name        shared memory, rendezvous on an abstract socket
+//
+// A malformed address gives an *AddrError (matching ErrBadAddress) that
+// quotes it and says what was expected.
+func ParseAddr(s string) (Addr, error) {
+	bad := func(problem, want string) (Addr, error) {
+		return Addr{}, &AddrError{Addr: s, Problem: problem, Want: want}
+	}
+	if s == "" {
+		return bad("is empty", allForms)
+	}
+	scheme, rest, ok := strings.Cut(s, ":")
+	if !ok {
+		return bad("has no scheme and no port", allForms)
+	}
+	switch Scheme(scheme) {
+	case SchemeUnix, SchemeShm:
+		want := scheme + ":/path/to.sock"
+		switch {
+		case rest == "":
+			return bad("has no path", want)
+		case strings.HasPrefix(rest, "@"):
+			return bad("names an abstract socket", scheme+"-abstract:"+rest[1:])
+		case strings.IndexByte(rest, 0) >= 0:
+			return bad("has a NUL byte in its path", want)
+		case len(rest) > maxUnixPath:
+			return bad(fmt.Sprintf("has a path of %d bytes, over the unix socket limit of %d", len(rest), maxUnixPath), "a shorter path")
+		}
+		return Addr{Scheme: Scheme(scheme), Endpoint: rest}, nil
+	case SchemeUnixAbstract, SchemeShmAbstract:
+		want := scheme + ":name"
+		switch {
+		case rest == "":
+			return bad("has no name", want)
+		case strings.HasPrefix(rest, "@"):
+			return bad("has an \"@\" before its name", want+" (the name without \"@\")")
+		case len(rest) > maxUnixPath:
+			return bad(fmt.Sprintf("has a name of %d bytes, over the abstract socket limit of %d", len(rest), maxUnixPath), "a shorter name")
+		}
+		return Addr{Scheme: Scheme(scheme), Endpoint: rest}, nil
+	case SchemeTCP:
+		hp, err := hostPort(rest)
+		if err != "" {
+			return bad(err, "tcp:host:port")
+		}
+		return Addr{Scheme: SchemeTCP, Endpoint: hp}, nil
+	}
+	// A bare host:port.
+	hp, err := hostPort(s)
+	if err != "" {
+		if isSchemeName(scheme) && rest != "" && !strings.Contains(rest, "]") {
+			return bad(fmt.Sprintf("has an unknown scheme %q", scheme), allForms)
+		}
+		return bad(err, "host:port or "+allForms)
+	}
+	return Addr{Scheme: SchemeTCP, Endpoint: hp}, nil
+}
+
+// hostPort checks host:port and returns it with "*" turned into the empty
+// host, or a description of what is wrong.
+func hostPort(s string) (string, string) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		if ae, ok := err.(*net.AddrError); ok {
+			return "", "is not host:port (" + ae.Err + ")"
+		}
+		return "", "is not host:port"
+	}
+	if port == "" {
+		return "", "has no port"
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return "", fmt.Sprintf("has port %q, not a number from 0 to 65535", port)
+	}
+	if host == "*" {
+		host = ""
+	}
+	return net.JoinHostPort(host, strconv.FormatUint(n, 10)), ""
+}
+
+// isSchemeName reports whether s looks like a URL scheme (letters, digits,
+// "+", "-", "." after a first letter) rather than a host name or address.
+func isSchemeName(s string) bool {
+	if s == "" || !(s[0] >= 'a' && s[0] <= 'z' || s[0] >= 'A' && s[0] <= 'Z') {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '+' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
+}

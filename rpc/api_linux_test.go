@@ -1,0 +1,648 @@
+package rpc_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	capnp "capnproto.org/go/capnp/v3"
+	gorpc "capnproto.org/go/capnp/v3/rpc"
+
+	"github.com/capnshm/capnshm/internal/echoproto"
+	"github.com/capnshm/capnshm/internal/peertest"
+	"github.com/capnshm/capnshm/rpc"
+)
+
+func init() {
+	peertest.Register("api-dial", apiDialPeer)
+}
+
+// apiFallback parses a policy name.
+func apiFallback(s string) rpc.Fallback {
+	switch s {
+	case "require":
+		return rpc.FallbackRequire
+	case "never":
+		return rpc.FallbackNever
+	}
+	return rpc.FallbackAuto
+}
+
+// apiDialPeer dials args[0] with policy args[1] (auto, require, never) and
+// says "dialed shm=<bool>" or "dial error: <err>". Then it obeys commands:
+// "ping" says "pong <err>"; "echo N" echoes N bytes and says "echoed
+// <err>"; "block" starts a call that never returns and says "blocked" once
+// the server has it.
+func apiDialPeer(args []string) int {
+	ctx := context.Background()
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	c, err := rpc.Dial(dctx, args[0], rpc.WithFallback(apiFallback(args[1])), rpc.WithPoolSize(2<<20), rpc.WithLogger(logger))
+	cancel()
+	if err != nil {
+		peertest.Say("dial error: %v", err)
+		return 0
+	}
+	defer c.Close()
+	peertest.Say("dialed shm=%v", c.SharedMemory())
+	boot := echoproto.Echo(c.Bootstrap(ctx))
+	defer boot.Release()
+	in := peertest.Stdin()
+	for in.Scan() {
+		cmd, arg, _ := strings.Cut(in.Text(), " ")
+		switch cmd {
+		case "ping":
+			peertest.Say("pong %v", apiPingBoot(ctx, boot))
+		case "echo":
+			var n int
+			fmt.Sscan(arg, &n)
+			peertest.Say("echoed %v", apiEcho(ctx, boot, n, byte(n)))
+		case "block":
+			f, _ := boot.Block(ctx, nil)
+			go f.Struct()
+			if err := apiPingBoot(ctx, boot); err != nil {
+				return peertest.Fail("ping: %v", err)
+			}
+			peertest.Say("blocked")
+		}
+	}
+	return 0
+}
+
+func apiPingBoot(ctx context.Context, boot echoproto.Echo) error {
+	f, release := boot.Ping(ctx, nil)
+	defer release()
+	_, err := f.Struct()
+	return err
+}
+
+// apiPing bootstraps c and pings it.
+func apiPing(ctx context.Context, c *rpc.Conn) error {
+	boot := echoproto.Echo(c.Bootstrap(ctx))
+	defer boot.Release()
+	return apiPingBoot(ctx, boot)
+}
+
+// apiEcho echoes n bytes of a pattern and checks what comes back.
+func apiEcho(ctx context.Context, boot echoproto.Echo, n int, seed byte) error {
+	f, release := boot.Echo(ctx, func(p echoproto.Echo_echo_Params) error {
+		ptr, b, err := echoproto.NewData(p.Segment(), n)
+		if err != nil {
+			return err
+		}
+		echoproto.FillPattern(b, seed, 0)
+		return capnp.Struct(p).SetPtr(0, ptr)
+	})
+	defer release()
+	res, err := f.Struct()
+	if err != nil {
+		return err
+	}
+	d, err := res.Data()
+	if err != nil {
+		return err
+	}
+	want := make([]byte, n)
+	echoproto.FillPattern(want, seed, 0)
+	if !bytes.Equal(d, want) {
+		return fmt.Errorf("echo of %d bytes came back wrong (%d bytes)", n, len(d))
+	}
+	return nil
+}
+
+var apiNames atomic.Int64
+
+// apiAddr returns a fresh address of the given scheme: a socket file in a
+// temporary directory, a unique abstract name, or TCP port 0.
+func apiAddr(t *testing.T, scheme rpc.Scheme) string {
+	switch scheme {
+	case rpc.SchemeUnix, rpc.SchemeShm:
+		return string(scheme) + ":" + filepath.Join(peertest.TempDir(t), "s.sock")
+	case rpc.SchemeUnixAbstract, rpc.SchemeShmAbstract:
+		return fmt.Sprintf("%s:capnshm-test-%d-%d", scheme, os.Getpid(), apiNames.Add(1))
+	}
+	return "tcp:127.0.0.1:0"
+}
+
+// apiServe listens on addr with an echo server, serves it, and closes it
+// when the test ends.
+func apiServe(t *testing.T, addr string, opts ...rpc.Option) *rpc.Server {
+	t.Helper()
+	boot := capnp.Client(echoproto.Echo_ServerToClient(&echoproto.Server{}))
+	opts = append([]rpc.Option{rpc.WithPoolSize(2 << 20), rpc.WithLogger(apiLogger(t))}, opts...)
+	srv, err := rpc.Listen(addr, boot, opts...)
+	if err != nil {
+		t.Fatalf("Listen(%q): %v", addr, err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(context.Background()) }()
+	t.Cleanup(func() {
+		srv.Close()
+		select {
+		case err := <-served:
+			if err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("Serve did not return after Close")
+		}
+	})
+	return srv
+}
+
+// apiLogger logs at Warn and above to the test log.
+func apiLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Logf("%s", bytes.TrimRight(b, "\n"))
+	return len(b), nil
+}
+
+func apiDial(t *testing.T, addr string, opts ...rpc.Option) *rpc.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	opts = append([]rpc.Option{rpc.WithPoolSize(2 << 20), rpc.WithLogger(apiLogger(t))}, opts...)
+	c, err := rpc.Dial(ctx, addr, opts...)
+	if err != nil {
+		t.Fatalf("Dial(%q): %v", addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// startDialPeer starts a client process that dials addr with policy.
+func startDialPeer(t *testing.T, addr, policy string) *peertest.Peer {
+	t.Helper()
+	p := peertest.Start(t, "api-dial", nil, addr, policy)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("client's stderr:\n%s", p.Stderr())
+		}
+	})
+	return p
+}
+
+// TestAddressForms: every address form serves, in this process and to a
+// client process; shm: forms end up on shared memory, the others on the
+// stream transport.
+func TestAddressForms(t *testing.T) {
+	for _, form := range []struct {
+		scheme rpc.Scheme
+		bare   bool
+	}{{rpc.SchemeUnix, false}, {rpc.SchemeUnixAbstract, false}, {rpc.SchemeTCP, false}, {rpc.SchemeTCP, true}, {rpc.SchemeShm, false}, {rpc.SchemeShmAbstract, false}} {
+		name := string(form.scheme)
+		if form.bare {
+			name = "host:port"
+		}
+		t.Run(name, func(t *testing.T) {
+			addr := apiAddr(t, form.scheme)
+			if form.bare {
+				addr = "127.0.0.1:0"
+			}
+			srv := apiServe(t, addr)
+			dialAddr := srv.Addr().String()
+			if srv.Addr().Network() != map[bool]string{true: "tcp", false: "unix"}[form.scheme == rpc.SchemeTCP] {
+				t.Errorf("Addr().Network() = %q", srv.Addr().Network())
+			}
+			if form.scheme == rpc.SchemeTCP && strings.HasSuffix(dialAddr, ":0") {
+				t.Fatalf("Addr() = %s: the port was not resolved", dialAddr)
+			}
+			wantShm := form.scheme == rpc.SchemeShm || form.scheme == rpc.SchemeShmAbstract
+			c := apiDial(t, dialAddr)
+			if c.SharedMemory() != wantShm {
+				t.Errorf("SharedMemory() = %v, want %v", c.SharedMemory(), wantShm)
+			}
+			boot := echoproto.Echo(c.Bootstrap(t.Context()))
+			defer boot.Release()
+			if err := apiEcho(t.Context(), boot, 1<<20, 3); err != nil {
+				t.Fatal(err)
+			}
+			st := c.Stats()
+			if st.MessagesSent == 0 || st.MessagesReceived == 0 || st.BytesSent < 1<<20 || st.BytesReceived < 1<<20 {
+				t.Errorf("Stats() = %+v, want messages and bytes counted both ways", st)
+			}
+			if wantShm && st.SentByReference == 0 {
+				t.Errorf("Stats() = %+v: nothing went by reference on shared memory", st)
+			}
+			p := startDialPeer(t, dialAddr, "auto")
+			p.Expect(fmt.Sprintf("dialed shm=%v", wantShm))
+			p.Send("echo 100000")
+			p.Expect("echoed <nil>")
+			p.CloseStdin()
+			p.WaitOK()
+		})
+	}
+}
+
+// TestFallbackPolicies: every combination of the dialer's and the
+// listener's policy on a shm: address, the dialer in another process; and
+// shm: dialers against a unix: listener on the same socket.
+func TestFallbackPolicies(t *testing.T) {
+	type result struct {
+		shm     bool
+		dialErr string // a substring of Dial's error; "" if Dial succeeds
+		pingErr string // a substring of the ping's error; "" if it succeeds
+	}
+	shm, stream := result{shm: true}, result{}
+	cases := []struct {
+		listener, dialer string
+		want             result
+	}{
+		{"auto", "auto", shm},
+		{"auto", "require", shm},
+		{"auto", "never", stream},
+		{"require", "auto", shm},
+		{"require", "require", shm},
+		{"require", "never", result{pingErr: "requires shared memory and the client speaks plain Cap'n Proto"}},
+		{"never", "auto", stream},
+		{"never", "require", result{dialErr: "handshake refused by the peer: the listener on shm:"}},
+		{"never", "never", stream},
+		{"unix", "auto", stream},
+		{"unix", "require", result{dialErr: "does not offer shared memory"}},
+		{"unix", "never", stream},
+	}
+	for _, tc := range cases {
+		t.Run("listener="+tc.listener+"/dialer="+tc.dialer, func(t *testing.T) {
+			path := filepath.Join(peertest.TempDir(t), "s.sock")
+			if tc.listener == "unix" {
+				apiServe(t, "unix:"+path)
+			} else {
+				apiServe(t, "shm:"+path, rpc.WithFallback(apiFallback(tc.listener)))
+			}
+			p := startDialPeer(t, "shm:"+path, tc.dialer)
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+			line, err := p.Line(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("client: %s", line)
+			if tc.want.dialErr != "" {
+				if !strings.HasPrefix(line, "dial error: ") || !strings.Contains(line, tc.want.dialErr) || !strings.Contains(line, "FallbackRequire") {
+					t.Fatalf("client said %q, want a Dial error containing %q", line, tc.want.dialErr)
+				}
+				return
+			}
+			if want := fmt.Sprintf("dialed shm=%v", tc.want.shm); line != want {
+				t.Fatalf("client said %q, want %q", line, want)
+			}
+			p.Send("ping")
+			line, err = p.Line(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("client: %s", line)
+			if tc.want.pingErr == "" {
+				if line != "pong <nil>" {
+					t.Fatalf("client said %q, want pong <nil>", line)
+				}
+				return
+			}
+			// go-capnp fails the calls with "connection closed" and logs
+			// the Abort's reason.
+			if !strings.HasPrefix(line, "pong ") || line == "pong <nil>" {
+				t.Fatalf("client said %q, want the call to fail", line)
+			}
+			for deadline := time.Now().Add(10 * time.Second); !strings.Contains(p.Stderr(), tc.want.pingErr); {
+				if time.Now().After(deadline) {
+					t.Fatalf("the client's log does not give the reason %q:\n%s", tc.want.pingErr, p.Stderr())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
+	}
+}
+
+// TestRequireErrors: FallbackRequire fails clearly where shared memory
+// cannot be had, matching ErrRefused or ErrUnsupported.
+func TestRequireErrors(t *testing.T) {
+	ctx := t.Context()
+	req := rpc.WithFallback(rpc.FallbackRequire)
+	path := filepath.Join(peertest.TempDir(t), "s.sock")
+	apiServe(t, "shm:"+path, rpc.WithFallback(rpc.FallbackNever))
+	_, err := rpc.Dial(ctx, "shm:"+path, req)
+	if !errors.Is(err, rpc.ErrRefused) || !strings.Contains(err.Error(), "FallbackNever") {
+		t.Errorf("Dial with require to a never listener: %v, want ErrRefused naming the listener's policy", err)
+	}
+	t.Logf("refused: %v", err)
+	for _, addr := range []string{"tcp:127.0.0.1:1", "unix:" + path} {
+		if _, err := rpc.Dial(ctx, addr, req); !errors.Is(err, rpc.ErrUnsupported) || !strings.Contains(err.Error(), "only shm:") {
+			t.Errorf("Dial(%q) with require: %v, want ErrUnsupported", addr, err)
+		}
+		if _, err := rpc.Listen(addr, capnp.Client{}, req); !errors.Is(err, rpc.ErrUnsupported) {
+			t.Errorf("Listen(%q) with require: %v, want ErrUnsupported", addr, err)
+		}
+	}
+	if _, err := rpc.Dial(ctx, "shm:"+path, rpc.WithFallback(rpc.Fallback(7))); err == nil || !strings.Contains(err.Error(), "unknown fallback policy") {
+		t.Errorf("unknown policy: %v", err)
+	}
+}
+
+// TestPlainClient: go-capnp's own stream transport (what C++ EZ-RPC
+// speaks) against shm: listeners: served under auto and never, turned away
+// with a reason under require.
+func TestPlainClient(t *testing.T) {
+	for _, policy := range []string{"auto", "never", "require"} {
+		t.Run(policy, func(t *testing.T) {
+			path := filepath.Join(peertest.TempDir(t), "s.sock")
+			apiServe(t, "shm:"+path, rpc.WithFallback(apiFallback(policy)))
+			raw, err := net.Dial("unix", path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			logs := &logBuffer{}
+			c := gorpc.NewConn(gorpc.NewStreamTransport(raw), &gorpc.Options{Logger: slog.New(slog.NewTextHandler(logs, nil))})
+			defer c.Close()
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+			boot := echoproto.Echo(c.Bootstrap(ctx))
+			defer boot.Release()
+			err = apiEcho(ctx, boot, 100000, 9)
+			if policy == "require" {
+				if err == nil {
+					t.Fatal("a plain client got served by a require listener")
+				}
+				// go-capnp fails the calls ("connection closed") and logs
+				// the Abort's reason.
+				for deadline := time.Now().Add(10 * time.Second); !strings.Contains(logs.String(), "remote abort: capnshm: "+"shm:"+path+" requires shared memory"); {
+					if time.Now().After(deadline) {
+						t.Fatalf("the client's log does not give the reason:\n%s", logs)
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+				t.Logf("error: %v; log: %s", err, logs)
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestManyClients: a server with 16 clients at once, one of them another
+// process, each with its own pools, all calling concurrently.
+func TestManyClients(t *testing.T) {
+	srv := apiServe(t, apiAddr(t, rpc.SchemeShm))
+	addr := srv.Addr().String()
+	p := startDialPeer(t, addr, "require")
+	p.Expect("dialed shm=true")
+	const clients = 15
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := rpc.Dial(ctx, addr, rpc.WithPoolSize(2<<20), rpc.WithFallback(rpc.FallbackRequire))
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			boot := echoproto.Echo(c.Bootstrap(ctx))
+			defer boot.Release()
+			for j := range 20 {
+				if err := apiEcho(ctx, boot, (i+1)*(j+1)*997, byte(i)); err != nil {
+					errs <- fmt.Errorf("client %d call %d: %w", i, j, err)
+					return
+				}
+			}
+		}()
+	}
+	for range 10 {
+		p.Send("echo 300000")
+		p.Expect("echoed <nil>")
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// TestClientProcessKilled: a client process dies mid-call; the server ends
+// its connection and goes on serving the others, in this process and in
+// another.
+func TestClientProcessKilled(t *testing.T) {
+	logs := &logBuffer{}
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	srv := apiServe(t, apiAddr(t, rpc.SchemeShm), rpc.WithLogger(logger))
+	addr := srv.Addr().String()
+	victim := startDialPeer(t, addr, "require")
+	victim.Expect("dialed shm=true")
+	other := startDialPeer(t, addr, "require")
+	other.Expect("dialed shm=true")
+	local := apiDial(t, addr)
+	victim.Send("block")
+	victim.Expect("blocked")
+	other.Send("block")
+	other.Expect("blocked")
+	victim.Kill()
+	deadline := time.Now().Add(30 * time.Second)
+	for strings.Count(logs.String(), "connection ended") < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the server did not end the dead client's connection; logs:\n%s", logs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	other.Send("ping")
+	other.Expect("pong <nil>")
+	if err := apiPing(t.Context(), local); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(logs.String(), "connection ended"); n != 1 {
+		t.Fatalf("%d connections ended, want 1; logs:\n%s", n, logs)
+	}
+}
+
+// TestServerCloseInFlight: Close with calls outstanding returns promptly;
+// the calls fail with disconnected errors and the clients see their
+// connections end.
+func TestServerCloseInFlight(t *testing.T) {
+	for _, scheme := range []rpc.Scheme{rpc.SchemeShm, rpc.SchemeTCP} {
+		t.Run(string(scheme), func(t *testing.T) {
+			boot := capnp.Client(echoproto.Echo_ServerToClient(&echoproto.Server{}))
+			srv, err := rpc.Listen(apiAddr(t, scheme), boot, rpc.WithPoolSize(2<<20), rpc.WithLogger(apiLogger(t)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			served := make(chan error, 1)
+			go func() { served <- srv.Serve(context.Background()) }()
+			addr := srv.Addr().String()
+			p := startDialPeer(t, addr, "auto")
+			p.Expect(fmt.Sprintf("dialed shm=%v", scheme == rpc.SchemeShm))
+			p.Send("block")
+			p.Expect("blocked")
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+			var futures []echoproto.Echo_block_Results_Future
+			var conns []*rpc.Conn
+			for range 3 {
+				c := apiDial(t, addr)
+				conns = append(conns, c)
+				b := echoproto.Echo(c.Bootstrap(ctx))
+				defer b.Release()
+				for range 4 {
+					f, release := b.Block(ctx, nil)
+					defer release()
+					futures = append(futures, f)
+				}
+				if err := apiPingBoot(ctx, b); err != nil { // the blocks are on the server
+					t.Fatal(err)
+				}
+			}
+			start := time.Now()
+			closed := make(chan error, 1)
+			go func() { closed <- srv.Close() }()
+			select {
+			case err := <-closed:
+				if err != nil {
+					t.Errorf("Close: %v", err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("Close hangs with calls in flight")
+			}
+			t.Logf("Close returned after %v", time.Since(start))
+			if err := <-served; err != nil {
+				t.Errorf("Serve returned %v after Close, want nil", err)
+			}
+			for i, f := range futures {
+				if _, err := f.Struct(); err == nil || !capnp.IsDisconnected(err) {
+					t.Errorf("call %d: %v, want a disconnected error", i, err)
+				}
+			}
+			for i, c := range conns {
+				select {
+				case <-c.Done():
+				case <-ctx.Done():
+					t.Fatalf("client %d: connection not done after the server closed", i)
+				}
+			}
+			if _, err := rpc.Dial(ctx, addr); err == nil {
+				t.Error("Dial succeeded after Close")
+			}
+			if err := srv.Serve(ctx); !errors.Is(err, rpc.ErrServerClosed) {
+				t.Errorf("Serve after Close: %v, want ErrServerClosed", err)
+			}
+			if err := srv.Listen(apiAddr(t, scheme)); !errors.Is(err, rpc.ErrServerClosed) {
+				t.Errorf("Listen after Close: %v, want ErrServerClosed", err)
+			}
+			if err := srv.Close(); err != nil {
+				t.Errorf("second Close: %v", err)
+			}
+		})
+	}
+}
+
+// TestServeContext: Serve returns the context's cause when it ends, and
+// the server is closed.
+func TestServeContext(t *testing.T) {
+	boot := capnp.Client(echoproto.Echo_ServerToClient(&echoproto.Server{}))
+	srv, err := rpc.Listen(apiAddr(t, rpc.SchemeShmAbstract), boot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancelCause(t.Context())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx) }()
+	c := apiDial(t, srv.Addr().String())
+	if err := apiPing(t.Context(), c); err != nil {
+		t.Fatal(err)
+	}
+	stop := errors.New("stop")
+	cancel(stop)
+	select {
+	case err := <-served:
+		if err != stop {
+			t.Fatalf("Serve: %v, want the context's cause", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Serve did not return when its context ended")
+	}
+	select {
+	case <-c.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the client's connection did not end")
+	}
+}
+
+// TestSeveralAddresses: one server, one bootstrap, on several addresses
+// with their own policies.
+func TestSeveralAddresses(t *testing.T) {
+	srv := apiServe(t, apiAddr(t, rpc.SchemeShm))
+	if err := srv.Listen(apiAddr(t, rpc.SchemeTCP)); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen(apiAddr(t, rpc.SchemeShmAbstract), rpc.WithFallback(rpc.FallbackNever)); err != nil {
+		t.Fatal(err)
+	}
+	addrs := srv.Addrs()
+	if len(addrs) != 3 || srv.Addr() != addrs[0] {
+		t.Fatalf("Addrs() = %v, Addr() = %v", addrs, srv.Addr())
+	}
+	for i, want := range []bool{true, false, false} {
+		c := apiDial(t, addrs[i].String())
+		if c.SharedMemory() != want {
+			t.Errorf("%s: SharedMemory() = %v, want %v", addrs[i], c.SharedMemory(), want)
+		}
+		if err := apiPing(t.Context(), c); err != nil {
+			t.Errorf("%s: %v", addrs[i], err)
+		}
+	}
+	if err := srv.Listen("shm:"); !errors.Is(err, rpc.ErrBadAddress) {
+		t.Errorf("Listen(\"shm:\"): %v, want ErrBadAddress", err)
+	}
+}
+
+// TestAPIBadAddresses: Listen and Dial reject malformed addresses with the
+// address quoted, and report sockets that are not there.
+func TestAPIBadAddresses(t *testing.T) {
+	for _, addr := range []string{"", "shm:", "udp:1.2.3.4:5", "tcp:localhost", "unix-abstract:"} {
+		_, err := rpc.Dial(t.Context(), addr)
+		if !errors.Is(err, rpc.ErrBadAddress) || !strings.Contains(err.Error(), fmt.Sprintf("%q", addr)) {
+			t.Errorf("Dial(%q): %v, want ErrBadAddress quoting it", addr, err)
+		}
+		released := false
+		boot := capnp.NewClient(releaseHook{&released})
+		if _, err := rpc.Listen(addr, boot); !errors.Is(err, rpc.ErrBadAddress) {
+			t.Errorf("Listen(%q): %v, want ErrBadAddress", addr, err)
+		}
+		if !released {
+			t.Errorf("Listen(%q) failed without releasing the bootstrap", addr)
+		}
+	}
+	missing := "shm:" + filepath.Join(peertest.TempDir(t), "missing.sock")
+	_, err := rpc.Dial(t.Context(), missing)
+	if err == nil || !strings.Contains(err.Error(), missing) {
+		t.Errorf("Dial(%q): %v, want an error naming it", missing, err)
+	}
+	t.Logf("missing: %v", err)
+}
+
+type releaseHook struct{ released *bool }
+
+func (h releaseHook) Send(context.Context, capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
+	panic("not called")
+}
+func (h releaseHook) Recv(context.Context, capnp.Recv) capnp.PipelineCaller { panic("not called") }
+func (h releaseHook) Brand() capnp.Brand                                    { return capnp.Brand{} }
+func (h releaseHook) Shutdown()                                             { *h.released = true }
+func (h releaseHook) String() string                                        { return "releaseHook" }

@@ -1,0 +1,314 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	capnp "capnproto.org/go/capnp/v3"
+	capnprpc "capnproto.org/go/capnp/v3/rpc"
+)
+
+// ErrServerClosed is what Server.Serve and Server.Listen return once the
+// server is closed.
+var ErrServerClosed = errors.New("capnshm: server closed")
+
+// Server serves a bootstrap capability on one or more addresses. Each
+// accepted connection negotiates shared memory or the stream transport on
+// its own (see Fallback), gets its own pools, and ends on its own: one
+// client's death never disturbs the others.
+type Server struct {
+	boot capnp.Client
+	cfg  *config
+	log  *slog.Logger
+
+	ctx    context.Context // ends at Close
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	listeners []*listener
+	conns     map[*serverConn]struct{}
+	serving   bool
+	closed    bool
+	wg        sync.WaitGroup // accept loops and connections
+}
+
+type listener struct {
+	l    net.Listener
+	addr Addr // with the endpoint the system chose (tcp port 0)
+	cfg  *config
+}
+
+// serverConn is one accepted connection.
+type serverConn struct {
+	raw net.Conn
+	rpc *capnprpc.Conn // set once negotiated; guarded by Server.mu
+	shm *Transport     // set with rpc on shared memory
+}
+
+// kill ends the connection from below: the transport stops, so that
+// nothing more is sent, then go-capnp's connection shuts down. (Closing
+// only the rpc.Conn would let go-capnp v3.0.1-alpha.2 send, while it shuts
+// down, the Return of a call cancelled by the shutdown without its
+// exception: the client would see an empty success.) The client sees the
+// connection end and its calls fail with disconnected errors.
+func (sc *serverConn) kill(c *capnprpc.Conn) {
+	if sc.shm != nil {
+		sc.shm.Close()
+	} else {
+		sc.raw.Close()
+	}
+	c.Close()
+}
+
+// Listen listens on addr (see ParseAddr) and returns a Server that serves
+// bootstrap to every client once Serve runs. Listen takes over the
+// reference bootstrap: the Server releases it when it closes (or at once
+// if Listen fails). More addresses can be added with Server.Listen.
+func Listen(addr string, bootstrap capnp.Client, opts ...Option) (*Server, error) {
+	cfg := newConfig(nil, opts)
+	s := &Server{
+		boot:  bootstrap,
+		cfg:   cfg,
+		log:   cfg.logger,
+		conns: make(map[*serverConn]struct{}),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if err := s.Listen(addr); err != nil {
+		s.cancel()
+		bootstrap.Release()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Listen adds an address: the server accepts on it too, with the server's
+// options and then opts. It may be called before or while Serve runs.
+func (s *Server) Listen(addr string, opts ...Option) error {
+	a, err := ParseAddr(addr)
+	if err != nil {
+		return err
+	}
+	cfg := newConfig(s.cfg, opts)
+	if err := cfg.check(a); err != nil {
+		return err
+	}
+	network, address := a.Net()
+	l, err := net.Listen(network, address)
+	if err != nil {
+		return fmt.Errorf("capnshm: listening on %s: %w", a, err)
+	}
+	if ul, ok := l.(*net.UnixListener); ok {
+		ul.SetUnlinkOnClose(!a.Abstract())
+	}
+	ln := &listener{l: l, addr: resolved(a, l.Addr()), cfg: cfg}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		l.Close()
+		return ErrServerClosed
+	}
+	s.listeners = append(s.listeners, ln)
+	if s.serving {
+		s.startAccept(ln)
+	}
+	s.log.Info("capnshm: listening", "addr", ln.addr.String(), "fallback", cfg.fallback.String())
+	return nil
+}
+
+// resolved returns a with the endpoint the listener got (a TCP port 0
+// becomes the port chosen).
+func resolved(a Addr, na net.Addr) Addr {
+	if a.Scheme == SchemeTCP {
+		if ta, ok := na.(*net.TCPAddr); ok {
+			host, _, _ := net.SplitHostPort(a.Endpoint)
+			if host == "" {
+				host = ta.IP.String()
+			}
+			return Addr{Scheme: SchemeTCP, Endpoint: net.JoinHostPort(host, fmt.Sprint(ta.Port))}
+		}
+	}
+	return a
+}
+
+// Addr returns the first address the server listens on, with the port the
+// system chose for tcp:host:0. Its String can be passed to Dial.
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.listeners) == 0 {
+		return nil
+	}
+	return s.listeners[0].addr
+}
+
+// Addrs returns every address the server listens on, as Addr returns the
+// first.
+func (s *Server) Addrs() []Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	as := make([]Addr, len(s.listeners))
+	for i, l := range s.listeners {
+		as[i] = l.addr
+	}
+	return as
+}
+
+// Serve accepts and serves connections on every address until ctx ends or
+// Close is called. When ctx ends, Serve closes the server and returns the
+// context's cause; after Close it returns nil. Calling it again, or after
+// Close, returns an error.
+func (s *Server) Serve(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	if s.serving {
+		s.mu.Unlock()
+		return errors.New("capnshm: Server.Serve called twice")
+	}
+	s.serving = true
+	for _, l := range s.listeners {
+		s.startAccept(l)
+	}
+	s.mu.Unlock()
+	select {
+	case <-ctx.Done():
+		s.Close()
+		return context.Cause(ctx)
+	case <-s.ctx.Done():
+		return nil
+	}
+}
+
+// startAccept runs l's accept loop. Called with s.mu held.
+func (s *Server) startAccept(l *listener) {
+	s.wg.Add(1)
+	go s.accept(l)
+}
+
+func (s *Server) accept(l *listener) {
+	defer s.wg.Done()
+	var backoff time.Duration
+	for {
+		raw, err := l.l.Accept()
+		if err != nil {
+			if s.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of descriptors, or the like: wait, as net/http does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("capnshm: accept failed; retrying", "addr", l.addr.String(), "err", err, "retry_in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-s.ctx.Done():
+				return
+			}
+			continue
+		}
+		backoff = 0
+		sc := &serverConn{raw: raw}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			raw.Close()
+			return
+		}
+		s.conns[sc] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go s.serveConn(l, sc)
+	}
+}
+
+// serveConn negotiates the transport of sc, serves it, and forgets it
+// when it ends.
+func (s *Server) serveConn(l *listener, sc *serverConn) {
+	defer s.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, sc)
+		s.mu.Unlock()
+	}()
+	log := s.log.With("addr", l.addr.String(), "remote", remoteName(sc.raw))
+	est, err := acceptEstablish(s.ctx, sc.raw, l.addr, l.cfg, log)
+	if err != nil {
+		sc.raw.Close()
+		if s.ctx.Err() == nil {
+			log.Warn("capnshm: connection not established", "err", err)
+		}
+		return
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		est.tr.Close()
+		return
+	}
+	c := capnprpc.NewConn(est.tr, &capnprpc.Options{BootstrapClient: s.boot.AddRef(), Logger: rpcLogger(l.cfg)})
+	sc.rpc, sc.shm = c, est.shm
+	s.mu.Unlock()
+	log.Debug("capnshm: connection established", "shared_memory", est.shm != nil)
+	<-c.Done()
+	log.Debug("capnshm: connection ended")
+}
+
+func remoteName(c net.Conn) string {
+	if a := c.RemoteAddr(); a != nil && a.String() != "" && a.String() != "@" {
+		return a.String()
+	}
+	return "unix"
+}
+
+// Close stops accepting on every address, closes every connection (the
+// clients' outstanding calls fail with disconnected errors, the handlers'
+// contexts end) and waits until they have ended. Later calls return nil.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.cancel()
+	var errs []error
+	for _, l := range s.listeners {
+		if err := l.l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, fmt.Errorf("capnshm: closing %s: %w", l.addr, err))
+		}
+	}
+	var conns []*serverConn
+	for sc := range s.conns {
+		conns = append(conns, sc)
+	}
+	s.mu.Unlock()
+	// Close the connections at once: each may wait a little (go-capnp's
+	// AbortTimeout) for a peer that does not read.
+	var wg sync.WaitGroup
+	for _, sc := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.mu.Lock()
+			c := sc.rpc
+			s.mu.Unlock()
+			if c != nil {
+				sc.kill(c)
+			} else {
+				sc.raw.Close() // still negotiating (s.ctx ended too)
+			}
+		}()
+	}
+	wg.Wait()
+	s.wg.Wait()
+	s.boot.Release()
+	return errors.Join(errs...)
+}
