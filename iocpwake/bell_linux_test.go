@@ -3,9 +3,10 @@ package iocpwake_test
 import (
 	"context"
 	"errors"
-	"os"
 	"testing"
 	"time"
+
+	"github.com/capnshm/capnshm/internal/peertest"
 
 	"github.com/capnshm/capnshm/iocpwake"
 	"golang.org/x/sys/unix"
@@ -45,7 +46,7 @@ func TestOpenRejects(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			before := countFDs(t)
+			before := peertest.CountFDs(t)
 			b, err := iocpwake.Open(iocpwake.Handle(tt.fd(t)))
 			if !errors.Is(err, iocpwake.ErrNotDoorbell) {
 				if b != nil {
@@ -53,7 +54,7 @@ func TestOpenRejects(t *testing.T) {
 				}
 				t.Fatalf("Open = %v, want ErrNotDoorbell", err)
 			}
-			if after := countFDs(t); after != before {
+			if after := peertest.CountFDs(t); after != before {
 				t.Fatalf("%d descriptors before, %d after a refused Open", before, after)
 			}
 		})
@@ -61,7 +62,7 @@ func TestOpenRejects(t *testing.T) {
 }
 
 func TestNoLeaks(t *testing.T) {
-	before := countFDs(t)
+	before := peertest.CountFDs(t)
 	for i := 0; i < 100; i++ {
 		b, err := iocpwake.New()
 		if err != nil {
@@ -84,16 +85,7 @@ func TestNoLeaks(t *testing.T) {
 		o.Close()
 		b.Close()
 	}
-	if after := countFDs(t); after != before {
+	if after := peertest.CountFDs(t); after != before {
 		t.Fatalf("%d descriptors before, %d after", before, after)
 	}
-}
-
-func countFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
 }

@@ -136,7 +136,7 @@ func TestOpenRejects(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			before := countFDs(t)
+			before := peertest.CountFDs(t)
 			fd := tt.fd(t)
 			r, err := shm.Open(shm.Handle(fd), tt.size, shm.ReadOnly, nil)
 			if err == nil {
@@ -152,20 +152,11 @@ func TestOpenRejects(t *testing.T) {
 			if !strings.Contains(err.Error(), tt.text) {
 				t.Fatalf("error %q does not mention %q", err, tt.text)
 			}
-			if after := countFDs(t); after != before {
+			if after := peertest.CountFDs(t); after != before {
 				t.Fatalf("%d descriptors before, %d after: Open leaked or over-closed", before, after)
 			}
 		})
 	}
-}
-
-func countFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
 }
 
 func socketPair(t *testing.T) (*net.UnixConn, *net.UnixConn) {
@@ -212,7 +203,7 @@ func TestHandoff(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			a, b := socketPair(t)
-			before := countFDs(t)
+			before := peertest.CountFDs(t)
 			hs := make([]shm.Handle, tt.send)
 			for i := range hs {
 				hs[i] = r.Handle()
@@ -226,7 +217,7 @@ func TestHandoff(t *testing.T) {
 				if !errors.Is(err, shm.ErrHandoff) || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("RecvHandles error = %v, want ErrHandoff mentioning %q", err, tt.wantErr)
 				}
-				if after := countFDs(t); after != before {
+				if after := peertest.CountFDs(t); after != before {
 					t.Fatalf("%d descriptors before, %d after a refused transfer", before, after)
 				}
 				return
@@ -247,7 +238,7 @@ func TestHandoff(t *testing.T) {
 				}
 				m.Close()
 			}
-			if after := countFDs(t); after != before {
+			if after := peertest.CountFDs(t); after != before {
 				t.Fatalf("%d descriptors before, %d after", before, after)
 			}
 		})
@@ -301,7 +292,7 @@ func TestNoLeaks(t *testing.T) {
 		}
 		return strings.Count(string(b), "memfd:leakcheck")
 	}
-	fds := countFDs(t)
+	fds := peertest.CountFDs(t)
 	for i := 0; i < 50; i++ {
 		r, err := shm.Create(1<<16, &shm.Options{Name: "leakcheck"})
 		if err != nil {
@@ -317,7 +308,7 @@ func TestNoLeaks(t *testing.T) {
 		ro.Close()
 		r.Close()
 	}
-	if maps() != 0 || countFDs(t) != fds {
-		t.Fatalf("after closing: %d mappings left, descriptors %d -> %d", maps(), fds, countFDs(t))
+	if maps() != 0 || peertest.CountFDs(t) != fds {
+		t.Fatalf("after closing: %d mappings left, descriptors %d -> %d", maps(), fds, peertest.CountFDs(t))
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/capnshm/capnshm/internal/peertest"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -35,19 +37,11 @@ func socketpair(t *testing.T) (*net.UnixConn, *net.UnixConn) {
 }
 
 // countFDs returns the number of open descriptors of this process.
-func countFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
-}
 
 // checkFDs fails t if the number of open descriptors is not before.
 func checkFDs(t *testing.T, before int) {
 	t.Helper()
-	if after := countFDs(t); after != before {
+	if after := peertest.CountFDs(t); after != before {
 		t.Fatalf("%d descriptors open, %d before: leaked %d", after, before, after-before)
 	}
 }
@@ -108,7 +102,7 @@ func TestFrameConnSequence(t *testing.T) {
 	a, b := socketpair(t)
 	w, r := NewFrameConn(a), NewFrameConn(b)
 	send := pipes(t, 5)
-	before := countFDs(t)
+	before := peertest.CountFDs(t)
 
 	hello := make([]byte, HelloSize)
 	PutHello(hello, validHello())
@@ -164,7 +158,7 @@ func TestFrameConnHeaderInPieces(t *testing.T) {
 	a, b := socketpair(t)
 	r := NewFrameConn(b)
 	send := pipes(t, 2)
-	before := countFDs(t)
+	before := peertest.CountFDs(t)
 
 	mp := make([]byte, MappingSize)
 	PutMapping(mp, Mapping{ID: 9, Size: 4096})
@@ -250,7 +244,7 @@ func TestFrameConnBadDescriptors(t *testing.T) {
 			a, b := socketpair(t)
 			r := NewFrameConn(b)
 			send := pipes(t, 12)
-			before := countFDs(t)
+			before := peertest.CountFDs(t)
 			tc.send(t, a, send)
 			h, payload, fds, err := r.ReadFrame(1 << 16)
 			if err == nil {
