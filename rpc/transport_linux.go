@@ -1242,7 +1242,7 @@ func (m *mapping) ID() uint32    { return m.id }
 func (m *mapping) Bytes() []byte { return m.r.Bytes() }
 
 func (mp *mapper) Map(size int) (segalloc.Mapping, error) {
-	r, err := shm.Create(int64(size), &shm.Options{Name: "capnshm-dedicated"})
+	r, err := shm.Create(int64(size), &shm.Options{Name: "capnshm-dedicated", Prefault: true})
 	if err != nil {
 		return nil, err
 	}
