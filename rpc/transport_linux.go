@@ -541,21 +541,21 @@ func (om *outMsg) Send() error {
 		return t.cause()
 	}
 	t.flushPendingLocked(false)
-	var err error
 	switch {
 	case total <= t.opts.InlineMax && !heap:
-		err = t.sendInline(om.msg, lengths)
+		return t.sendInline(om.msg, lengths, total)
 	case heap:
-		err = t.sendOnSocket(om.msg)
+		return t.sendOnSocket(om.msg, total)
 	default:
-		err = t.sendByReference(om, segs, lengths)
+		return t.sendByReference(om, segs, lengths, total)
 	}
-	if err != nil {
-		return err
-	}
+}
+
+// countSent counts a message about to be published: before the commit,
+// because the peer may answer (and a caller read Stats) at once after it.
+func (t *Transport) countSent(total int) {
 	t.stats.messagesSent.Add(1)
 	t.stats.bytesSent.Add(uint64(total))
-	return nil
 }
 
 // claim claims an n-byte record in the outbound ring, waiting for space.
@@ -597,7 +597,7 @@ func (t *Transport) ringError(err error) error {
 	return err
 }
 
-func (t *Transport) sendInline(msg *capnp.Message, lengths []int) error {
+func (t *Transport) sendInline(msg *capnp.Message, lengths []int, total int) error {
 	var sbuf [8][]byte
 	segs := sbuf[:0]
 	for i := range lengths {
@@ -615,15 +615,12 @@ func (t *Transport) sendInline(msg *capnp.Message, lengths []int) error {
 		return err
 	}
 	t.stats.sentInline.Add(1)
-	var total int
-	for _, n := range lengths {
-		total += n
-	}
 	t.stats.bytesCopied.Add(uint64(total))
+	t.countSent(total)
 	return t.commit()
 }
 
-func (t *Transport) sendByReference(om *outMsg, segs []segalloc.Segment, lengths []int) error {
+func (t *Transport) sendByReference(om *outMsg, segs []segalloc.Segment, lengths []int, total int) error {
 	var rbuf [8]wire.SegRef
 	refs := rbuf[:0]
 	for i, n := range lengths {
@@ -649,10 +646,11 @@ func (t *Transport) sendByReference(om *outMsg, segs []segalloc.Segment, lengths
 		return err
 	}
 	t.stats.sentByReference.Add(1)
+	t.countSent(total)
 	return t.commit()
 }
 
-func (t *Transport) sendOnSocket(msg *capnp.Message) error {
+func (t *Transport) sendOnSocket(msg *capnp.Message, total int) error {
 	data, err := msg.Marshal()
 	if err != nil {
 		return fmt.Errorf("capnshm: marshalling a message for the socket: %w", err)
@@ -671,6 +669,7 @@ func (t *Transport) sendOnSocket(msg *capnp.Message) error {
 	}
 	t.stats.sentOnSocket.Add(1)
 	t.stats.bytesCopied.Add(uint64(len(data)))
+	t.countSent(total)
 	return t.commit()
 }
 
