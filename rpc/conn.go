@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	capnp "capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/flowcontrol"
 	capnprpc "capnproto.org/go/capnp/v3/rpc"
 	"capnproto.org/go/capnp/v3/rpc/transport"
 )
@@ -20,6 +21,10 @@ type Conn struct {
 	shm    *Transport   // nil on the stream transport
 	stream *streamStats // nil on shared memory
 	addr   Addr
+
+	flowWindow int64 // WithFlowWindow; 0: the default
+	flowOnce   sync.Once
+	flow       flowcontrol.FlowLimiter
 
 	closeOnce sync.Once
 	closeErr  error
@@ -43,7 +48,7 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Conn{shm: est.shm, stream: est.stream, addr: a}
+	c := &Conn{shm: est.shm, stream: est.stream, addr: a, flowWindow: cfg.flowWindow}
 	c.rpc = capnprpc.NewConn(est.tr, &capnprpc.Options{Logger: rpcLogger(cfg)})
 	return c, nil
 }

@@ -49,6 +49,18 @@
 // socket, announced in the ring so that order is kept. The receiver returns
 // memory with FREE records when go-capnp releases a message.
 //
+// # Flow control
+//
+// The calls a side has in flight live in its own pool until the peer frees
+// them, and go-capnp never blocks a caller on its own: a client that
+// streams large calls (`-> stream` methods) faster than the server handles
+// them runs its pool dry and spills into overflow mappings and the heap.
+// Conn.FlowLimiter returns a go-capnp flow limiter whose window is half of
+// the pool (WithFlowWindow); install it on the streaming capability:
+//
+//	stream := echo.AddRef() // a reference of its own: other calls stay unthrottled
+//	stream.SetFlowLimiter(conn.FlowLimiter())
+//
 // Everything read from the peer is untrusted: a malformed record, an
 // out-of-range segment or a corrupt ring aborts that connection with an
 // error wrapping ErrProtocol that names what was wrong; the process and other

@@ -44,6 +44,8 @@ type config struct {
 	opts     Options // the shared-memory transport's
 	fallback Fallback
 	logger   *slog.Logger // nil: go-capnp's default, and no transport logs
+
+	flowWindow int64 // Conn.FlowLimiter's window; 0: the default
 }
 
 func newConfig(base *config, opts []Option) *config {
