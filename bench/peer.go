@@ -1,0 +1,406 @@
+//go:build linux
+
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	capnp "capnproto.org/go/capnp/v3"
+	"golang.org/x/sys/unix"
+
+	"github.com/capnshm/capnshm/internal/child"
+	"github.com/capnshm/capnshm/internal/echoproto"
+	"github.com/capnshm/capnshm/internal/pingpong"
+	"github.com/capnshm/capnshm/iocpwake"
+	"github.com/capnshm/capnshm/ringbuf"
+	"github.com/capnshm/capnshm/rpc"
+	"github.com/capnshm/capnshm/shm"
+)
+
+// ringCapacity is the capacity of each raw ring of the ring workload.
+const ringCapacity = 64 << 10
+
+// maxMessage is the message limit of both sides on every transport: the
+// stream transport's default (64 MiB) refuses a 64 MiB echo.
+const maxMessage = 1 << 30
+
+// strategyOf returns the ring wait strategy of an shm transport.
+func strategyOf(transport string) (ringbuf.WaitStrategy, bool) {
+	switch transport {
+	case "shm":
+		return ringbuf.Adaptive, true
+	case "shm-spin":
+		return ringbuf.BusySpin, true
+	case "shm-block":
+		return ringbuf.Block, true
+	}
+	return 0, false
+}
+
+// rpcOptions are the options of both sides of transport.
+func rpcOptions(transport string) []rpc.Option {
+	opts := []rpc.Option{rpc.WithMaxMessage(maxMessage)}
+	if st, ok := strategyOf(transport); ok {
+		opts = append(opts, rpc.WithWaitStrategy(st), rpc.WithFallback(rpc.FallbackRequire))
+	}
+	return opts
+}
+
+// peer is a child process: this program run with -child.
+type peer struct {
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	lines  chan string
+	stderr strings.Builder
+}
+
+func startPeer(args []string, handles []uintptr) (*peer, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd, started, err := child.Command(exe, args, handles)
+	if err != nil {
+		return nil, err
+	}
+	p := &peer{cmd: cmd, lines: make(chan string, 4)}
+	cmd.Stderr = &p.stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		started()
+		return nil, err
+	}
+	if p.stdin, err = cmd.StdinPipe(); err != nil {
+		started()
+		return nil, err
+	}
+	err = cmd.Start()
+	started()
+	if err != nil {
+		return nil, fmt.Errorf("starting the peer: %w", err)
+	}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+		close(p.lines)
+	}()
+	return p, nil
+}
+
+// line returns the peer's next line of output.
+func (p *peer) line() (string, error) {
+	select {
+	case s, ok := <-p.lines:
+		if !ok {
+			return "", fmt.Errorf("the peer exited: %v (its stderr: %s)", p.cmd.Wait(), p.stderr.String())
+		}
+		return s, nil
+	case <-time.After(time.Minute):
+		return "", fmt.Errorf("no answer from the peer within a minute (its stderr: %s)", p.stderr.String())
+	}
+}
+
+// wait waits for the peer to exit on its own.
+func (p *peer) wait() error {
+	p.stdin.Close()
+	if err := p.cmd.Wait(); err != nil {
+		return fmt.Errorf("peer: %w (its stderr: %s)", err, p.stderr.String())
+	}
+	return nil
+}
+
+// stop ends the peer: it exits when its stdin closes; it is killed if it
+// has not within 5 s.
+func (p *peer) stop() {
+	if p.cmd.ProcessState != nil {
+		return
+	}
+	p.stdin.Close()
+	done := make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// server is a server child for one transport.
+type server struct {
+	*peer
+	transport string
+	addr      string
+}
+
+func startServer(transport string) (*server, error) {
+	p, err := startPeer([]string{"-child", "server", "-transport", transport}, nil)
+	if err != nil {
+		return nil, err
+	}
+	addr, err := p.line()
+	if err != nil {
+		p.stop()
+		return nil, err
+	}
+	return &server{peer: p, transport: transport, addr: addr}, nil
+}
+
+// cpu returns the CPU time the server process has used.
+func (s *server) cpu() (time.Duration, error) {
+	if _, err := io.WriteString(s.stdin, "cpu\n"); err != nil {
+		return 0, err
+	}
+	l, err := s.line()
+	if err != nil {
+		return 0, err
+	}
+	ns, err := strconv.ParseInt(l, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("server said %q, want its CPU time", l)
+	}
+	return time.Duration(ns), nil
+}
+
+// dial connects to the server.
+func (s *server) dial(ctx context.Context) (*rpc.Conn, echoproto.Echo, error) {
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	conn, err := rpc.Dial(dctx, s.addr, rpcOptions(s.transport)...)
+	if err != nil {
+		return nil, echoproto.Echo{}, err
+	}
+	if _, shmWanted := strategyOf(s.transport); conn.SharedMemory() != shmWanted {
+		conn.Close()
+		return nil, echoproto.Echo{}, fmt.Errorf("%s: connection on shared memory: %v, want %v", s.transport, conn.SharedMemory(), shmWanted)
+	}
+	boot := echoproto.Echo(conn.Bootstrap(dctx))
+	if err := ping(dctx, boot); err != nil {
+		boot.Release()
+		conn.Close()
+		return nil, echoproto.Echo{}, fmt.Errorf("first ping: %w", err)
+	}
+	return conn, boot, nil
+}
+
+// closeConn closes a connection made by dial and releases its bootstrap.
+func closeConn(conn *rpc.Conn, boot echoproto.Echo) {
+	conn.Close()
+	select {
+	case <-conn.Done():
+	case <-time.After(10 * time.Second):
+	}
+	boot.Release()
+}
+
+// cpuTime returns the CPU time this process has used.
+func cpuTime() (time.Duration, error) {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		return 0, fmt.Errorf("getrusage: %w", err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
+}
+
+// runChild is the peer side of every workload.
+func runChild(role, transport string, rounds, strategy, regionSize int) error {
+	switch role {
+	case "server":
+		return serverChild(transport)
+	case "eventfd":
+		hs := child.Handles()
+		if len(hs) != 2 {
+			return fmt.Errorf("want 2 eventfds, got %d handles", len(hs))
+		}
+		fmt.Println("ready")
+		return pingpong.EventfdServer(int(hs[0]), int(hs[1]), rounds)
+	case "spin", "ring":
+	default:
+		return fmt.Errorf("unknown child role %q", role)
+	}
+	hs := child.Handles()
+	if len(hs) != 2 {
+		return fmt.Errorf("want a region and a doorbell, got %d handles", len(hs))
+	}
+	region, err := shm.Open(shm.Handle(hs[0]), int64(regionSize), shm.ReadWrite, &shm.Options{Prefault: true})
+	if err != nil {
+		return err
+	}
+	defer region.Close()
+	peerBell, err := iocpwake.Open(iocpwake.Handle(hs[1]))
+	if err != nil {
+		return err
+	}
+	defer peerBell.Close()
+	mine, err := iocpwake.New()
+	if err != nil {
+		return err
+	}
+	defer mine.Close()
+	fmt.Println(mine.Handle())
+	if role == "spin" {
+		pingpong.SpinServer(pingpong.SpinWord(region.Bytes()), rounds)
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	reqMem, respMem := pingpong.Rings(region.Bytes(), ringCapacity)
+	req, err1 := ringbuf.Attach(reqMem)
+	resp, err2 := ringbuf.Attach(respMem)
+	if err := errors.Join(err1, err2); err != nil {
+		return err
+	}
+	opts := ringbuf.Options{Strategy: ringbuf.WaitStrategy(strategy), Waiter: mine, Ringer: peerBell}
+	return pingpong.RingServer(ctx, req.Consumer(opts), resp.Producer(opts), rounds)
+}
+
+// serverChild serves echoproto.Echo for transport on a fresh address,
+// prints the address, answers "cpu" lines on stdin with its CPU time in
+// nanoseconds, and exits when stdin ends.
+func serverChild(transport string) error {
+	var addr string
+	switch transport {
+	case "shm", "shm-spin", "shm-block":
+		addr = fmt.Sprintf("shm-abstract:capnshm-bench-%d", os.Getpid())
+	case "unix":
+		addr = fmt.Sprintf("unix-abstract:capnshm-bench-%d", os.Getpid())
+	case "tcp":
+		addr = "tcp:127.0.0.1:0"
+	default:
+		return fmt.Errorf("unknown transport %q", transport)
+	}
+	boot := echoproto.Echo_ServerToClient(&echoproto.Server{})
+	srv, err := rpc.Listen(addr, capnp.Client(boot), rpcOptions(transport)...)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = srv.Serve(ctx) }()
+	fmt.Println(srv.Addr().String())
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		if sc.Text() == "cpu" {
+			d, err := cpuTime()
+			if err != nil {
+				return err
+			}
+			fmt.Println(d.Nanoseconds())
+		}
+	}
+	return nil
+}
+
+// pairRun creates a ping-pong region and a doorbell, starts the peer for
+// role with them, opens the doorbell the peer reports, and runs client.
+func pairRun(role string, rounds int, strategy ringbuf.WaitStrategy, client func(r *shm.Region, mine, peerBell *iocpwake.Bell) error) error {
+	size, _ := pingpong.RegionSize(ringCapacity)
+	region, err := shm.Create(int64(size), &shm.Options{Prefault: true, Name: "capnshm-bench"})
+	if err != nil {
+		return err
+	}
+	defer region.Close()
+	reqMem, respMem := pingpong.Rings(region.Bytes(), ringCapacity)
+	for _, m := range [][]byte{reqMem, respMem} {
+		if _, err := ringbuf.Init(m); err != nil {
+			return err
+		}
+	}
+	mine, err := iocpwake.New()
+	if err != nil {
+		return err
+	}
+	defer mine.Close()
+	args := []string{"-child", role, "-rounds", strconv.Itoa(rounds), "-strategy", strconv.Itoa(int(strategy)), "-region-size", strconv.Itoa(size)}
+	p, err := startPeer(args, []uintptr{uintptr(region.Handle()), uintptr(mine.Handle())})
+	if err != nil {
+		return err
+	}
+	defer p.stop()
+	line, err := p.line()
+	if err != nil {
+		return err
+	}
+	v, err := strconv.ParseUint(line, 10, 64)
+	if err != nil {
+		return fmt.Errorf("peer said %q, want its doorbell's handle", line)
+	}
+	h, err := child.Take(p.cmd.Process.Pid, uintptr(v))
+	if err != nil {
+		return err
+	}
+	peerBell, err := iocpwake.Open(iocpwake.Handle(h))
+	if err != nil {
+		return err
+	}
+	defer peerBell.Close()
+	if err := client(region, mine, peerBell); err != nil {
+		return err
+	}
+	return p.wait()
+}
+
+// spinFloor times rounds round trips on one shared cache line.
+func spinFloor(rounds int) ([]time.Duration, error) {
+	s := make([]time.Duration, rounds)
+	err := pairRun("spin", rounds, 0, func(r *shm.Region, _, _ *iocpwake.Bell) error {
+		pingpong.SpinClient(pingpong.SpinWord(r.Bytes()), rounds, s)
+		return nil
+	})
+	return s, err
+}
+
+// eventfdFloor times rounds round trips over two blocking eventfds.
+func eventfdFloor(rounds int) ([]time.Duration, error) {
+	ping, pong, err := pingpong.Eventfds()
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(ping)
+	defer unix.Close(pong)
+	p, err := startPeer([]string{"-child", "eventfd", "-rounds", strconv.Itoa(rounds)}, []uintptr{uintptr(ping), uintptr(pong)})
+	if err != nil {
+		return nil, err
+	}
+	defer p.stop()
+	if _, err := p.line(); err != nil {
+		return nil, err
+	}
+	s := make([]time.Duration, rounds)
+	if _, err := pingpong.EventfdClient(ping, pong, rounds, s); err != nil {
+		return nil, err
+	}
+	return s, p.wait()
+}
+
+// ringRoundTrips times rounds raw ring round trips of 8-byte records with
+// the given wait strategy on both sides.
+func ringRoundTrips(rounds int, st ringbuf.WaitStrategy) ([]time.Duration, error) {
+	s := make([]time.Duration, rounds)
+	err := pairRun("ring", rounds, st, func(r *shm.Region, mine, peerBell *iocpwake.Bell) error {
+		reqMem, respMem := pingpong.Rings(r.Bytes(), ringCapacity)
+		req, err1 := ringbuf.Attach(reqMem)
+		resp, err2 := ringbuf.Attach(respMem)
+		if err := errors.Join(err1, err2); err != nil {
+			return err
+		}
+		opts := ringbuf.Options{Strategy: st, Waiter: mine, Ringer: peerBell}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		_, err := pingpong.RingClient(ctx, req.Producer(opts), resp.Consumer(opts), 8, rounds, s)
+		return err
+	})
+	return s, err
+}
