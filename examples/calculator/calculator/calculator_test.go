@@ -1,0 +1,319 @@
+package calculator_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/capnshm/capnshm/internal/peertest"
+
+	capnp "capnproto.org/go/capnp/v3"
+
+	"github.com/capnshm/capnshm/examples/calculator/calculator"
+	"github.com/capnshm/capnshm/rpc"
+)
+
+// want is every check RunChecks makes, in order, with its answer.
+var want = []calculator.Result{
+	{Name: "123", Want: 123},
+	{Name: "123 + 45 - 67", Want: 101},
+	{Name: "123 + 45", Want: 168},
+	{Name: "4 * 6 + 3", Want: 27},
+	{Name: "(4 + 6) * 7", Want: 70},
+	{Name: "(4 + 6) * 7 / 14", Want: 5},
+	{Name: "4 * 6 + 5", Want: 29},
+	{Name: "f(12, 34)", Want: 1234},
+	{Name: "g(21)", Want: 4244},
+	{Name: "f(5, 7) called directly", Want: 507},
+	{Name: "pow(2, 4 + 5) (a callback)", Want: 512},
+}
+
+// serve starts the calculator on addr until the test ends.
+func serve(t *testing.T, addr string) *rpc.Server {
+	t.Helper()
+	srv, err := rpc.Listen(addr, capnp.Client(calculator.NewServer()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("the server did not stop within 10s")
+		}
+	})
+	return srv
+}
+
+// check dials addr and runs every check, requiring every answer and
+// shared memory or not as sharedMemory says. It can run on any goroutine.
+func check(addr string, sharedMemory bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := rpc.Dial(ctx, addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	var errs []error
+	if conn.SharedMemory() != sharedMemory {
+		errs = append(errs, fmt.Errorf("%s: shared memory %v, want %v", addr, conn.SharedMemory(), sharedMemory))
+	}
+	calc := calculator.Calculator(conn.Bootstrap(ctx))
+	defer calc.Release()
+
+	var got []calculator.Result
+	if err := calculator.RunChecks(ctx, calc, func(r calculator.Result) { got = append(got, r) }); err != nil {
+		return errors.Join(append(errs, fmt.Errorf("%s: %w", addr, err))...)
+	}
+	if len(got) != len(want) {
+		return errors.Join(append(errs, fmt.Errorf("%s: %d results, want %d: %v", addr, len(got), len(want), got))...)
+	}
+	for i, r := range got {
+		if r.Name != want[i].Name || r.Got != want[i].Want || !r.OK() {
+			errs = append(errs, fmt.Errorf("%s: result %d: %v, want %s = %g", addr, i, r, want[i].Name, want[i].Want))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// TestGoClient runs the Go client's checks against the Go server in this
+// process, on shared memory and on TCP, and with several clients at once
+// on shm:.
+func TestGoClient(t *testing.T) {
+	type tc struct {
+		name, addr   string
+		sharedMemory bool
+	}
+	cases := []tc{{"tcp", "tcp:127.0.0.1:0", false}}
+	// On Windows, shm: runs the stream transport on the socket file.
+	// peertest.TempDir, not t.TempDir: Wine's os.RemoveAll fails.
+	dir := peertest.TempDir(t)
+	if err := unixSockets(dir); err != nil {
+		t.Logf("no unix sockets here, shm: not tested: %v", err) // Wine has no AF_UNIX
+	} else {
+		cases = append(cases, tc{"shm", "shm:" + filepath.Join(dir, "calc.sock"), runtime.GOOS == "linux"})
+	}
+	if runtime.GOOS == "linux" {
+		cases = append(cases, tc{"shm-abstract", fmt.Sprintf("shm-abstract:capnshm-calculator-test-%d", os.Getpid()), true})
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			srv := serve(t, c.addr)
+			addr := srv.Addr().String()
+			if err := check(addr, c.sharedMemory); err != nil {
+				t.Fatal(err)
+			}
+
+			if c.name != "shm" || raceEnabled {
+				// Under the race detector, go-capnp v3.0.1-alpha.2 now and
+				// then sends a pipelined call after its question's Finish
+				// (go-capnp #626) with several clients pipelining at once;
+				// the server then aborts that connection.
+				return
+			}
+			// Several clients at once on the same server.
+			errs := make([]error, 3)
+			var wg sync.WaitGroup
+			for i := range errs {
+				wg.Go(func() { errs[i] = check(addr, c.sharedMemory) })
+			}
+			wg.Wait()
+			if err := errors.Join(errs...); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// unixSockets reports whether this system can listen on a unix socket.
+func unixSockets(dir string) error {
+	l, err := net.Listen("unix", filepath.Join(dir, "probe.sock"))
+	if err != nil {
+		return err
+	}
+	return l.Close()
+}
+
+// TestErrors: calls the calculator must refuse fail, with a message that
+// says why, and leave the calculator usable.
+func TestErrors(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv := serve(t, "tcp:127.0.0.1:0")
+	conn, err := rpc.Dial(ctx, srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	calc := calculator.Calculator(conn.Bootstrap(ctx))
+	defer calc.Release()
+
+	// readErr evaluates e and returns the error of reading its value.
+	readErr := func(build func(calculator.Calculator_Expression) error) error {
+		f, release := calc.Evaluate(ctx, func(p calculator.Calculator_evaluate_Params) error {
+			e, err := p.NewExpression()
+			if err != nil {
+				return err
+			}
+			return build(e)
+		})
+		defer release()
+		rf, rrelease := f.Value().Read(ctx, nil)
+		defer rrelease()
+		_, err := rf.Struct()
+		return err
+	}
+	op, oprelease := calc.GetOperator(ctx, func(p calculator.Calculator_getOperator_Params) error {
+		p.SetOp(calculator.Calculator_Operator_add)
+		return nil
+	})
+	defer oprelease()
+	add := op.Func()
+	if err := add.Resolve(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, c := range []struct {
+		name, msg string
+		build     func(calculator.Calculator_Expression) error
+	}{
+		{"parameter outside a function", "parameter 0 out of range", func(e calculator.Calculator_Expression) error {
+			e.SetParameter(0)
+			return nil
+		}},
+		{"operator with 3 parameters", "wrong number of parameters: 3, want 2", func(e calculator.Calculator_Expression) error {
+			e.SetCall()
+			if err := e.Call().SetFunction(add.AddRef()); err != nil {
+				return err
+			}
+			l, err := e.Call().NewParams(3)
+			for i := range 3 {
+				l.At(i).SetLiteral(1)
+			}
+			return err
+		}},
+	} {
+		err := readErr(c.build)
+		if err == nil || !strings.Contains(err.Error(), c.msg) {
+			t.Errorf("%s: error %v, want one containing %q", c.name, err, c.msg)
+		}
+	}
+
+	// An unknown operator.
+	bad, badrelease := calc.GetOperator(ctx, func(p calculator.Calculator_getOperator_Params) error {
+		p.SetOp(calculator.Calculator_Operator(9))
+		return nil
+	})
+	defer badrelease()
+	if _, err := bad.Struct(); err == nil || !strings.Contains(err.Error(), "unknown operator 9") {
+		t.Errorf("getOperator(9): error %v, want unknown operator", err)
+	}
+
+	// A defined function called with the wrong number of parameters.
+	def, defrelease := calc.DefFunction(ctx, func(p calculator.Calculator_defFunction_Params) error {
+		p.SetParamCount(2)
+		body, err := p.NewBody()
+		body.SetParameter(1)
+		return err
+	})
+	defer defrelease()
+	cf, crelease := def.Func().Call(ctx, func(p calculator.Calculator_Function_call_Params) error {
+		_, err := p.NewParams(1)
+		return err
+	})
+	defer crelease()
+	if _, err := cf.Struct(); err == nil || !strings.Contains(err.Error(), "wrong number of parameters: 1, want 2") {
+		t.Errorf("f(x) of f(x, y): error %v, want wrong number of parameters", err)
+	}
+
+	// And the calculator still answers.
+	if err := calculator.RunChecks(ctx, calc, nil); err != nil {
+		t.Errorf("after the errors: %v", err)
+	}
+}
+
+// TestCppInterop builds the C++ EZ-RPC client (../cpp) and runs it against
+// the Go server over TCP. Without g++, capnp or libcapnp-dev it is skipped,
+// unless CAPNSHM_REQUIRE_CPP=1 (as in CI), which makes it fail.
+func TestCppInterop(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the C++ client is built and run on Linux")
+	}
+	requireCpp(t)
+	dir := peertest.TempDir(t)
+	bin := filepath.Join(dir, "calculator-client")
+
+	buildCtx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	build := exec.CommandContext(buildCtx, "sh", filepath.Join("..", "cpp", "build.sh"), bin)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the C++ client: %v\n%s", err, out)
+	}
+
+	srv := serve(t, "tcp:127.0.0.1:0")
+	endpoint := srv.Addr().(rpc.Addr).Endpoint // 127.0.0.1:PORT, as EzRpcClient takes it
+
+	runCtx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	client := exec.CommandContext(runCtx, bin, endpoint)
+	client.WaitDelay = 5 * time.Second
+	out, err := client.CombinedOutput()
+	t.Logf("C++ client against %s:\n%s", endpoint, out)
+	if errors.Is(runCtx.Err(), context.DeadlineExceeded) {
+		t.Fatal("the C++ client did not finish within 2 minutes")
+	}
+	if err != nil {
+		t.Fatalf("C++ client: %v", err)
+	}
+	for _, w := range want {
+		if line := fmt.Sprintf("  %s = %g\n", w.Name, w.Want); !strings.Contains(string(out), line) {
+			t.Errorf("C++ client output lacks %q", strings.TrimSpace(line))
+		}
+	}
+	if !strings.HasSuffix(string(out), "PASS\n") {
+		t.Error("C++ client did not print PASS")
+	}
+}
+
+// requireCpp skips the test (or, with CAPNSHM_REQUIRE_CPP=1, fails it)
+// unless the C++ toolchain and Cap'n Proto's C++ library are installed.
+func requireCpp(t *testing.T) {
+	t.Helper()
+	if runtime.GOOS == "windows" {
+		t.Skip("the C++ interop test runs on Linux (build.sh is a POSIX shell script)")
+	}
+	var missing []string
+	for _, tool := range []string{"sh", "go", "capnp", "g++", "pkg-config"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			missing = append(missing, tool)
+		}
+	}
+	if _, err := exec.LookPath("pkg-config"); err == nil {
+		if err := exec.Command("pkg-config", "--exists", "capnp-rpc").Run(); err != nil {
+			missing = append(missing, "the capnp-rpc library (pkg-config capnp-rpc)")
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	msg := "C++ interop test needs " + strings.Join(missing, ", ") +
+		" (Debian/Ubuntu: apt-get install -y capnproto libcapnp-dev g++ pkg-config)"
+	if os.Getenv("CAPNSHM_REQUIRE_CPP") == "1" {
+		t.Fatal(msg + "; CAPNSHM_REQUIRE_CPP=1 makes this a failure")
+	}
+	t.Skip(msg)
+}
