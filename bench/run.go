@@ -461,33 +461,8 @@ func ping(ctx context.Context, boot echoproto.Echo) error {
 	return err
 }
 
-// echo sends src, written into the request in place, and checks the
-// length and one byte of what comes back.
 func echo(ctx context.Context, boot echoproto.Echo, src []byte, i int) error {
-	f, release := boot.Echo(ctx, func(p echoproto.Echo_echo_Params) error {
-		ptr, b, err := echoproto.NewData(p.Segment(), len(src))
-		if err != nil {
-			return err
-		}
-		copy(b, src)
-		return capnp.Struct(p).SetPtr(0, ptr)
-	})
-	defer release()
-	res, err := f.Struct()
-	if err != nil {
-		return err
-	}
-	d, err := res.Data()
-	if err != nil {
-		return err
-	}
-	if len(d) != len(src) {
-		return fmt.Errorf("echo: got %d bytes back, sent %d", len(d), len(src))
-	}
-	if k := (i * 7919) % len(src); d[k] != src[k] {
-		return fmt.Errorf("echo: byte %d is %#x, sent %#x", k, d[k], src[k])
-	}
-	return nil
+	return echoproto.EchoInPlace(ctx, boot, src, i)
 }
 
 // sum builds an n-byte request in place (every byte written where the
