@@ -380,3 +380,37 @@ func foreignSocketPair(t *testing.T, uid int) (*net.UnixConn, *net.UnixConn) {
 	}
 	return a, b
 }
+
+// TestOversizedMessage: a call larger than the peer's MaxMessage fails with
+// ErrTooLarge and the connection goes on; results larger than what the
+// client accepts end the connection with that error (nothing hangs).
+func TestOversizedMessage(t *testing.T) {
+	c, tr, _ := dialPeer(t, &rpc.Options{MaxMessage: 2 << 20}, "maxmsg=1048576")
+	defer c.Boot.Release()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	err := echoproto.EchoInPlace(ctx, c.Boot, make([]byte, 4<<20), 0)
+	if err == nil || !strings.Contains(err.Error(), "the peer accepts at most 1048576") {
+		t.Fatalf("a 4 MiB call to a 1 MiB peer: %v, want a too-large error", err)
+	}
+	t.Logf("call: %v", err)
+	if err := echoproto.EchoInPlace(ctx, c.Boot, make([]byte, 512<<10), 1); err != nil {
+		t.Fatalf("the connection does not go on after a refused call: %v", err)
+	}
+	// 3 MiB of results are over the client's 2 MiB: the server ends the
+	// connection rather than leave the call without an answer.
+	f, release := c.Boot.Fill(ctx, func(p echoproto.Echo_fill_Params) error {
+		p.SetSize(3 << 20)
+		return nil
+	})
+	defer release()
+	if _, err := f.Struct(); err == nil {
+		t.Fatal("results over the client's MaxMessage arrived")
+	}
+	select {
+	case <-c.RPC.Done():
+	case <-ctx.Done():
+		t.Fatal("the connection did not end")
+	}
+	t.Logf("results: connection ended, transport: %v", tr.Err())
+}

@@ -40,6 +40,7 @@ type Transport struct {
 	peerPool            *mapped
 	peerRing            *shm.Region
 	peerPID             int
+	peerMax             uint64 // the largest message the peer accepts (its hello)
 	alloc               *segalloc.Allocator
 	mapper              *mapper
 	out                 *ringbuf.Producer // guarded by outMu
@@ -316,6 +317,7 @@ func (t *Transport) checkPeer(h wire.Hello) error {
 		return fmt.Errorf("%w: peer process %d runs as uid %d, this process as %d (Options.AllowOtherUsers permits it)", ErrRefused, pid, uid, os.Getuid())
 	}
 	t.peerPID = int(pid)
+	t.peerMax = h.MaxMessage
 	if h.PoolSize > uint64(shm.DefaultMaxSize) {
 		return fmt.Errorf("%w: peer's pool of %d bytes is over the limit %d", ErrRefused, h.PoolSize, int64(shm.DefaultMaxSize))
 	}
@@ -527,6 +529,9 @@ func (om *outMsg) Send() error {
 	for _, n := range lengths {
 		total += n
 	}
+	if uint64(total) > t.peerMax {
+		return t.tooLarge(om, total)
+	}
 	segs := om.arena.Segments()
 	heap := false
 	for i := range lengths {
@@ -549,6 +554,19 @@ func (om *outMsg) Send() error {
 	default:
 		return t.sendByReference(om, segs, lengths, total)
 	}
+}
+
+// tooLarge handles a message larger than the peer accepts, which the peer
+// would have to abort the connection for. A call fails with ErrTooLarge and
+// the connection goes on; any other message (a Return, say) ends the
+// connection with the same error, because go-capnp would leave its peer
+// waiting for an answer that never comes.
+func (t *Transport) tooLarge(om *outMsg, total int) error {
+	err := fmt.Errorf("%w: a %d-byte message, the peer accepts at most %d (its MaxMessage)", ErrTooLarge, total, t.peerMax)
+	if om.rm.Which() != rpccp.Message_Which_call {
+		t.fail(err)
+	}
+	return err
 }
 
 // countSent counts a message about to be published: before the commit,
