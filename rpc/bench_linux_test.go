@@ -257,7 +257,7 @@ func dialBench(tb testing.TB, name string) *benchConn {
 	c := gorpc.NewConn(t, &gorpc.Options{Logger: benchLogger()})
 	// The bootstrap capability outlives ctx; it is released after the
 	// connection closed (a release before Close races with Close).
-	bc.boot = echoproto.Echo(c.Bootstrap(context.Background()))
+	bc.boot = echoproto.Bootstrap(context.Background(), c)
 	callCtx, callCancel := context.WithTimeout(context.Background(), benchTimeout)
 	bc.ctx = callCtx
 	tb.Cleanup(func() {

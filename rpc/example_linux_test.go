@@ -54,7 +54,7 @@ func ExampleNewTransport() {
 	defer client.Close()
 	server := <-served
 	defer server.Close()
-	echo := echoproto.Echo(client.Bootstrap(ctx))
+	echo := echoproto.Bootstrap(ctx, client)
 	defer echo.Release()
 
 	f, release := echo.Fill(ctx, func(p echoproto.Echo_fill_Params) error {

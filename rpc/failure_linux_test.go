@@ -42,7 +42,7 @@ func echoClientPeer(args []string) int {
 	}
 	c := gorpc.NewConn(tr, nil)
 	defer c.Close()
-	boot := echoproto.Echo(c.Bootstrap(context.Background()))
+	boot := echoproto.Bootstrap(context.Background(), c)
 	ctx := context.Background()
 	peertest.Say("ready")
 	in := peertest.Stdin()

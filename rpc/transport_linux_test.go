@@ -134,7 +134,7 @@ func dialPeer(t *testing.T, opts *rpc.Options, peerArgs ...string) (*conformance
 	c := gorpc.NewConn(tr, nil)
 	t.Cleanup(func() { c.Close() })
 	return &conformance.Conn{
-		Boot: echoproto.Echo(c.Bootstrap(t.Context())),
+		Boot: echoproto.Bootstrap(t.Context(), c),
 		RPC:  c,
 		CloseServer: func() error {
 			p.Send("close")

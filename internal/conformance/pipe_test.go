@@ -22,7 +22,7 @@ func TestStreamTransport(t *testing.T) {
 			client := rpc.NewConn(rpc.NewStreamTransport(b), nil)
 			t.Cleanup(func() { client.Close(); server.Close() })
 			return &conformance.Conn{
-				Boot:        echoproto.Echo(client.Bootstrap(t.Context())),
+				Boot:        echoproto.Bootstrap(t.Context(), client),
 				RPC:         client,
 				CloseServer: server.Close,
 			}
