@@ -532,7 +532,8 @@ func (om *outMsg) Send() error {
 	if uint64(total) > t.peerMax {
 		return t.tooLarge(om, total)
 	}
-	segs := om.arena.Segments()
+	var sbuf [8]segalloc.Segment
+	segs := om.arena.AppendSegments(sbuf[:0])
 	heap := false
 	for i := range lengths {
 		if segs[i].Loc == segalloc.LocHeap {

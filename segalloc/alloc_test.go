@@ -8,7 +8,7 @@ import (
 	"testing"
 	"unsafe"
 
-	"capnproto.org/go/capnp/v3"
+	capnp "capnproto.org/go/capnp/v3"
 )
 
 func capSize(n int) capnp.Size { return capnp.Size(n) }
@@ -832,5 +832,36 @@ func TestNoScrub(t *testing.T) {
 	}
 	if b2[:100][0] != 0xee {
 		t.Fatal("the block was zeroed or not reused")
+	}
+}
+
+// TestAppendSegments: the same segments as Segments, without an allocation
+// when the caller's buffer has room (the transport calls it per send).
+func TestAppendSegments(t *testing.T) {
+	a, err := New(make([]byte, 64<<10), Options{MinBlock: 1024, MaxBlock: 16 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ar := a.NewArena()
+	defer ar.Release()
+	for _, n := range []capnp.Size{100, 3000} {
+		if _, _, err := ar.Allocate(n, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := ar.Segments()
+	var buf [8]Segment
+	got := ar.AppendSegments(buf[:0])
+	if len(got) != 2 || len(want) != 2 {
+		t.Fatalf("%d and %d segments, want 2", len(got), len(want))
+	}
+	for i := range got {
+		if got[i].Loc != want[i].Loc || got[i].Offset != want[i].Offset || cap(got[i].Data) != cap(want[i].Data) {
+			t.Fatalf("segment %d: %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { ar.AppendSegments(buf[:0]) }); n != 0 {
+		t.Fatalf("AppendSegments allocates %v times with room in the buffer", n)
 	}
 }

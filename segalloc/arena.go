@@ -151,14 +151,17 @@ func (a *Allocator) shared(d int64) { a.arenasShared.Add(d) }
 
 // Segments returns the segments allocated so far, in id order (a copy; the
 // Data slices alias the segments' memory).
-func (ar *Arena) Segments() []Segment {
+func (ar *Arena) Segments() []Segment { return ar.AppendSegments(nil) }
+
+// AppendSegments appends the segments allocated so far, in id order, to dst
+// and returns the result: Segments without an allocation when dst has room.
+func (ar *Arena) AppendSegments(dst []Segment) []Segment {
 	ar.mu.Lock()
 	defer ar.mu.Unlock()
-	out := make([]Segment, len(ar.segs))
 	for i := range ar.segs {
-		out[i] = ar.segs[i].Segment
+		dst = append(dst, ar.segs[i].Segment)
 	}
-	return out
+	return dst
 }
 
 // SetUsed records the final used length of each segment (lengths[i] for
