@@ -189,7 +189,7 @@ func pingPongPeer(args []string) int {
 	if err != nil {
 		return peertest.Fail("new bell: %v", err)
 	}
-	peertest.Say("%d", mine.Handle())
+	peertest.SayHandle(uintptr(mine.Handle()))
 	c := counter(r)
 	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
@@ -218,19 +218,7 @@ func TestCrossProcessPingPong(t *testing.T) {
 	p := peertest.Start(t, "bell-pingpong", []uintptr{uintptr(r.Handle()), uintptr(mine.Handle())}, fmt.Sprint(rounds))
 	ctx, cancel := context.WithTimeout(t.Context(), bound)
 	defer cancel()
-	line, err := p.Line(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := strconv.ParseUint(line, 10, 64)
-	if err != nil {
-		t.Fatalf("peer sent %q, want its bell's handle", line)
-	}
-	h, err := p.TakeHandle(uintptr(v))
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer, err := iocpwake.Open(iocpwake.Handle(h))
+	peer, err := iocpwake.Open(iocpwake.Handle(p.ReceiveHandle(ctx)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,16 +257,7 @@ func BenchmarkCrossProcessPingPong(b *testing.B) {
 	p := peertest.Start(b, "bell-pingpong", []uintptr{uintptr(r.Handle()), uintptr(mine.Handle())}, fmt.Sprint(b.N))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	line, err := p.Line(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	v, _ := strconv.ParseUint(line, 10, 64)
-	h, err := p.TakeHandle(uintptr(v))
-	if err != nil {
-		b.Fatal(err)
-	}
-	peer, err := iocpwake.Open(iocpwake.Handle(h))
+	peer, err := iocpwake.Open(iocpwake.Handle(p.ReceiveHandle(ctx)))
 	if err != nil {
 		b.Fatal(err)
 	}

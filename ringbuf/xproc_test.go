@@ -63,19 +63,7 @@ func startPair(t testing.TB, name string, capacity int, args ...string) *pair {
 	p := peertest.Start(t, name, []uintptr{uintptr(region.Handle()), uintptr(mine.Handle())}, args...)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	line, err := p.Line(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := strconv.ParseUint(line, 10, 64)
-	if err != nil {
-		t.Fatalf("peer said %q, want its doorbell handle", line)
-	}
-	h, err := p.TakeHandle(uintptr(v))
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer, err := iocpwake.Open(iocpwake.Handle(h))
+	peer, err := iocpwake.Open(iocpwake.Handle(p.ReceiveHandle(ctx)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +96,7 @@ func openPeerSide(args []string) (*peerSide, error) {
 	if err != nil {
 		return nil, err
 	}
-	peertest.Say("%d", mine.Handle())
+	peertest.SayHandle(uintptr(mine.Handle()))
 	return &peerSide{region: region, mine: mine, peer: peer, capacity: capacity, rest: args[2:]}, nil
 }
 

@@ -24,6 +24,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -146,6 +147,26 @@ func Start(t testing.TB, name string, handles []uintptr, args ...string) *Peer {
 // handles that flow from the peer to the test. The caller owns the result.
 func (p *Peer) TakeHandle(h uintptr) (uintptr, error) { return child.Take(p.Pid(), h) }
 
+// ReceiveHandle waits for the next line of the peer, a handle of its own it
+// reported with SayHandle, and duplicates that handle into this process. The
+// test fails if it cannot; the caller owns the result.
+func (p *Peer) ReceiveHandle(ctx context.Context) uintptr {
+	p.t.Helper()
+	line, err := p.Line(ctx)
+	if err != nil {
+		p.t.Fatalf("peertest: %v", err)
+	}
+	v, err := strconv.ParseUint(line, 10, 64)
+	if err != nil {
+		p.t.Fatalf("peertest: peer said %q, want a handle (SayHandle)", line)
+	}
+	h, err := p.TakeHandle(uintptr(v))
+	if err != nil {
+		p.t.Fatalf("peertest: taking the peer's handle %d: %v", v, err)
+	}
+	return h
+}
+
 // Pid returns the peer's process id.
 func (p *Peer) Pid() int { return p.cmd.Process.Pid }
 
@@ -243,6 +264,10 @@ func Stdin() *bufio.Scanner { return bufio.NewScanner(os.Stdin) }
 
 // Say writes one line to stdout, for use inside a peer.
 func Say(format string, a ...any) { fmt.Fprintf(os.Stdout, format+"\n", a...) }
+
+// SayHandle reports, inside a peer, a handle of this process for the test
+// to take with ReceiveHandle.
+func SayHandle(h uintptr) { Say("%d", h) }
 
 // Fail writes a message to stderr and returns exit code 1, for use inside a
 // peer: return peertest.Fail("...").
