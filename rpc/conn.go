@@ -146,6 +146,18 @@ func (s *streamStats) stats() Stats {
 // transport when no MaxMessage is set.
 const defaultStreamMax = 64 << 20
 
+// NewStreamTransport returns go-capnp's unpacked stream transport on rwc
+// (the one rpc.NewStreamTransport makes, wire-compatible with C++ EZ-RPC),
+// with the checks capnshm makes on every incoming message: a message that
+// would crash a go-capnp v3.0.1-alpha.2 connection ends that connection
+// with an error wrapping ErrProtocol instead. It is what Listen and Dial
+// run on stream addresses, for callers that build their own rpc.Conn.
+// Messages are limited to 64 MiB, go-capnp's default.
+func NewStreamTransport(rwc io.ReadWriteCloser) transport.Transport {
+	tr, _ := newStreamTransport(rwc, 0)
+	return tr
+}
+
 // newStreamTransport returns go-capnp's unpacked stream transport on rwc
 // (what rpc.NewStreamTransport makes, so wire-compatible with C++ EZ-RPC),
 // with maxMessage (if positive) as its size limit and counters.
@@ -160,8 +172,9 @@ func newStreamTransport(rwc io.ReadWriteCloser, maxMessage int64) (transport.Tra
 	return transport.New(&countingCodec{dec: d, enc: capnp.NewEncoder(rwc), c: rwc, max: max, st: st}), st
 }
 
-// countingCodec is go-capnp's unpacked stream codec with counters and a
-// traversal limit that follows the size limit.
+// countingCodec is go-capnp's unpacked stream codec with counters, a
+// traversal limit that follows the size limit, and the checks of readRoot
+// (messages that would crash go-capnp end the connection instead).
 type countingCodec struct {
 	dec *capnp.Decoder
 	enc *capnp.Encoder
@@ -186,6 +199,10 @@ func (cc *countingCodec) Decode() (*capnp.Message, error) {
 		return nil, err
 	}
 	n, _ := m.TotalSize()
+	m.ResetReadLimit(traverseLimit(n, cc.max))
+	if _, err := readRoot(m); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
 	m.ResetReadLimit(traverseLimit(n, cc.max))
 	cc.st.msgsRecv.Add(1)
 	cc.st.bytesRecv.Add(n)

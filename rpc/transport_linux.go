@@ -871,10 +871,15 @@ func (t *Transport) RecvMessage() (transport.IncomingMessage, error) {
 	}
 }
 
-// recvFail ends the connection because of err met while receiving.
+// recvFail ends the connection because of err met while receiving; a
+// refused message (see checkIncoming) leaves it to go-capnp to end it.
 func (t *Transport) recvFail(err error) error {
 	if t.ctx.Err() != nil {
 		return t.cause()
+	}
+	if refused(err) {
+		t.log.Warn("capnshm: refused a message from the peer", "err", err)
+		return err
 	}
 	if errors.Is(err, ringbuf.ErrCorrupt) {
 		err = fmt.Errorf("%w: %w", ErrProtocol, err)
@@ -960,32 +965,11 @@ func (t *Transport) newIn(segs [][]byte, total int, id uint64, maps []*mapped) (
 		for _, m := range maps {
 			m.unref()
 		}
-		return nil, fmt.Errorf("%w: unreadable message: %w", ErrProtocol, err)
+		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
 	}
 	t.stats.bytesReceived.Add(uint64(total))
 	t.liveIn.Add(1)
 	return &inMsg{t: t, msg: msg, rm: rm, id: id, maps: maps}, nil
-}
-
-// readRoot reads the root of a message the peer wrote. A message needs at
-// least its root pointer in its first segment: go-capnp v3.0.1-alpha.2
-// panics on an empty first segment instead of returning an error, so that
-// is checked here, and any other panic from reading the root becomes an
-// error too.
-func readRoot(msg *capnp.Message) (rm rpccp.Message, err error) {
-	first, err := msg.Segment(0)
-	if err != nil {
-		return rm, err
-	}
-	if len(first.Data()) < 8 {
-		return rm, fmt.Errorf("the first segment is %d bytes, too short for a root pointer", len(first.Data()))
-	}
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("reading the root: %v", r)
-		}
-	}()
-	return rpccp.ReadRootMessage(msg)
 }
 
 // readLimit is the traversal limit of a total-byte message: generous for
@@ -1099,7 +1083,7 @@ func (t *Transport) recvFromSocket(rec []byte) (*inMsg, error) {
 		if msg != nil {
 			rm, err := readRoot(msg)
 			if err != nil {
-				return nil, fmt.Errorf("%w: unreadable socket message: %w", ErrProtocol, err)
+				return nil, fmt.Errorf("%w: socket message: %w", ErrProtocol, err)
 			}
 			size, _ := msg.TotalSize()
 			t.stats.bytesReceived.Add(size)

@@ -40,11 +40,12 @@ func EchoInPlace(ctx context.Context, boot Echo, src []byte, i int) error {
 	return nil
 }
 
-// Bootstrap returns conn's bootstrap capability once it has resolved. A
-// go-capnp v3.0.1-alpha.2 server can crash (a nil dereference in
-// handleCall) on a call pipelined on the bootstrap question before its
-// Return (go-capnp #572, fixed on its main branch by #613, in no tag):
-// nothing here pipelines on it. An error shows on the first call.
+// Bootstrap returns conn's bootstrap capability once it has resolved: a
+// go-capnp v3.0.1-alpha.2 client that pipelines on the bootstrap question
+// can send a call pipelined on its own question ID, which ends the
+// connection (capnshm's transports refuse it) or, on go-capnp's own
+// transports, crashes the server (go-capnp #626, #572). An error shows on
+// the first call.
 func Bootstrap(ctx context.Context, conn *rpc.Conn) Echo {
 	c := conn.Bootstrap(ctx)
 	_ = c.Resolve(ctx)
