@@ -1,7 +1,6 @@
 package rpc
 
 import (
-	"errors"
 	"fmt"
 
 	capnp "capnproto.org/go/capnp/v3"
@@ -78,9 +77,3 @@ func checkIncoming(rm rpccp.Message) error {
 type refusedError struct{ reason string }
 
 func (e refusedError) Error() string { return e.reason }
-
-// refused reports whether err is (or wraps) a refusedError.
-func refused(err error) bool {
-	var r refusedError
-	return errors.As(err, &r)
-}

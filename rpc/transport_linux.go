@@ -871,6 +871,12 @@ func (t *Transport) RecvMessage() (transport.IncomingMessage, error) {
 	}
 }
 
+// refused reports whether err is (or wraps) a refusedError.
+func refused(err error) bool {
+	var r refusedError
+	return errors.As(err, &r)
+}
+
 // recvFail ends the connection because of err met while receiving; a
 // refused message (see checkIncoming) leaves it to go-capnp to end it.
 func (t *Transport) recvFail(err error) error {
