@@ -12,6 +12,7 @@ import (
 	"capnproto.org/go/capnp/v3/flowcontrol"
 	capnprpc "capnproto.org/go/capnp/v3/rpc"
 	"capnproto.org/go/capnp/v3/rpc/transport"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 )
 
 // Conn is a Cap'n Proto connection made by Dial: go-capnp's rpc.Conn over
@@ -173,17 +174,27 @@ func newStreamTransport(rwc io.ReadWriteCloser, maxMessage int64) (transport.Tra
 }
 
 // countingCodec is go-capnp's unpacked stream codec with counters, a
-// traversal limit that follows the size limit, and the checks of readRoot
-// (messages that would crash go-capnp end the connection instead).
+// traversal limit that follows the size limit, and capnshm's checks:
+// readRoot's on what arrives (messages that would crash go-capnp end the
+// connection instead), questionGuard's on what leaves.
 type countingCodec struct {
 	dec *capnp.Decoder
 	enc *capnp.Encoder
 	c   io.Closer
 	max uint64
 	st  *streamStats
+
+	questions questionGuard // Encode's
 }
 
 func (cc *countingCodec) Encode(m *capnp.Message) error {
+	rm, err := rpccp.ReadRootMessage(m)
+	if err != nil {
+		return err
+	}
+	if err := cc.questions.check(rm); err != nil {
+		return err
+	}
 	if err := cc.enc.Encode(m); err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"fmt"
+	"sync"
 
 	capnp "capnproto.org/go/capnp/v3"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
@@ -77,3 +78,69 @@ func checkIncoming(rm rpccp.Message) error {
 type refusedError struct{ reason string }
 
 func (e refusedError) Error() string { return e.reason }
+
+// questionGuard follows the questions this side has finished, so that a
+// call pipelined on one is refused before it is sent, with ErrLateCall.
+//
+// go-capnp v3.0.1-alpha.2 sends Finish and frees a question's ID as soon
+// as its Return arrives, while a call on one of its pipelined capabilities
+// can already be on its way into the connection: that call still targets
+// the finished question (the peer aborts the connection: unknown or
+// finished answer), and often takes the freed ID for itself (a go-capnp
+// peer crashes). Outgoing messages pass through check in the order they
+// go on the wire: a Finish marks its question finished, a Call or
+// Bootstrap that reuses the ID makes it live again, and a Call whose
+// promised-answer target is finished, or is the call itself, is refused.
+// The set holds only finished IDs not yet reused; go-capnp reuses the
+// lowest free ID first, so it stays about as large as the number of
+// questions in flight.
+type questionGuard struct {
+	mu       sync.Mutex
+	finished map[uint32]struct{}
+}
+
+// check records rm, a message about to be sent, or refuses it.
+func (g *questionGuard) check(rm rpccp.Message) error {
+	switch rm.Which() {
+	case rpccp.Message_Which_finish:
+		fin, err := rm.Finish()
+		if err != nil {
+			return nil
+		}
+		g.mu.Lock()
+		if g.finished == nil {
+			g.finished = make(map[uint32]struct{})
+		}
+		g.finished[fin.QuestionId()] = struct{}{}
+		g.mu.Unlock()
+	case rpccp.Message_Which_bootstrap:
+		b, err := rm.Bootstrap()
+		if err != nil {
+			return nil
+		}
+		g.mu.Lock()
+		delete(g.finished, b.QuestionId())
+		g.mu.Unlock()
+	case rpccp.Message_Which_call:
+		call, err := rm.Call()
+		if err != nil {
+			return nil
+		}
+		q := call.QuestionId()
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		if tgt, err := call.Target(); err == nil && tgt.Which() == rpccp.MessageTarget_Which_promisedAnswer {
+			if pa, err := tgt.PromisedAnswer(); err == nil {
+				on := pa.QuestionId()
+				if on == q {
+					return fmt.Errorf("%w: call (question %d) pipelined on its own question ID, which go-capnp had finished and reused (go-capnp #626); it was not sent: make it again, on the resolved capability", ErrLateCall, q)
+				}
+				if _, done := g.finished[on]; done {
+					return fmt.Errorf("%w: call (question %d) pipelined on question %d, which go-capnp had already finished (go-capnp #626); it was not sent: make it again, on the resolved capability", ErrLateCall, q, on)
+				}
+			}
+		}
+		delete(g.finished, q)
+	}
+	return nil
+}

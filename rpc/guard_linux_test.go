@@ -2,6 +2,7 @@ package rpc_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -16,25 +17,187 @@ import (
 
 	"github.com/capnshm/capnshm/internal/echoproto"
 	"github.com/capnshm/capnshm/rpc"
+	"github.com/capnshm/capnshm/rpc/internal/wire"
 )
 
-// TestSelfPipelinedCall: a Call pipelined on a promised answer whose
-// question ID is the call's own crashes a go-capnp v3.0.1-alpha.2 process
-// (a nil dereference in handleCall); go-capnp's own client sends one when
-// a call on a pipelined capability races the Return that resolves it
-// (go-capnp #626). On either transport the server refuses it: that
-// connection ends with an abort naming the fault, and the server goes on
-// serving.
+// buildSelfCall makes m a ping pipelined on its own question: question 0,
+// whose target is the promised answer of question 0.
+func buildSelfCall(m rpccp.Message) error {
+	call, err := m.NewCall()
+	if err != nil {
+		return err
+	}
+	call.SetQuestionId(0)
+	call.SetInterfaceId(echoproto.Echo_TypeID)
+	call.SetMethodId(0) // ping
+	target, err := call.NewTarget()
+	if err != nil {
+		return err
+	}
+	pa, err := target.NewPromisedAnswer()
+	if err != nil {
+		return err
+	}
+	pa.SetQuestionId(0)
+	_, err = call.NewParams()
+	return err
+}
+
+// TestLateCallNotSent: a call pipelined on a question already finished
+// (or on itself), which go-capnp v3.0.1-alpha.2 sends when a call races
+// the Return resolving its target (go-capnp #626), is not sent: Send
+// fails with ErrLateCall and the transport goes on.
+func TestLateCallNotSent(t *testing.T) {
+	cases := []struct {
+		name string
+		pair func(t *testing.T) (client, server transport.Transport)
+	}{
+		{"shm", func(t *testing.T) (transport.Transport, transport.Transport) {
+			mine, theirs := socketPair(t)
+			other, err := unixConn(theirs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			lc := make(chan transport.Transport, 1)
+			go func() {
+				tr, err := rpc.NewTransport(ctx, other, rpc.Listener, nil)
+				if err != nil {
+					t.Error(err)
+				}
+				lc <- tr
+			}()
+			c, err := rpc.NewTransport(ctx, mine, rpc.Dialer, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := <-lc
+			if s == nil {
+				t.FailNow()
+			}
+			return c, s
+		}},
+		{"stream", func(t *testing.T) (transport.Transport, transport.Transport) {
+			mine, theirs := socketPair(t)
+			other, err := unixConn(theirs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return rpc.NewStreamTransport(mine), rpc.NewStreamTransport(other)
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			client, server := tc.pair(t)
+			defer client.Close()
+			defer server.Close()
+			send := func(build func(rpccp.Message) error) error {
+				om, err := client.NewMessage()
+				if err != nil {
+					return err
+				}
+				defer om.Release()
+				if err := build(om.Message()); err != nil {
+					t.Fatal(err)
+				}
+				return om.Send()
+			}
+			// Question 0 is asked, then finished; a call pipelined on it
+			// after that is refused, whatever its own ID.
+			if err := send(func(m rpccp.Message) error {
+				b, err := m.NewBootstrap()
+				b.SetQuestionId(0)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if err := send(func(m rpccp.Message) error {
+				f, err := m.NewFinish()
+				f.SetQuestionId(0)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			err := send(buildSelfCall)
+			if !errors.Is(err, rpc.ErrLateCall) || !strings.Contains(err.Error(), "its own question ID") {
+				t.Fatalf("Send of a self-pipelined call: %v, want ErrLateCall naming it", err)
+			}
+			// The transport goes on: the next message arrives after the
+			// first two, and the refused one never does.
+			if err := send(func(m rpccp.Message) error {
+				b, err := m.NewBootstrap()
+				b.SetQuestionId(7)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			for i, want := range []rpccp.Message_Which{rpccp.Message_Which_bootstrap, rpccp.Message_Which_finish, rpccp.Message_Which_bootstrap} {
+				im, err := server.RecvMessage()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := im.Message().Which(); got != want {
+					t.Fatalf("message %d is a %v, want a %v", i, got, want)
+				}
+				im.Release()
+			}
+		})
+	}
+}
+
+// TestSelfPipelinedCall: a peer that sends a call pipelined on its own
+// question ID anyway (a go-capnp client on another transport, or a
+// foreign one) would crash a go-capnp v3.0.1-alpha.2 server process (a nil
+// dereference in handleCall). On either transport the server refuses it:
+// that connection ends with an abort naming the fault, and the server goes
+// on serving.
 func TestSelfPipelinedCall(t *testing.T) {
 	cases := []struct {
 		scheme string
-		raw    func(ctx context.Context, conn *net.UnixConn) (transport.Transport, error)
+		// send sends a self-pipelined call on a new raw connection.
+		send func(t *testing.T, ctx context.Context, conn *net.UnixConn) transport.Transport
 	}{
-		{"shm-abstract", func(ctx context.Context, conn *net.UnixConn) (transport.Transport, error) {
-			return rpc.NewTransport(ctx, conn, rpc.Dialer, nil)
+		{"shm-abstract", func(t *testing.T, ctx context.Context, conn *net.UnixConn) transport.Transport {
+			tr, err := rpc.NewTransport(ctx, conn, rpc.Dialer, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The transport would refuse to send it: publish the record
+			// by hand.
+			_, seg := capnp.NewSingleSegmentMessage(nil)
+			m, err := rpccp.NewRootMessage(seg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := buildSelfCall(m); err != nil {
+				t.Fatal(err)
+			}
+			rec := make([]byte, 4096)
+			n, err := wire.PutInline(rec, [][]byte{seg.Data()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := rpc.InjectRecord(tr, rec[:n]); err != nil {
+				t.Fatal(err)
+			}
+			return tr
 		}},
-		{"unix-abstract", func(_ context.Context, conn *net.UnixConn) (transport.Transport, error) {
-			return gorpc.NewStreamTransport(conn), nil
+		{"unix-abstract", func(t *testing.T, _ context.Context, conn *net.UnixConn) transport.Transport {
+			// go-capnp's own stream transport sends anything.
+			tr := gorpc.NewStreamTransport(conn)
+			om, err := tr.NewMessage()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer om.Release()
+			if err := buildSelfCall(om.Message()); err != nil {
+				t.Fatal(err)
+			}
+			if err := om.Send(); err != nil {
+				t.Fatal(err)
+			}
+			return tr
 		}},
 	}
 	for i, tc := range cases {
@@ -58,40 +221,8 @@ func TestSelfPipelinedCall(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			tr, err := tc.raw(ctx, nc.(*net.UnixConn))
-			if err != nil {
-				t.Fatal(err)
-			}
+			tr := tc.send(t, ctx, nc.(*net.UnixConn))
 			defer tr.Close()
-
-			// Call 0, pipelined on question 0: itself.
-			om, err := tr.NewMessage()
-			if err != nil {
-				t.Fatal(err)
-			}
-			call, err := om.Message().NewCall()
-			if err != nil {
-				t.Fatal(err)
-			}
-			call.SetQuestionId(0)
-			call.SetInterfaceId(echoproto.Echo_TypeID)
-			call.SetMethodId(0) // ping
-			target, err := call.NewTarget()
-			if err != nil {
-				t.Fatal(err)
-			}
-			pa, err := target.NewPromisedAnswer()
-			if err != nil {
-				t.Fatal(err)
-			}
-			pa.SetQuestionId(0)
-			if _, err := call.NewParams(); err != nil {
-				t.Fatal(err)
-			}
-			if err := om.Send(); err != nil {
-				t.Fatal(err)
-			}
-			om.Release()
 
 			// The server aborts this connection and says why.
 			reason := ""

@@ -131,6 +131,14 @@ var (
 	ErrClosed = errors.New("capnshm: transport closed")
 	// ErrTooLarge: a message is larger than the receiver's MaxMessage.
 	ErrTooLarge = errors.New("capnshm: message too large")
+	// ErrLateCall: go-capnp v3.0.1-alpha.2 tried to send a call pipelined
+	// on a question it had already finished: a call on a pipelined
+	// capability that raced the Return resolving it (go-capnp #626). The
+	// transport does not send it, since the peer would abort the connection
+	// (or, if it is go-capnp and the call took the finished question's
+	// ID, crash); that call fails with this error, the connection goes on,
+	// and the same call made again goes to the resolved capability.
+	ErrLateCall = errors.New("capnshm: call pipelined on a finished question")
 	// ErrUnsupported: the shared-memory transport is not available on this
 	// system.
 	ErrUnsupported = errors.New("capnshm: shared-memory transport not supported on this system")

@@ -39,36 +39,38 @@ type Transport struct {
 	peerData, peerSpace *iocpwake.Bell // the peer's, opened to ring
 	peerPool            *mapped
 	peerRing            *shm.Region
-	peerPID             int
-	peerMax             uint64 // the largest message the peer accepts (its hello)
-	alloc               *segalloc.Allocator
-	mapper              *mapper
-	out                 *ringbuf.Producer // guarded by outMu
-	in                  *ringbuf.Consumer // used by RecvMessage only (recvMu)
-	outMu, recvMu       sync.Mutex
-	sockSeq             uint64 // guarded by outMu: socket messages sent
-	recvSeq             uint64 // guarded by recvMu: socket messages taken
-	ctx                 context.Context
-	cancel              context.CancelCauseFunc
-	closed              atomic.Bool
-	closeOnce           sync.Once
-	closeErr            error
-	wg                  sync.WaitGroup
-	finalLocal          atomic.Bool
-	liveLocal, liveIn   atomic.Int64
-	sentMu              sync.Mutex
-	sent                map[uint64]*outMsg
-	nextID              uint64
-	pendMu              sync.Mutex
-	frees               []uint64
-	unmaps              []uint32
-	kick                chan struct{}
-	peerMu              sync.Mutex
-	peerMaps            map[uint32]*mapped
-	sockMsgs            map[uint64]*capnp.Message
-	peerChanged         chan struct{}
-	recvRec             wire.Msg
-	stats               counters
+
+	questions         questionGuard // outgoing questions; Send checks under outMu
+	peerPID           int
+	peerMax           uint64 // the largest message the peer accepts (its hello)
+	alloc             *segalloc.Allocator
+	mapper            *mapper
+	out               *ringbuf.Producer // guarded by outMu
+	in                *ringbuf.Consumer // used by RecvMessage only (recvMu)
+	outMu, recvMu     sync.Mutex
+	sockSeq           uint64 // guarded by outMu: socket messages sent
+	recvSeq           uint64 // guarded by recvMu: socket messages taken
+	ctx               context.Context
+	cancel            context.CancelCauseFunc
+	closed            atomic.Bool
+	closeOnce         sync.Once
+	closeErr          error
+	wg                sync.WaitGroup
+	finalLocal        atomic.Bool
+	liveLocal, liveIn atomic.Int64
+	sentMu            sync.Mutex
+	sent              map[uint64]*outMsg
+	nextID            uint64
+	pendMu            sync.Mutex
+	frees             []uint64
+	unmaps            []uint32
+	kick              chan struct{}
+	peerMu            sync.Mutex
+	peerMaps          map[uint32]*mapped
+	sockMsgs          map[uint64]*capnp.Message
+	peerChanged       chan struct{}
+	recvRec           wire.Msg
+	stats             counters
 }
 
 // mapped is a peer's region mapped read-only here, shared by the messages
@@ -545,6 +547,9 @@ func (om *outMsg) Send() error {
 	defer t.outMu.Unlock()
 	if t.closed.Load() || t.ctx.Err() != nil {
 		return t.cause()
+	}
+	if err := t.questions.check(om.rm); err != nil {
+		return err
 	}
 	t.flushPendingLocked(false)
 	switch {

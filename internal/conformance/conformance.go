@@ -18,6 +18,7 @@ import (
 	"capnproto.org/go/capnp/v3/rpc"
 
 	"github.com/capnshm/capnshm/internal/echoproto"
+	capnshm "github.com/capnshm/capnshm/rpc"
 )
 
 // Conn is one client connection to an Echo server.
@@ -222,23 +223,34 @@ func testPipelining(t *testing.T, env Env) {
 	c := dial(t, env)
 	ctx := ctxT(t)
 	// Call add on the counter before the call that returns it has returned.
-	f, release := c.Boot.Counter(ctx, func(p echoproto.Echo_counter_Params) error {
-		p.SetStart(40)
-		return nil
-	})
-	defer release()
-	counter := f.Counter()
-	g, release2 := counter.Add(ctx, func(p echoproto.Counter_add_Params) error {
-		p.SetDelta(2)
-		return nil
-	})
-	defer release2()
-	res, err := g.Struct()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.Value() != 42 {
-		t.Fatalf("pipelined add = %d, want 42", res.Value())
+	// If the Return wins the race, go-capnp v3.0.1-alpha.2 makes the call on
+	// the finished question and capnshm does not send it (rpc.ErrLateCall):
+	// then the case runs again.
+	for attempt := 1; ; attempt++ {
+		f, release := c.Boot.Counter(ctx, func(p echoproto.Echo_counter_Params) error {
+			p.SetStart(40)
+			return nil
+		})
+		counter := f.Counter()
+		g, release2 := counter.Add(ctx, func(p echoproto.Counter_add_Params) error {
+			p.SetDelta(2)
+			return nil
+		})
+		res, err := g.Struct()
+		v := res.Value()
+		release2()
+		release()
+		if errors.Is(err, capnshm.ErrLateCall) && attempt < 3 {
+			t.Logf("attempt %d: %v", attempt, err)
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v != 42 {
+			t.Fatalf("pipelined add = %d, want 42", v)
+		}
+		return
 	}
 }
 
@@ -276,9 +288,15 @@ func testEmbargo(t *testing.T, env Env) {
 	// five): violations are logged, and the transport's own FIFO order is
 	// checked directly by the transport's tests.
 	seen := make(map[int64]bool, n)
-	outOfOrder := 0
+	outOfOrder, late := 0, 0
 	for i, g := range futures {
 		res, err := g.Struct()
+		if errors.Is(err, capnshm.ErrLateCall) {
+			// A call that raced the Return of self: go-capnp made it on
+			// the finished question, and capnshm did not send it.
+			late++
+			continue
+		}
 		if err != nil && capnp.IsDisconnected(err) {
 			// go-capnp v3.0.1-alpha.2 can also abort the connection in
 			// this race (a call pipelined after its promise's Finish,
@@ -294,9 +312,15 @@ func testEmbargo(t *testing.T, env Env) {
 			t.Fatalf("call %d saw %d: a call ran twice or a value is impossible", i, v)
 		}
 		seen[v] = true
-		if v != int64(i+1) {
+		if v != int64(i+1-late) {
 			outOfOrder++
 		}
+	}
+	if late > 0 {
+		t.Logf("%d of %d calls raced the promise's resolution and were not sent (rpc.ErrLateCall, go-capnp #626)", late, n)
+	}
+	if len(seen) != n-late {
+		t.Fatalf("%d calls succeeded, want %d", len(seen), n-late)
 	}
 	if outOfOrder > 0 {
 		t.Logf("go-capnp ran %d of %d pipelined calls out of order (known go-capnp bug, see comment)", outOfOrder, n)
