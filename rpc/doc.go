@@ -64,5 +64,9 @@
 // Everything read from the peer is untrusted: a malformed record, an
 // out-of-range segment or a corrupt ring aborts that connection with an
 // error wrapping ErrProtocol that names what was wrong; the process and other
-// connections go on. docs/transport.md in the repository has the long form.
+// connections go on. So does a call pipelined on its own question ID, which
+// would crash go-capnp v3.0.1-alpha.2. In the other direction, a call that
+// go-capnp pipelines on a question it has already finished (go-capnp #626)
+// is not sent: that call fails with ErrLateCall. docs/transport.md in the
+// repository has the long form.
 package rpc
