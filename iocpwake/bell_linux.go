@@ -150,15 +150,8 @@ func (b *Bell) Ring() error {
 // returns nil after a ring, and may return nil without one: callers re-check
 // the state they wait for. Several goroutines may wait; a ring wakes one.
 func (b *Bell) Wait(ctx context.Context) error {
-	if b.ringOnly {
-		return ErrRingOnly
-	}
-	select {
-	case b.token <- struct{}{}:
-	case <-b.closed:
-		return fmt.Errorf("iocpwake: wait: %w", ErrClosed)
-	case <-ctx.Done():
-		return fmt.Errorf("iocpwake: wait: %w", ctx.Err())
+	if err := b.enter(ctx); err != nil {
+		return err
 	}
 	defer func() { <-b.token }()
 

@@ -190,15 +190,8 @@ func (b *Bell) postRing() error {
 // after an internal bound of about 100 ms): callers re-check the state they
 // wait for. Several goroutines may wait; a ring wakes one.
 func (b *Bell) Wait(ctx context.Context) error {
-	if b.ringOnly {
-		return ErrRingOnly
-	}
-	select {
-	case b.token <- struct{}{}:
-	case <-b.closed:
-		return fmt.Errorf("iocpwake: wait: %w", ErrClosed)
-	case <-ctx.Done():
-		return fmt.Errorf("iocpwake: wait: %w", ctx.Err())
+	if err := b.enter(ctx); err != nil {
+		return err
 	}
 	defer func() { <-b.token }()
 	select {

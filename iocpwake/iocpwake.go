@@ -28,7 +28,11 @@
 // does not wake its waiters everywhere (Wine).
 package iocpwake
 
-import "errors"
+import (
+	"context"
+	"errors"
+	"fmt"
+)
 
 // Errors returned by Bell methods, wrapped with details. Match them with
 // errors.Is.
@@ -41,3 +45,20 @@ var (
 	// ErrNotDoorbell: the handle given to Open is not a doorbell.
 	ErrNotDoorbell = errors.New("iocpwake: handle is not a doorbell")
 )
+
+// enter admits the caller as the one waiter: it takes the token, which the
+// caller gives back with <-b.token once it has waited. It fails if the bell
+// only rings, is closed, or ctx ends first.
+func (b *Bell) enter(ctx context.Context) error {
+	if b.ringOnly {
+		return ErrRingOnly
+	}
+	select {
+	case b.token <- struct{}{}:
+		return nil
+	case <-b.closed:
+		return fmt.Errorf("iocpwake: wait: %w", ErrClosed)
+	case <-ctx.Done():
+		return fmt.Errorf("iocpwake: wait: %w", ctx.Err())
+	}
+}
