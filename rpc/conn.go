@@ -210,11 +210,10 @@ func (cc *countingCodec) Decode() (*capnp.Message, error) {
 		return nil, err
 	}
 	n, _ := m.TotalSize()
-	m.ResetReadLimit(traverseLimit(n, cc.max))
 	if _, err := readRoot(m); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
 	}
-	m.ResetReadLimit(traverseLimit(n, cc.max))
+	m.ResetReadLimit(traverseLimit(n, cc.max)) // go-capnp's reads start afresh
 	cc.st.msgsRecv.Add(1)
 	cc.st.bytesRecv.Add(n)
 	return m, nil

@@ -1,11 +1,9 @@
 package rpc_test
 
 import (
-	"context"
 	"errors"
 	"math/rand/v2"
 	"testing"
-	"time"
 
 	capnp "capnproto.org/go/capnp/v3"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
@@ -16,35 +14,9 @@ import (
 // TestFIFOAcrossPaths: messages that travel inline, by reference and (the
 // pool being exhausted) on the socket arrive in the order they were sent.
 func TestFIFOAcrossPaths(t *testing.T) {
-	mine, theirs := socketPair(t)
-	other, err := unixConn(theirs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
-	defer cancel()
-	type result struct {
-		tr  *rpc.Transport
-		err error
-	}
-	lc := make(chan result, 1)
-	go func() {
-		tr, err := rpc.NewTransport(ctx, other, rpc.Listener, nil)
-		lc <- result{tr, err}
-	}()
 	// A 1 MiB pool (largest block 256 KiB) and no dedicated mappings:
 	// larger messages must fall back to the heap, hence the socket.
-	sender, err := rpc.NewTransport(ctx, mine, rpc.Dialer, &rpc.Options{PoolSize: 1 << 20, MaxDedicated: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sender.Close()
-	l := <-lc
-	if l.err != nil {
-		t.Fatal(l.err)
-	}
-	receiver := l.tr
-	defer receiver.Close()
+	sender, receiver := transportPair(t, &rpc.Options{PoolSize: 1 << 20, MaxDedicated: -1})
 
 	const n = 3000
 	sizes := []int{0, 2000, 64 << 10, 300 << 10}

@@ -53,30 +53,7 @@ func TestLateCallNotSent(t *testing.T) {
 		pair func(t *testing.T) (client, server transport.Transport)
 	}{
 		{"shm", func(t *testing.T) (transport.Transport, transport.Transport) {
-			mine, theirs := socketPair(t)
-			other, err := unixConn(theirs)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-			defer cancel()
-			lc := make(chan transport.Transport, 1)
-			go func() {
-				tr, err := rpc.NewTransport(ctx, other, rpc.Listener, nil)
-				if err != nil {
-					t.Error(err)
-				}
-				lc <- tr
-			}()
-			c, err := rpc.NewTransport(ctx, mine, rpc.Dialer, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			s := <-lc
-			if s == nil {
-				t.FailNow()
-			}
-			return c, s
+			return transportPair(t, nil)
 		}},
 		{"stream", func(t *testing.T) (transport.Transport, transport.Transport) {
 			mine, theirs := socketPair(t)

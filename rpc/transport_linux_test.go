@@ -89,6 +89,40 @@ func echoServerPeer(args []string) int {
 	return 0
 }
 
+// transportPair returns the two ends of a connection in this process: the
+// dialer with dialOpts, the listener with defaults. Both close at the end
+// of the test.
+func transportPair(t *testing.T, dialOpts *rpc.Options) (dialer, listener *rpc.Transport) {
+	t.Helper()
+	mine, theirs := socketPair(t)
+	other, err := unixConn(theirs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	type result struct {
+		tr  *rpc.Transport
+		err error
+	}
+	lc := make(chan result, 1)
+	go func() {
+		tr, err := rpc.NewTransport(ctx, other, rpc.Listener, nil)
+		lc <- result{tr, err}
+	}()
+	dialer, err = rpc.NewTransport(ctx, mine, rpc.Dialer, dialOpts)
+	l := <-lc
+	if err != nil {
+		t.Fatalf("dialer: %v", err)
+	}
+	t.Cleanup(func() { dialer.Close() })
+	if l.err != nil {
+		t.Fatalf("listener: %v", l.err)
+	}
+	t.Cleanup(func() { l.tr.Close() })
+	return dialer, l.tr
+}
+
 func peerOptions(args []string) *rpc.Options {
 	o := &rpc.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	for _, a := range args {
