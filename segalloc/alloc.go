@@ -387,8 +387,8 @@ func (a *Allocator) signalDrainedLocked() {
 }
 
 // waitScrubbed waits until every released block and mapping has been zeroed
-// and made allocatable (or dropped after Close). Tests use it to wait for
-// the scrubber without sleeping.
+// and made allocatable, or dropped and given back to the Mapper. Tests use
+// it to wait for the scrubber without sleeping.
 func (a *Allocator) waitScrubbed() {
 	a.mu.Lock()
 	for a.b.ndirty > 0 || len(a.dirtyMap) > 0 || a.busy > 0 {
@@ -423,15 +423,17 @@ func (a *Allocator) scrubber() {
 			a.mu.Unlock()
 			n := zero(it.m.Bytes()[:it.used], &a.closing)
 			a.mu.Lock()
-			a.busy--
 			a.st.BytesScrubbed += int64(n)
 			drop := a.cacheLocked(it.m, n == it.used)
-			a.signalDrainedLocked()
 			if len(drop) > 0 {
+				// Still busy: waitScrubbed must not return before
+				// the Mapper has been told.
 				a.mu.Unlock()
 				a.unmapAll(drop)
 				a.mu.Lock()
 			}
+			a.busy--
+			a.signalDrainedLocked()
 			continue
 		}
 		a.work.Wait()
