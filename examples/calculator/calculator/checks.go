@@ -60,12 +60,11 @@ const lateCallAttempts = 3
 // run runs check and waits for its answers. A pipelined call that raced
 // the Return resolving its target is not sent by capnshm (rpc.ErrLateCall,
 // a go-capnp v3.0.1-alpha.2 bug): that check is run again, its calls
-// then going to resolved capabilities; what it reported before is
-// reported again.
+// then going to resolved capabilities. A check that failed reported
+// nothing (see wait), so each result is reported once.
 func (c *checker) run(check func() error) error {
 	var err error
 	for range lateCallAttempts {
-		wrong := len(c.wrong)
 		if err = check(); err == nil {
 			err = c.wait()
 		}
@@ -73,7 +72,6 @@ func (c *checker) run(check func() error) error {
 			return err
 		}
 		c.pending = c.pending[:0]
-		c.wrong = c.wrong[:wrong]
 	}
 	return err
 }
@@ -115,15 +113,20 @@ func (c *checker) expect(name string, want float64, v Calculator_Value) {
 	}})
 }
 
-// wait collects the answers of every pending read or call.
+// wait collects the answers of every pending read or call, then reports
+// them and records the wrong ones. If any failed, it reports none: run may
+// repeat the check, which must report each result once.
 func (c *checker) wait() error {
 	defer func() { c.pending = c.pending[:0] }()
+	results := make([]Result, 0, len(c.pending))
 	for _, p := range c.pending {
 		got, err := p.answer()
 		if err != nil {
 			return fmt.Errorf("calculator: %s: %w", p.name, err)
 		}
-		r := Result{Name: p.name, Got: got, Want: p.want}
+		results = append(results, Result{Name: p.name, Got: got, Want: p.want})
+	}
+	for _, r := range results {
 		if c.report != nil {
 			c.report(r)
 		}
