@@ -5,8 +5,8 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -440,8 +440,9 @@ func TestWaitContext(t *testing.T) {
 func TestWakeUp(t *testing.T) {
 	r, _ := newTestRing(t, MinCapacity)
 	cb, pb := newBell(), newBell()
+	waiter := &enterBell{chanBell: cb, entered: make(chan struct{})}
 	p := r.Producer(Options{Ringer: cb, Waiter: pb, Strategy: Block})
-	c := r.Consumer(Options{Ringer: pb, Waiter: cb, Strategy: Block})
+	c := r.Consumer(Options{Ringer: pb, Waiter: waiter, Strategy: Block})
 	// Nobody waits: commits ring nothing.
 	for range 3 {
 		if err := p.Write([]byte("a")); err != nil {
@@ -461,15 +462,10 @@ func TestWakeUp(t *testing.T) {
 	}
 	done := make(chan error)
 	go func() { done <- c.Wait(context.Background()) }()
-	// Wait until the consumer has announced it parks (no sleeps: spin on
-	// the flag).
-	for atomic.LoadUint32(r.dataWanted) == 0 {
-		runtime.Gosched()
-	}
-	for range 3 {
-		if err := p.Write([]byte("b")); err != nil {
-			t.Fatal(err)
-		}
+	// The consumer sleeps on its doorbell: one commit rings it once.
+	<-waiter.entered
+	if err := p.Write([]byte("b")); err != nil {
+		t.Fatal(err)
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -480,6 +476,28 @@ func TestWakeUp(t *testing.T) {
 	if atomic.LoadUint32(r.dataWanted) != 0 {
 		t.Fatal("data_wanted left set")
 	}
+	// Awake again: further commits ring nothing.
+	for range 2 {
+		if err := p.Write([]byte("c")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := cb.rings.Load(); n != 1 {
+		t.Fatalf("rang %d times after the consumer woke, want 1", n)
+	}
+}
+
+// enterBell is a chanBell whose first Wait closes entered: the waiter has
+// announced that it parks and found nothing to read.
+type enterBell struct {
+	*chanBell
+	entered chan struct{}
+	once    sync.Once
+}
+
+func (b *enterBell) Wait(ctx context.Context) error {
+	b.once.Do(func() { close(b.entered) })
+	return b.chanBell.Wait(ctx)
 }
 
 type errBell struct{}
