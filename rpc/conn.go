@@ -195,13 +195,13 @@ func (cc *countingCodec) Encode(m *capnp.Message) error {
 	if err := cc.questions.check(rm); err != nil {
 		return err
 	}
-	if err := cc.enc.Encode(m); err != nil {
-		return err
-	}
+	// Counted before the write, as the shared-memory Send counts before
+	// its commit: the answer can arrive, and Stats be read, before a
+	// count made after Encode returns.
 	n, _ := m.TotalSize()
 	cc.st.msgsSent.Add(1)
 	cc.st.bytesSent.Add(n)
-	return nil
+	return cc.enc.Encode(m)
 }
 
 func (cc *countingCodec) Decode() (*capnp.Message, error) {
