@@ -257,6 +257,25 @@ func testPipelining(t *testing.T, env Env) {
 func testEmbargo(t *testing.T, env Env) {
 	c := dial(t, env)
 	ctx := ctxT(t)
+	for attempt := 1; ; attempt++ {
+		err := embargo(t, ctx, c)
+		if errors.Is(err, capnshm.ErrLateCall) && attempt < 3 {
+			// The self call itself raced the Return of the counter
+			// call (go-capnp #626): a fresh counter, a new attempt.
+			t.Logf("attempt %d: %v", attempt, err)
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+}
+
+// embargo runs one attempt of the embargo case on a fresh counter. It
+// returns the self call's error, to be retried if it is rpc.ErrLateCall;
+// it fails t for anything else.
+func embargo(t *testing.T, ctx context.Context, c *Conn) error {
 	f, release := c.Boot.Counter(ctx, func(p echoproto.Echo_counter_Params) error { return nil })
 	defer release()
 	counter := f.Counter()
@@ -276,7 +295,7 @@ func testEmbargo(t *testing.T, env Env) {
 		futures = append(futures, g)
 		if i == n/2 {
 			if _, err := s.Struct(); err != nil { // let the promise resolve mid-way
-				t.Fatal(err)
+				return err
 			}
 		}
 	}
@@ -325,6 +344,7 @@ func testEmbargo(t *testing.T, env Env) {
 	if outOfOrder > 0 {
 		t.Logf("go-capnp ran %d of %d pipelined calls out of order (known go-capnp bug, see comment)", outOfOrder, n)
 	}
+	return nil
 }
 
 func testCancel(t *testing.T, env Env) {
