@@ -119,10 +119,13 @@ func TestGoClient(t *testing.T) {
 			}
 
 			if c.name != "shm" || raceEnabled {
-				// Under the race detector, go-capnp v3.0.1-alpha.2 now and
-				// then sends a pipelined call after its question's Finish
-				// (go-capnp #626) with several clients pipelining at once;
-				// the server then aborts that connection.
+				// Under the race detector, several clients pipelining at
+				// once meet go-capnp v3.0.1-alpha.2's late-call race
+				// (go-capnp #626) often. RunChecks repeats the calls
+				// capnshm refuses (rpc.ErrLateCall), but a late call whose
+				// question ID go-capnp has already given to a new call
+				// cannot be told apart from a good one, and goes to the
+				// wrong answer (README, known issues).
 				return
 			}
 			// Several clients at once on the same server.
