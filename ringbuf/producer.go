@@ -220,6 +220,11 @@ func (p *Producer) Commit() error {
 	return nil
 }
 
+// ConsumerWaiting reports whether the consumer has announced that it sleeps
+// on its doorbell, so that the next Commit rings it. It is a snapshot, for
+// monitoring and tests.
+func (p *Producer) ConsumerWaiting() bool { return atomic.LoadUint32(p.r.dataWanted) == 1 }
+
 // Write publishes one record holding a copy of b: Claim, copy, Commit (so it
 // also publishes records claimed before). It returns ErrFull without waiting
 // if there is no room.

@@ -464,6 +464,9 @@ func TestWakeUp(t *testing.T) {
 	go func() { done <- c.Wait(context.Background()) }()
 	// The consumer sleeps on its doorbell: one commit rings it once.
 	<-waiter.entered
+	if !p.ConsumerWaiting() {
+		t.Fatal("ConsumerWaiting false while the consumer sleeps on its doorbell")
+	}
 	if err := p.Write([]byte("b")); err != nil {
 		t.Fatal(err)
 	}
@@ -473,7 +476,7 @@ func TestWakeUp(t *testing.T) {
 	if n := cb.rings.Load(); n != 1 {
 		t.Fatalf("rang %d times, want 1", n)
 	}
-	if atomic.LoadUint32(r.dataWanted) != 0 {
+	if atomic.LoadUint32(r.dataWanted) != 0 || p.ConsumerWaiting() {
 		t.Fatal("data_wanted left set")
 	}
 	// Awake again: further commits ring nothing.

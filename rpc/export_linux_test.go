@@ -12,3 +12,11 @@ func InjectRecord(t *Transport, rec []byte) error {
 	copy(b, rec)
 	return t.commit()
 }
+
+// PeerWaiting reports whether t's peer sleeps on its doorbell, waiting for
+// t's next message. Tests only.
+func PeerWaiting(t *Transport) bool {
+	t.outMu.Lock()
+	defer t.outMu.Unlock()
+	return t.out.ConsumerWaiting()
+}

@@ -2,7 +2,9 @@ package rpc_test
 
 import (
 	"errors"
+	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 
 	capnp "capnproto.org/go/capnp/v3"
@@ -92,5 +94,50 @@ func TestFIFOAcrossPaths(t *testing.T) {
 	t.Logf("sender: inline %d, by reference %d, on the socket %d", st.SentInline, st.SentByReference, st.SentOnSocket)
 	if st.SentInline == 0 || st.SentByReference == 0 || st.SentOnSocket == 0 {
 		t.Fatalf("not every path was taken: %+v", st)
+	}
+}
+
+// TestLastMessagesBeforeClose: what a peer sent before it closed the
+// connection is received before the transport reports it gone, even when
+// the receiver sleeps on its doorbell while the last message and the close
+// arrive (go-capnp's Abort is such a last message: a test saw it lost).
+// Each round races the doorbell's wake-up against the close.
+func TestLastMessagesBeforeClose(t *testing.T) {
+	for round := range 100 {
+		sender, receiver := transportPair(t, nil)
+		got := make(chan error, 1)
+		go func() {
+			im, err := receiver.RecvMessage()
+			if err != nil {
+				got <- fmt.Errorf("the message was lost: %w", err)
+				return
+			}
+			im.Release()
+			if _, err = receiver.RecvMessage(); !errors.Is(err, rpc.ErrPeerGone) {
+				err = fmt.Errorf("after the message: %v, want ErrPeerGone", err)
+			} else {
+				err = nil
+			}
+			got <- err
+		}()
+		for !rpc.PeerWaiting(sender) {
+			runtime.Gosched()
+		}
+		om, err := sender.NewMessage()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := om.Message().NewBootstrap(); err != nil {
+			t.Fatal(err)
+		}
+		if err := om.Send(); err != nil {
+			t.Fatal(err)
+		}
+		om.Release()
+		sender.Close()
+		if err := <-got; err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		receiver.Close()
 	}
 }

@@ -841,20 +841,27 @@ func (im *inMsg) Release() {
 
 // RecvMessage returns the next message from the peer. Its segments are the
 // peer's shared memory (mapped read-only), not a copy, unless the message is
-// small.
+// small. When the peer closes the connection or dies, the messages it
+// published before are returned first, then an error wrapping ErrPeerGone.
 func (t *Transport) RecvMessage() (transport.IncomingMessage, error) {
 	t.recvMu.Lock()
 	defer t.recvMu.Unlock()
 	for {
-		if t.closed.Load() {
+		if t.closed.Load() || (t.ctx.Err() != nil && !t.peerGone()) {
 			return nil, t.cause()
 		}
+		// Once the peer is gone, what it published before it left is
+		// still delivered: the ring is drained before the cause is
+		// reported (a closing go-capnp's last message is its Abort).
 		rec, err := t.in.Poll()
 		if errors.Is(err, ringbuf.ErrEmpty) {
 			if err := t.in.Release(); err != nil {
 				return nil, t.recvFail(err)
 			}
-			if err := t.in.Wait(t.ctx); err != nil {
+			if t.ctx.Err() != nil {
+				return nil, t.cause()
+			}
+			if err := t.in.Wait(t.ctx); err != nil && !t.peerGone() {
 				return nil, t.recvFail(err)
 			}
 			continue
@@ -874,6 +881,12 @@ func (t *Transport) RecvMessage() (transport.IncomingMessage, error) {
 			return m, nil
 		}
 	}
+}
+
+// peerGone reports whether the connection ended because the peer closed it
+// or died, rather than by Close or a fault found here.
+func (t *Transport) peerGone() bool {
+	return t.ctx.Err() != nil && errors.Is(context.Cause(t.ctx), ErrPeerGone)
 }
 
 // refused reports whether err is (or wraps) a refusedError.
