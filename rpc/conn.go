@@ -41,7 +41,10 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg := newConfig(nil, opts)
+	cfg, err := newConfig(nil, opts)
+	if err != nil {
+		return nil, err
+	}
 	if err := cfg.check(a); err != nil {
 		return nil, err
 	}
@@ -143,17 +146,13 @@ func (s *streamStats) stats() Stats {
 	}
 }
 
-// defaultStreamMax is go-capnp's own decode limit, used by the stream
-// transport when no MaxMessage is set.
-const defaultStreamMax = 64 << 20
-
 // NewStreamTransport returns go-capnp's unpacked stream transport on rwc
 // (the one rpc.NewStreamTransport makes, wire-compatible with C++ EZ-RPC),
 // with the checks capnshm makes on every incoming message: a message that
 // would crash a go-capnp v3.0.1-alpha.2 connection ends that connection
 // with an error wrapping ErrProtocol instead. It is what Listen and Dial
 // run on stream addresses, for callers that build their own rpc.Conn.
-// Messages are limited to 64 MiB, go-capnp's default.
+// Messages are limited to DefaultMaxMessage, as on every capnshm transport.
 func NewStreamTransport(rwc io.ReadWriteCloser) transport.Transport {
 	tr, _ := newStreamTransport(rwc, 0)
 	return tr
@@ -163,7 +162,7 @@ func NewStreamTransport(rwc io.ReadWriteCloser) transport.Transport {
 // (what rpc.NewStreamTransport makes, so wire-compatible with C++ EZ-RPC),
 // with maxMessage (if positive) as its size limit and counters.
 func newStreamTransport(rwc io.ReadWriteCloser, maxMessage int64) (transport.Transport, *streamStats) {
-	max := uint64(defaultStreamMax)
+	max := uint64(DefaultMaxMessage)
 	if maxMessage > 0 {
 		max = uint64(maxMessage)
 	}

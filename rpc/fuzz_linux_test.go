@@ -16,7 +16,7 @@ import (
 // pool whose first bytes hold a valid message: handleRecord can resolve
 // references into it, and nothing is ever sent.
 func fuzzTransport(pool *shm.Region) *Transport {
-	o := (&Options{Logger: slog.New(slog.DiscardHandler)}).withDefaults()
+	o := (&transportConfig{Logger: slog.New(slog.DiscardHandler)}).withDefaults()
 	t := &Transport{
 		opts:        o,
 		log:         o.Logger,

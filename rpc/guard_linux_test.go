@@ -53,7 +53,7 @@ func TestLateCallNotSent(t *testing.T) {
 		pair func(t *testing.T) (client, server transport.Transport)
 	}{
 		{"shm", func(t *testing.T) (transport.Transport, transport.Transport) {
-			return transportPair(t, nil)
+			return transportPair(t)
 		}},
 		{"stream", func(t *testing.T) (transport.Transport, transport.Transport) {
 			mine, theirs := socketPair(t)

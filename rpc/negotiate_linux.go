@@ -24,11 +24,8 @@ import (
 func checkPlatform(Addr, Fallback) error { return nil }
 
 // transportOptions returns the shared-memory transport's options.
-func (c *config) transportOptions() *Options {
+func (c *config) transportOptions() *transportConfig {
 	o := c.opts
-	if o.Logger == nil {
-		o.Logger = c.logger
-	}
 	return &o
 }
 

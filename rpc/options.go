@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"runtime"
 	"time"
@@ -27,59 +28,33 @@ func (s Side) String() string {
 	return "listener"
 }
 
-// Defaults for the zero fields of Options.
-const (
-	DefaultPoolSize     = 32 << 20
-	DefaultRingCapacity = 256 << 10
-	DefaultMaxMessage   = 4 << 30
-	DefaultInlineMax    = 1024
-	DefaultHandshake    = 10 * time.Second
-)
-
-// Options configure a Transport. The zero value (and a nil *Options) is
-// usable: every zero field takes its default.
-type Options struct {
-	// PoolSize is the size of this side's pool, where the messages it sends
-	// are built. Default DefaultPoolSize.
-	PoolSize int64
-	// RingCapacity is the data capacity of this side's outbound ring, a
-	// power of two. Default DefaultRingCapacity.
+// transportConfig is the shared-memory transport's part of a config. Its
+// zero fields take their defaults in withDefaults; the With... options set
+// them after checking each value.
+type transportConfig struct {
+	PoolSize     int64
 	RingCapacity int
-	// MaxMessage is the largest message this side accepts from the peer,
-	// and caps the read limit of every message. Default DefaultMaxMessage.
-	MaxMessage int64
-	// InlineMax: messages up to this many bytes are copied into the ring
-	// instead of being referenced, and copied out by the receiver, so they
-	// never pin the pool. Default DefaultInlineMax; negative disables.
+	MaxMessage   int64
+	// InlineMax: messages up to this many bytes are copied into the ring;
+	// negative disables.
 	InlineMax int
-	// MaxDedicated caps the bytes of dedicated mappings (segments too large
-	// for the pool, or overflow when it is exhausted). Zero: segalloc's
-	// default.
+	// MaxDedicated, MaxHeap, MappingCache: segalloc's caps (zero: its
+	// default; negative: none).
 	MaxDedicated int64
-	// MaxHeap caps the bytes of heap memory used when shared memory is
-	// exhausted (such messages are copied onto the socket). Zero:
-	// segalloc's default.
-	MaxHeap int64
-	// Strategy is how both rings wait. The zero value is ringbuf.Adaptive.
-	Strategy ringbuf.WaitStrategy
-	// SpinTime is how long the Adaptive strategy polls before it parks.
-	// Zero: ringbuf.DefaultSpinTime on machines with more than two CPUs,
-	// none (park at once) on smaller ones, where a spinning reader takes
-	// the CPU that the goroutines it waits for need. Negative: no spin.
-	SpinTime time.Duration
-	// AllowOtherUsers accepts a peer running as another user. By default
-	// the handshake refuses it.
-	AllowOtherUsers bool
-	// NoPrefault skips mapping every page of the pool up front.
-	NoPrefault bool
-	// HandshakeTimeout bounds the handshake. Default DefaultHandshake.
+	MaxHeap      int64
+	MappingCache int64
+	MappingIdle  time.Duration
+	Strategy     ringbuf.WaitStrategy
+	// SpinTime: zero picks by the machine, negative does not spin.
+	SpinTime         time.Duration
+	AllowOtherUsers  bool
+	NoPrefault       bool
 	HandshakeTimeout time.Duration
-	// Logger receives the transport's logs; nil discards them.
-	Logger *slog.Logger
+	Logger           *slog.Logger
 }
 
-func (o *Options) withDefaults() Options {
-	var v Options
+func (o *transportConfig) withDefaults() transportConfig {
+	var v transportConfig
 	if o != nil {
 		v = *o
 	}
@@ -95,6 +70,12 @@ func (o *Options) withDefaults() Options {
 	if v.InlineMax == 0 {
 		v.InlineMax = DefaultInlineMax
 	}
+	if v.MappingCache == 0 {
+		v.MappingCache = DefaultMappingCache
+	}
+	if v.MappingIdle <= 0 {
+		v.MappingIdle = DefaultMappingIdle
+	}
 	if v.SpinTime == 0 {
 		v.SpinTime = defaultSpinTime()
 	}
@@ -105,6 +86,19 @@ func (o *Options) withDefaults() Options {
 		v.Logger = slog.New(slog.DiscardHandler)
 	}
 	return v
+}
+
+// check rejects combinations of options that are each valid alone.
+func (o *transportConfig) check() error {
+	v := o.withDefaults()
+	if v.InlineMax > 0 {
+		// An inline record carries up to InlineMax bytes of segments plus
+		// its header; the ring must hold it.
+		if need := v.InlineMax + 64; need > ringbuf.MaxPayloadFor(v.RingCapacity) {
+			return fmt.Errorf("%w: WithInlineMax(%d) does not fit a ring of capacity %d (WithRingCapacity): its records hold at most %d bytes", ErrBadOption, v.InlineMax, v.RingCapacity, ringbuf.MaxPayloadFor(v.RingCapacity))
+		}
+	}
+	return nil
 }
 
 // defaultSpinTime picks Adaptive's spin for this machine: measured on two

@@ -70,7 +70,11 @@ func (sc *serverConn) kill(c *capnprpc.Conn) {
 // reference bootstrap: the Server releases it when it closes (or at once
 // if Listen fails). More addresses can be added with Server.Listen.
 func Listen(addr string, bootstrap capnp.Client, opts ...Option) (*Server, error) {
-	cfg := newConfig(nil, opts)
+	cfg, err := newConfig(nil, opts)
+	if err != nil {
+		bootstrap.Release()
+		return nil, err
+	}
 	s := &Server{
 		boot:  bootstrap,
 		cfg:   cfg,
@@ -96,7 +100,10 @@ func (s *Server) Listen(addr string, opts ...Option) error {
 	if err != nil {
 		return err
 	}
-	cfg := newConfig(s.cfg, opts)
+	cfg, err := newConfig(s.cfg, opts)
+	if err != nil {
+		return err
+	}
 	if err := cfg.check(a); err != nil {
 		return err
 	}

@@ -27,7 +27,7 @@ import (
 // capnproto.org/go/capnp/v3/rpc/transport.Transport. Get one from
 // NewTransport on each end of a connected unix socket.
 type Transport struct {
-	opts Options
+	opts transportConfig
 	side Side
 	log  *slog.Logger
 	conn *net.UnixConn
@@ -90,10 +90,16 @@ func (m *mapped) unref() {
 // NewTransport runs the handshake on conn, a connected unix socket, as side,
 // and returns a transport that carries messages through shared memory. conn
 // stays open for the transport's life (it detects the peer's death, carries
-// handles and fallback messages); the transport closes it. On error conn is
-// closed and everything made so far is released.
-func NewTransport(ctx context.Context, conn *net.UnixConn, side Side, opts *Options) (*Transport, error) {
-	t, _, err := newTransport(ctx, conn, side, opts)
+// handles and fallback messages); the transport closes it. On error
+// (including an invalid option, ErrBadOption) conn is closed and everything
+// made so far is released. The options that apply are listed under Option.
+func NewTransport(ctx context.Context, conn *net.UnixConn, side Side, opts ...Option) (*Transport, error) {
+	cfg, err := newConfig(nil, opts)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	t, _, err := newTransport(ctx, conn, side, &cfg.opts)
 	if err != nil {
 		conn.Close()
 		return nil, err
@@ -107,7 +113,7 @@ func NewTransport(ctx context.Context, conn *net.UnixConn, side Side, opts *Opti
 // (REFUSE received), or the dialer could not set up shared memory before
 // sending anything. conn is then positioned after the handshake's frames,
 // ready for a stream transport. On any other error conn is closed.
-func newTransport(ctx context.Context, conn *net.UnixConn, side Side, opts *Options) (t *Transport, fallbackOK bool, err error) {
+func newTransport(ctx context.Context, conn *net.UnixConn, side Side, opts *transportConfig) (t *Transport, fallbackOK bool, err error) {
 	o := opts.withDefaults()
 	t = &Transport{
 		opts:        o,
@@ -244,8 +250,11 @@ func (t *Transport) makeMine() error {
 	t.mapper = &mapper{t: t, regions: make(map[uint32]*shm.Region), announced: make(map[uint32]bool)}
 	if t.alloc, err = segalloc.New(t.myPool.Bytes(), segalloc.Options{
 		Mapper:       t.mapper,
+		MaxBlock:     poolMaxBlock(t.opts.PoolSize),
 		MaxDedicated: t.opts.MaxDedicated,
 		MaxHeap:      t.opts.MaxHeap,
+		MaxCached:    t.opts.MappingCache,
+		CacheIdle:    t.opts.MappingIdle,
 		// go-capnp v3.0.1-alpha.2 zeroes every object it allocates
 		// (message.go, alloc): zeroing freed memory too would clear each
 		// byte twice on the sender's side.
@@ -316,7 +325,7 @@ func (t *Transport) checkPeer(h wire.Hello) error {
 		return fmt.Errorf("capnshm: reading the peer's credentials: %w", err)
 	}
 	if !t.opts.AllowOtherUsers && int(uid) != os.Getuid() {
-		return fmt.Errorf("%w: peer process %d runs as uid %d, this process as %d (Options.AllowOtherUsers permits it)", ErrRefused, pid, uid, os.Getuid())
+		return fmt.Errorf("%w: peer process %d runs as uid %d, this process as %d (WithAllowOtherUsers permits it)", ErrRefused, pid, uid, os.Getuid())
 	}
 	t.peerPID = int(pid)
 	t.peerMax = h.MaxMessage
@@ -419,6 +428,17 @@ func (t *Transport) cause() error {
 		return err
 	}
 	return ErrClosed
+}
+
+// poolMaxBlock is the largest block of a pool of size bytes (a multiple of
+// PoolSizeUnit): the largest power of two that divides it, at most a quarter
+// of it and at most 16 MiB, as segalloc needs.
+func poolMaxBlock(size int64) int {
+	b := int64(16 << 20)
+	for b > 1<<10 && (size%b != 0 || b > size/4) {
+		b >>= 1
+	}
+	return int(b)
 }
 
 // ---- sending ----
@@ -1033,7 +1053,7 @@ func (t *Transport) recvByReference(rec []byte) (*inMsg, error) {
 		}
 		total += s.Length
 		if total > uint64(t.opts.MaxMessage) {
-			return fail(fmt.Errorf("%w: message %d is over %d bytes (Options.MaxMessage)", ErrTooLarge, m.ID, t.opts.MaxMessage))
+			return fail(fmt.Errorf("%w: message %d is over %d bytes (WithMaxMessage)", ErrTooLarge, m.ID, t.opts.MaxMessage))
 		}
 		segs[i] = b[s.Offset : s.Offset+s.Length : s.Offset+s.Length]
 		region.ref()
@@ -1154,7 +1174,7 @@ func (t *Transport) handleFrame(hdr wire.FrameHeader, payload []byte, fds []int)
 		}
 		if size > uint64(t.opts.MaxMessage)+1<<20 {
 			closeFDs(fds)
-			return fmt.Errorf("%w: dedicated mapping %d of %d bytes is over Options.MaxMessage", ErrTooLarge, id, size)
+			return fmt.Errorf("%w: dedicated mapping %d of %d bytes is over the largest message accepted (WithMaxMessage)", ErrTooLarge, id, size)
 		}
 		r, err := shm.Open(shm.Handle(fds[0]), int64(size), shm.ReadOnly, nil)
 		if err != nil {
