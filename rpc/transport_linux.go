@@ -843,11 +843,14 @@ type inMsg struct {
 
 func (im *inMsg) Message() rpccp.Message { return im.rm }
 
-// Release gives the message's memory back to the peer.
+// Release gives the message's memory back to the peer, and releases the
+// capabilities go-capnp put in its cap table (the RPC layer relies on
+// Release for that, as the transport.IncomingMessage interface says).
 func (im *inMsg) Release() {
 	if im.released.Swap(true) {
 		return
 	}
+	im.msg.Release() // the cap table's clients; roArena's Release is a no-op
 	t := im.t
 	if im.id != 0 {
 		t.queueFree(im.id)

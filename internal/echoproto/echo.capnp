@@ -44,6 +44,11 @@ interface Echo {
   fillChunks @11 (chunkSize :UInt64, count :UInt32, seed :UInt8) -> (chunks :List(Data));
   # fill for results over 512 MiB: count chunks, each filled as fill
   # fills (byte i of the whole is (seed + i*7) mod 256).
+
+  liveObjects @12 () -> (count :Int64);
+  # How many capabilities this server made (counters from counter and
+  # self) are still alive, i.e. not yet released by every holder: the
+  # test that received capabilities are released.
 }
 
 interface Counter {

@@ -44,6 +44,21 @@ func NewData(seg *capnp.Segment, n int) (capnp.Ptr, []byte, error) {
 type Server struct {
 	pushedBytes atomic.Uint64
 	pushedCount atomic.Uint64
+	live        atomic.Int64 // counter capabilities not yet shut down
+}
+
+// Live returns the number of capabilities the server made that are still
+// alive (what liveObjects answers).
+func (s *Server) Live() int64 { return s.live.Load() }
+
+// LiveObjects answers with Server.Live.
+func (s *Server) LiveObjects(_ context.Context, call Echo_liveObjects) error {
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	res.SetCount(s.Live())
+	return nil
 }
 
 // Ping does nothing.
@@ -144,9 +159,9 @@ func (s *Server) Counter(_ context.Context, call Echo_counter) error {
 	if err != nil {
 		return err
 	}
-	c := &counter{}
+	c := &counter{srv: s}
 	c.value.Store(call.Args().Start())
-	return res.SetCounter(Counter_ServerToClient(c))
+	return res.SetCounter(c.client())
 }
 
 // CallBack calls the client's callback and returns its answer plus one.
@@ -222,7 +237,20 @@ func (s *Server) FillChunks(_ context.Context, call Echo_fillChunks) error {
 	return nil
 }
 
-type counter struct{ value atomic.Int64 }
+type counter struct {
+	value atomic.Int64
+	srv   *Server
+}
+
+// client returns a new capability for c, counted live until its last
+// reference is released (go-capnp then calls Shutdown).
+func (c *counter) client() Counter {
+	c.srv.live.Add(1)
+	return Counter_ServerToClient(c)
+}
+
+// Shutdown is called once per capability made by client.
+func (c *counter) Shutdown() { c.srv.live.Add(-1) }
 
 func (c *counter) Add(_ context.Context, call Counter_add) error {
 	res, err := call.AllocResults()
@@ -247,5 +275,5 @@ func (c *counter) Self(_ context.Context, call Counter_self) error {
 	if err != nil {
 		return err
 	}
-	return res.SetCounter(Counter_ServerToClient(c))
+	return res.SetCounter(c.client())
 }
