@@ -17,6 +17,13 @@ import (
 // server is closed.
 var ErrServerClosed = errors.New("capnshm: server closed")
 
+// ErrAddrInUse: another process is serving the address (a unix socket
+// file that accepts connections, or a TCP port), or the path is taken by
+// something that is not a socket, which Listen never removes. A socket
+// file left by a server that died, on which nothing accepts, is not in
+// use: Listen takes it over.
+var ErrAddrInUse = errors.New("capnshm: address in use")
+
 // Server serves a bootstrap capability on one or more addresses. Each
 // accepted connection negotiates shared memory or the stream transport on
 // its own (see Fallback), gets its own pools, and ends on its own: one
@@ -107,9 +114,11 @@ func (s *Server) Listen(addr string, opts ...Option) error {
 	if err := cfg.check(a); err != nil {
 		return err
 	}
-	network, address := a.Net()
-	l, err := net.Listen(network, address)
+	l, err := listenSocket(a)
 	if err != nil {
+		if errors.Is(err, ErrAddrInUse) {
+			return err
+		}
 		return fmt.Errorf("capnshm: listening on %s: %w", a, err)
 	}
 	if ul, ok := l.(*net.UnixListener); ok {
