@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -39,12 +40,23 @@ func apiFallback(s string) rpc.Fallback {
 }
 
 // apiDialPeer dials args[0] with policy args[1] (auto, require, never) and
-// says "dialed shm=<bool>" or "dial error: <err>". Then it obeys commands:
+// says "dialed shm=<bool>" or "dial error: <err>"; with args[2] "as=UID"
+// it first becomes that user. Then it obeys commands:
 // "ping" says "pong <err>"; "echo N" echoes N bytes and says "echoed
 // <err>"; "block" starts a call that never returns and says "blocked" once
 // the server has it.
 func apiDialPeer(args []string) int {
 	ctx := context.Background()
+	if len(args) > 2 {
+		// "as=UID": become another user first (the whole process).
+		var uid int
+		if _, err := fmt.Sscanf(args[2], "as=%d", &uid); err != nil {
+			return peertest.Fail("bad argument %q", args[2])
+		}
+		if err := syscall.Setresuid(uid, uid, uid); err != nil {
+			return peertest.Fail("setresuid(%d): %v", uid, err)
+		}
+	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	c, err := rpc.Dial(dctx, args[0], rpc.WithFallback(apiFallback(args[1])), rpc.WithPoolSize(2<<20), rpc.WithLogger(logger))
@@ -372,6 +384,39 @@ func TestRequireErrors(t *testing.T) {
 	}
 	if _, err := rpc.Dial(ctx, "shm:"+path, rpc.WithFallback(rpc.Fallback(7))); !errors.Is(err, rpc.ErrBadOption) || !strings.Contains(err.Error(), "WithFallback(Fallback(7))") {
 		t.Errorf("unknown policy: %v", err)
+	}
+}
+
+// TestRequireRefusalReachesDialer: a FallbackRequire listener that refuses
+// a capnshm client (here: another user) says in its REFUSE that it closes,
+// so that the dialer fails with the reason even under FallbackAuto. Before,
+// the dialer fell back to the stream transport on a socket the listener
+// then closed: Dial succeeded and every call failed with "connection
+// closed", the reason lost.
+func TestRequireRefusalReachesDialer(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run a client as another user")
+	}
+	dir := peertest.TempDir(t)
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "s.sock")
+	apiServe(t, "shm:"+path, rpc.WithFallback(rpc.FallbackRequire))
+	if err := os.Chmod(path, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	p := peertest.Start(t, "api-dial", nil, "shm:"+path, "auto", "as=65534")
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	line, err := p.Line(ctx)
+	if err != nil {
+		t.Fatalf("client: %v; stderr: %s", err, p.Stderr())
+	}
+	for _, want := range []string{"dial error: ", "requires shared memory, and refused it", "handshake refused by the peer", "runs as uid 65534"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("client says %q, want it to contain %q", line, want)
+		}
 	}
 }
 

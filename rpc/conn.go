@@ -125,9 +125,10 @@ type established struct {
 	stream *streamStats
 }
 
-// streamOver returns the stream transport on conn.
-func streamOver(conn net.Conn, cfg *config) established {
-	tr, st := newStreamTransport(conn, cfg.opts.MaxMessage)
+// streamOver returns the stream transport on conn; peerMax is the largest
+// message the peer said it accepts (0: unknown, taken to be this side's).
+func streamOver(conn net.Conn, cfg *config, peerMax uint64) established {
+	tr, st := newStreamTransport(conn, cfg.opts.MaxMessage, peerMax)
 	return established{tr: tr, stream: st}
 }
 
@@ -154,14 +155,14 @@ func (s *streamStats) stats() Stats {
 // run on stream addresses, for callers that build their own rpc.Conn.
 // Messages are limited to DefaultMaxMessage, as on every capnshm transport.
 func NewStreamTransport(rwc io.ReadWriteCloser) transport.Transport {
-	tr, _ := newStreamTransport(rwc, 0)
+	tr, _ := newStreamTransport(rwc, 0, 0)
 	return tr
 }
 
 // newStreamTransport returns go-capnp's unpacked stream transport on rwc
 // (what rpc.NewStreamTransport makes, so wire-compatible with C++ EZ-RPC),
 // with maxMessage (if positive) as its size limit and counters.
-func newStreamTransport(rwc io.ReadWriteCloser, maxMessage int64) (transport.Transport, *streamStats) {
+func newStreamTransport(rwc io.ReadWriteCloser, maxMessage int64, peerMax uint64) (transport.Transport, *streamStats) {
 	max := uint64(DefaultMaxMessage)
 	if maxMessage > 0 {
 		max = uint64(maxMessage)

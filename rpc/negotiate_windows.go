@@ -27,11 +27,11 @@ func dialEstablish(ctx context.Context, a Addr, cfg *config) (established, error
 	if err != nil {
 		return established{}, err
 	}
-	return streamOver(raw, cfg), nil
+	return streamOver(raw, cfg, 0), nil
 }
 
 // acceptEstablish serves every connection with the stream transport on
 // Windows.
 func acceptEstablish(_ context.Context, raw net.Conn, _ Addr, cfg *config, _ *slog.Logger) (established, error) {
-	return streamOver(raw, cfg), nil
+	return streamOver(raw, cfg, 0), nil
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/capnshm/capnshm/ringbuf"
+	"github.com/capnshm/capnshm/rpc/internal/wire"
 )
 
 // Side says which end of a rendezvous connection a transport is: the side
@@ -51,6 +52,17 @@ type transportConfig struct {
 	NoPrefault       bool
 	HandshakeTimeout time.Duration
 	Logger           *slog.Logger
+	// NoFallback: this side closes a connection whose handshake it
+	// refuses (FallbackRequire on a listener), and says so in its REFUSE.
+	NoFallback bool
+}
+
+// refuseFlags are the flags of this side's REFUSE frames.
+func (o *transportConfig) refuseFlags() uint32 {
+	if o.NoFallback {
+		return wire.RefuseNoFallback
+	}
+	return 0
 }
 
 func (o *transportConfig) withDefaults() transportConfig {
@@ -110,6 +122,18 @@ func defaultSpinTime() time.Duration {
 	}
 	return ringbuf.DefaultSpinTime
 }
+
+// refusal is the error of a handshake that ended with a REFUSE, sent or
+// received: the socket is at a frame boundary, and the stream transport
+// may run on it unless noFallback.
+type refusal struct {
+	err        error
+	peerMax    uint64 // the largest message the peer accepts; 0: unknown
+	noFallback bool   // the refusing side closes the connection
+}
+
+func (r *refusal) Error() string { return r.err.Error() }
+func (r *refusal) Unwrap() error { return r.err }
 
 // Errors of the transport, wrapped with details. Match them with errors.Is.
 var (

@@ -186,21 +186,21 @@ func (t *Transport) handshake(ctx context.Context) (fallbackOK bool, err error) 
 		if errors.Is(err, wire.ErrVersion) {
 			// A whole HELLO of another version: say so, so that the
 			// dialer can fall back.
-			return t.refuse(err.Error()), err
+			return t.refuse(0, err.Error(), err)
 		}
 		if err != nil {
 			return false, err
 		}
 		if err := t.checkPeer(peer); err != nil {
 			closeFDs(fds)
-			return t.refuse(err.Error()), err
+			return t.refuse(peer.MaxMessage, err.Error(), err)
 		}
 		if err := t.makeMine(); err != nil {
 			closeFDs(fds)
-			return t.refuse("listener could not set up shared memory"), err
+			return t.refuse(peer.MaxMessage, "listener could not set up shared memory", err)
 		}
 		if err := t.adoptPeer(peer, fds); err != nil {
-			return t.refuse(err.Error()), err
+			return t.refuse(peer.MaxMessage, err.Error(), err)
 		}
 		return false, t.sendHello()
 	}
@@ -212,8 +212,11 @@ func (t *Transport) handshake(ctx context.Context) (fallbackOK bool, err error) 
 	}
 	peer, fds, err := t.readHello()
 	if err != nil {
-		// A REFUSE frame was read whole: the stream is at a frame boundary.
-		return errors.Is(err, ErrRefused), err
+		// A REFUSE frame was read whole: the stream is at a frame
+		// boundary, and the stream transport follows unless the listener
+		// said it closes.
+		var rf *refusal
+		return errors.As(err, &rf) && !rf.noFallback, err
 	}
 	if err := t.checkPeer(peer); err != nil {
 		closeFDs(fds)
@@ -299,9 +302,13 @@ func (t *Transport) readHello() (wire.Hello, []int, error) {
 		closeFDs(fds)
 		r, err := wire.ParseRefuse(payload)
 		if err != nil {
-			return wire.Hello{}, nil, fmt.Errorf("%w: %v", ErrRefused, err)
+			return wire.Hello{}, nil, &refusal{err: fmt.Errorf("%w: %v", ErrRefused, err)}
 		}
-		return wire.Hello{}, nil, fmt.Errorf("%w by the peer: %s", ErrRefused, r.Reason)
+		return wire.Hello{}, nil, &refusal{
+			err:        fmt.Errorf("%w by the peer: %s", ErrRefused, r.Reason),
+			peerMax:    r.MaxMessage,
+			noFallback: r.Flags&wire.RefuseNoFallback != 0,
+		}
 	case wire.FrameHello:
 	default:
 		closeFDs(fds)
@@ -315,8 +322,13 @@ func (t *Transport) readHello() (wire.Hello, []int, error) {
 	return h, fds, nil
 }
 
-// refuse answers REFUSE with reason and reports whether it was sent.
-func (t *Transport) refuse(reason string) bool { return sendRefuse(t.fc, reason) == nil }
+// refuse answers REFUSE with reason, for err: it returns whether the
+// stream transport may follow (the REFUSE was sent and offers it) and err
+// as a refusal that knows the peer's limit (peerMax, from its HELLO).
+func (t *Transport) refuse(peerMax uint64, reason string, err error) (bool, error) {
+	sent := sendRefuse(t.fc, wire.Refuse{Reason: reason, Flags: t.opts.refuseFlags(), MaxMessage: uint64(t.opts.withDefaults().MaxMessage)}) == nil
+	return sent && !t.opts.NoFallback, &refusal{err: err, peerMax: peerMax, noFallback: t.opts.NoFallback}
+}
 
 // checkPeer applies the credential and size policy to the peer's hello.
 func (t *Transport) checkPeer(h wire.Hello) error {
