@@ -55,7 +55,7 @@ func dialEstablish(ctx context.Context, a Addr, cfg *config) (established, error
 	refused := errors.As(err, &rf)
 	switch {
 	case err == nil:
-		return established{tr: t, shm: t}, nil
+		return established{tr: t, shm: t, raw: raw}, nil
 	case fallbackOK && cfg.fallback == FallbackAuto:
 		log.Info("capnshm: shared memory refused; using the stream transport", "addr", a.String(), "reason", err)
 		return streamOver(raw, cfg, rf.peerMax), nil
@@ -143,7 +143,7 @@ func acceptEstablish(ctx context.Context, raw net.Conn, a Addr, cfg *config, log
 	t, fallbackOK, err := newTransport(ctx, uc, Listener, opts)
 	switch {
 	case err == nil:
-		return established{tr: t, shm: t}, nil
+		return established{tr: t, shm: t, raw: raw}, nil
 	case fallbackOK && cfg.fallback == FallbackAuto:
 		var rf *refusal
 		errors.As(err, &rf)
@@ -256,7 +256,7 @@ func abort(ctx context.Context, conn *net.UnixConn, cfg *config, reason string) 
 	conn.SetDeadline(time.Now().Add(time.Second))
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	tr, _ := newStreamTransport(conn, cfg.opts.MaxMessage, 0)
+	tr := newStreamTransport(conn, cfg.opts.MaxMessage, 0)
 	defer tr.Close()
 	om, err := tr.NewMessage()
 	if err != nil {
@@ -277,3 +277,23 @@ func abort(ctx context.Context, conn *net.UnixConn, cfg *config, reason string) 
 	conn.CloseWrite()
 	_, _ = io.Copy(io.Discard, conn)
 }
+
+// refuseFlags are the flags of this side's REFUSE frames.
+func (o *transportConfig) refuseFlags() uint32 {
+	if o.NoFallback {
+		return wire.RefuseNoFallback
+	}
+	return 0
+}
+
+// refusal is the error of a handshake that ended with a REFUSE, sent or
+// received: the socket is at a frame boundary, and the stream transport
+// may run on it unless noFallback.
+type refusal struct {
+	err        error
+	peerMax    uint64 // the largest message the peer accepts; 0: unknown
+	noFallback bool   // the refusing side closes the connection
+}
+
+func (r *refusal) Error() string { return r.err.Error() }
+func (r *refusal) Unwrap() error { return r.err }

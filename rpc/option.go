@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"time"
 
+	capnp "capnproto.org/go/capnp/v3"
+
 	"github.com/capnshm/capnshm/ringbuf"
 	"github.com/capnshm/capnshm/shm"
 )
@@ -76,7 +78,10 @@ type config struct {
 	fallback Fallback
 	logger   *slog.Logger // nil: no logs
 
-	flowWindow int64 // Conn.FlowLimiter's window; 0: the default
+	flowWindow int64         // Conn.FlowLimiter's window; 0: the default
+	liveness   time.Duration // WithLiveness; 0: off
+	boot       capnp.Client  // WithBootstrap (Dial)
+	connState  func(ConnInfo, ConnState)
 
 	err error // the first invalid option
 }

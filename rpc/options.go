@@ -1,14 +1,12 @@
 package rpc
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"runtime"
 	"time"
 
 	"github.com/capnshm/capnshm/ringbuf"
-	"github.com/capnshm/capnshm/rpc/internal/wire"
 )
 
 // Side says which end of a rendezvous connection a transport is: the side
@@ -55,14 +53,6 @@ type transportConfig struct {
 	// NoFallback: this side closes a connection whose handshake it
 	// refuses (FallbackRequire on a listener), and says so in its REFUSE.
 	NoFallback bool
-}
-
-// refuseFlags are the flags of this side's REFUSE frames.
-func (o *transportConfig) refuseFlags() uint32 {
-	if o.NoFallback {
-		return wire.RefuseNoFallback
-	}
-	return 0
 }
 
 func (o *transportConfig) withDefaults() transportConfig {
@@ -125,39 +115,4 @@ func defaultSpinTime() time.Duration {
 
 // refusal is the error of a handshake that ended with a REFUSE, sent or
 // received: the socket is at a frame boundary, and the stream transport
-// may run on it unless noFallback.
-type refusal struct {
-	err        error
-	peerMax    uint64 // the largest message the peer accepts; 0: unknown
-	noFallback bool   // the refusing side closes the connection
-}
-
-func (r *refusal) Error() string { return r.err.Error() }
-func (r *refusal) Unwrap() error { return r.err }
-
-// Errors of the transport, wrapped with details. Match them with errors.Is.
-var (
-	// ErrRefused: the peer refused the handshake (the error carries its
-	// reason), or this side refused the peer's.
-	ErrRefused = errors.New("capnshm: handshake refused")
-	// ErrProtocol: the peer broke the protocol (a corrupt ring, record or
-	// frame). The connection is aborted; the error names what was wrong.
-	ErrProtocol = errors.New("capnshm: protocol violation by the peer")
-	// ErrPeerGone: the peer closed the connection or died.
-	ErrPeerGone = errors.New("capnshm: peer disconnected")
-	// ErrClosed: the transport was closed.
-	ErrClosed = errors.New("capnshm: transport closed")
-	// ErrTooLarge: a message is larger than the receiver's MaxMessage.
-	ErrTooLarge = errors.New("capnshm: message too large")
-	// ErrLateCall: go-capnp v3.0.1-alpha.2 tried to send a call pipelined
-	// on a question it had already finished: a call on a pipelined
-	// capability that raced the Return resolving it (go-capnp #626). The
-	// transport does not send it, since the peer would abort the connection
-	// (or, if it is go-capnp and the call took the finished question's
-	// ID, crash); that call fails with this error, the connection goes on,
-	// and the same call made again goes to the resolved capability.
-	ErrLateCall = errors.New("capnshm: call pipelined on a finished question")
-	// ErrUnsupported: the shared-memory transport is not available on this
-	// system.
-	ErrUnsupported = errors.New("capnshm: shared-memory transport not supported on this system")
-)
+// may run on it unless noF

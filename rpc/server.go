@@ -10,7 +10,6 @@ import (
 	"time"
 
 	capnp "capnproto.org/go/capnp/v3"
-	capnprpc "capnproto.org/go/capnp/v3/rpc"
 )
 
 // ErrServerClosed is what Server.Serve and Server.Listen return once the
@@ -52,24 +51,58 @@ type listener struct {
 
 // serverConn is one accepted connection.
 type serverConn struct {
-	raw net.Conn
-	rpc *capnprpc.Conn // set once negotiated; guarded by Server.mu
-	shm *Transport     // set with rpc on shared memory
+	raw  net.Conn
+	conn *Conn // set once negotiated; guarded by Server.mu
 }
 
-// kill ends the connection from below: the transport stops, so that
-// nothing more is sent, then go-capnp's connection shuts down. (Closing
-// only the rpc.Conn would let go-capnp v3.0.1-alpha.2 send, while it shuts
-// down, the Return of a call cancelled by the shutdown without its
-// exception: the client would see an empty success.) The client sees the
-// connection end and its calls fail with disconnected errors.
-func (sc *serverConn) kill(c *capnprpc.Conn) {
-	if sc.shm != nil {
-		sc.shm.Close()
-	} else {
-		sc.raw.Close()
+// ConnState is a state of a server's connection, as WithConnState reports
+// it.
+type ConnState int
+
+const (
+	// StateNew: a connection was accepted; it is negotiating.
+	StateNew ConnState = iota
+	// StateActive: the connection is established (ConnInfo.Peer says on
+	// shared memory or on a socket, and who the peer is).
+	StateActive
+	// StateClosed: the connection ended, or was never established
+	// (ConnInfo.Err says why; ErrServerClosed when the server closed).
+	StateClosed
+)
+
+func (s ConnState) String() string {
+	switch s {
+	case StateNew:
+		return "new"
+	case StateActive:
+		return "active"
+	case StateClosed:
+		return "closed"
 	}
-	c.Close()
+	return fmt.Sprintf("ConnState(%d)", int(s))
+}
+
+// ConnInfo describes a server connection for WithConnState.
+type ConnInfo struct {
+	Peer Peer
+	// Conn is the connection, from StateActive on; nil for one that was
+	// never established.
+	Conn *Conn
+	// Err is why the connection ended (StateClosed).
+	Err error
+}
+
+// WithConnState sets a function a Server calls as each of its connections
+// changes state, as net/http's ConnState: accepted (StateNew), established
+// (StateActive), ended (StateClosed, with the reason). The calls for one
+// connection come in that order, from its own goroutine; f must not block.
+func WithConnState(f func(ConnInfo, ConnState)) Option { return func(c *config) { c.connState = f } }
+
+// notify reports a connection's state to WithConnState's function.
+func (c *config) notify(info ConnInfo, st ConnState) {
+	if c.connState != nil {
+		c.connState(info, st)
+	}
 }
 
 // Listen listens on addr (see ParseAddr) and returns a Server that serves
@@ -255,26 +288,34 @@ func (s *Server) serveConn(l *listener, sc *serverConn) {
 		s.mu.Unlock()
 	}()
 	log := s.log.With("addr", l.addr.String(), "remote", remoteName(sc.raw))
+	l.cfg.notify(ConnInfo{Peer: Peer{Addr: l.addr, Remote: remoteName(sc.raw)}}, StateNew)
 	est, err := acceptEstablish(s.ctx, sc.raw, l.addr, l.cfg, log)
 	if err != nil {
 		sc.raw.Close()
 		if s.ctx.Err() == nil {
 			log.Warn("capnshm: connection not established", "err", err)
+		} else {
+			err = ErrServerClosed
 		}
+		l.cfg.notify(ConnInfo{Peer: Peer{Addr: l.addr, Remote: remoteName(sc.raw)}, Err: err}, StateClosed)
 		return
 	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		est.tr.Close()
+		l.cfg.notify(ConnInfo{Peer: est.peer(l.addr), Err: ErrServerClosed}, StateClosed)
 		return
 	}
-	c := capnprpc.NewConn(est.tr, &capnprpc.Options{BootstrapClient: s.boot.AddRef(), Logger: rpcLogger(l.cfg)})
-	sc.rpc, sc.shm = c, est.shm
+	c := newConn(est.tr, l.cfg, s.boot.AddRef(), est.peer(l.addr))
+	c.addr = l.addr
+	sc.conn = c
 	s.mu.Unlock()
-	log.Debug("capnshm: connection established", "shared_memory", est.shm != nil)
+	log.Debug("capnshm: connection established", "shared_memory", c.SharedMemory())
+	l.cfg.notify(ConnInfo{Peer: c.Peer(), Conn: c}, StateActive)
 	<-c.Done()
-	log.Debug("capnshm: connection ended")
+	log.Debug("capnshm: connection ended", "reason", c.Err())
+	l.cfg.notify(ConnInfo{Peer: c.Peer(), Conn: c, Err: c.Err()}, StateClosed)
 }
 
 func remoteName(c net.Conn) string {
@@ -306,18 +347,18 @@ func (s *Server) Close() error {
 		conns = append(conns, sc)
 	}
 	s.mu.Unlock()
-	// Close the connections at once: each may wait a little (go-capnp's
-	// AbortTimeout) for a peer that does not read.
+	// Close the connections at once: each may wait a little for a peer
+	// that does not read.
 	var wg sync.WaitGroup
 	for _, sc := range conns {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			s.mu.Lock()
-			c := sc.rpc
+			c := sc.conn
 			s.mu.Unlock()
 			if c != nil {
-				sc.kill(c)
+				c.Close()
 			} else {
 				sc.raw.Close() // still negotiating (s.ctx ended too)
 			}

@@ -389,6 +389,9 @@ func (t *Transport) adoptPeer(h wire.Hello, fds []int) error {
 // PeerPID returns the process id of the peer, from its credentials.
 func (t *Transport) PeerPID() int { return t.peerPID }
 
+// PeerMaxMessage returns the largest message the peer accepts (its HELLO).
+func (t *Transport) PeerMaxMessage() uint64 { return t.peerMax }
+
 // Stats returns the transport's counters.
 func (t *Transport) Stats() Stats {
 	s := Stats{
@@ -922,12 +925,6 @@ func (t *Transport) RecvMessage() (transport.IncomingMessage, error) {
 // or died, rather than by Close or a fault found here.
 func (t *Transport) peerGone() bool {
 	return t.ctx.Err() != nil && errors.Is(context.Cause(t.ctx), ErrPeerGone)
-}
-
-// refused reports whether err is (or wraps) a refusedError.
-func refused(err error) bool {
-	var r refusedError
-	return errors.As(err, &r)
 }
 
 // recvFail ends the connection because of err met while receiving; a
