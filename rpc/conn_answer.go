@@ -575,10 +575,13 @@ func (c *Conn) handleBootstrap(e *envelope) {
 		return
 	}
 	a := c.newAnswerLocked(e.id, bootstrapMethod)
+	// A reference of the answer's own, taken before the lock goes: the
+	// connection's ending releases c.boot.
+	boot := c.boot.AddRef()
 	c.mu.Unlock()
 	a.onReader.Store(true)
 	defer a.onReader.Store(false)
-	if !c.boot.IsValid() {
+	if !boot.IsValid() {
 		a.PrepareReturn(failed(errors.New("capnshm: this side offers no bootstrap capability")))
 		a.Return()
 		return
@@ -590,7 +593,8 @@ func (c *Conn) handleBootstrap(e *envelope) {
 		var pl rpccp.Payload
 		if pl, err = ret.NewResults(); err == nil {
 			msg := pl.Message()
-			iface := capnp.NewInterface(pl.Segment(), msg.CapTable().Add(c.boot.AddRef()))
+			iface := capnp.NewInterface(pl.Segment(), msg.CapTable().Add(boot))
+			boot = capnp.Client{}
 			err = pl.SetContent(iface.ToPtr())
 			if err == nil {
 				a.content = iface.ToPtr()
@@ -598,6 +602,7 @@ func (c *Conn) handleBootstrap(e *envelope) {
 		}
 	}
 	a.rmu.Unlock()
+	boot.Release() // if it did not go into the results
 	// The bootstrap's Return takes the same path as a call's, minus
 	// AllocResults: its content is the capability.
 	a.prepareBootstrap(err)

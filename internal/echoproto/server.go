@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	capnp "capnproto.org/go/capnp/v3"
@@ -45,6 +46,9 @@ type Server struct {
 	pushedBytes atomic.Uint64
 	pushedCount atomic.Uint64
 	live        atomic.Int64 // counter capabilities not yet shut down
+
+	mu       sync.Mutex
+	promises []func() // fulfil the promises of Promise
 }
 
 // Live returns the number of capabilities the server made that are still
@@ -235,6 +239,101 @@ func (s *Server) FillChunks(_ context.Context, call Echo_fillChunks) error {
 		}
 	}
 	return nil
+}
+
+// Reflect returns the callback it was given.
+func (s *Server) Reflect(_ context.Context, call Echo_reflect) error {
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	return res.SetCallback(call.Args().Callback().AddRef())
+}
+
+// Open returns a session named name.
+func (s *Server) Open(_ context.Context, call Echo_open) error {
+	name, err := call.Args().Name()
+	if err != nil {
+		return err
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	return res.SetSession(Session_ServerToClient(session(name)))
+}
+
+// Add adds delta to the counter it was given.
+func (s *Server) Add(ctx context.Context, call Echo_add) error {
+	c := call.Args().Counter()
+	delta := call.Args().Delta()
+	f, release := c.Add(ctx, func(p Counter_add_Params) error {
+		p.SetDelta(delta)
+		return nil
+	})
+	defer release()
+	r, err := f.Struct()
+	if err != nil {
+		return err
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	res.SetValue(r.Value())
+	return nil
+}
+
+// Promise returns a promise of a new counter, fulfilled once the call has
+// returned.
+func (s *Server) Promise(_ context.Context, call Echo_promise) error {
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	p, r := capnp.NewLocalPromise[Counter]()
+	c := &counter{srv: s}
+	c.value.Store(call.Args().Start())
+	s.mu.Lock()
+	s.promises = append(s.promises, func() { r.Fulfill(c.client()) })
+	s.mu.Unlock()
+	return res.SetCounter(p)
+}
+
+// ResolvePromises fulfils the promises made by Promise.
+func (s *Server) ResolvePromises(_ context.Context, call Echo_resolvePromises) error {
+	s.mu.Lock()
+	ps := s.promises
+	s.promises = nil
+	s.mu.Unlock()
+	for _, f := range ps {
+		f()
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	res.SetResolved(uint32(len(ps)))
+	return nil
+}
+
+// session is a Session; its name is what it answers.
+type session string
+
+func (s session) Name(_ context.Context, call Session_name) error {
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	return res.SetName(string(s))
+}
+
+func (s session) Sub(_ context.Context, call Session_sub) error {
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	return res.SetSession(Session_ServerToClient(s + "/sub"))
 }
 
 type counter struct {
