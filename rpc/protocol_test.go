@@ -318,7 +318,7 @@ func TestProtocolTables(t *testing.T) {
 		t.Errorf("before the Finishes: %d answers, %d exports; want 2, 1", st.Answers, st.Exports)
 	}
 	p.finish(1, true)
-	p.finish(0, true) // releases the bootstrap capability too
+	p.finish(0, true)                        // releases the bootstrap capability too
 	p.call(2, importedCap(boot), mPing, nil) // the export is gone
 	p.expectException(2, "does not export")
 	st = p.conn.Stats()
