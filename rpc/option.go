@@ -3,6 +3,7 @@ package rpc
 import (
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/capnshm/capnshm/ringbuf"
 )
@@ -94,6 +95,45 @@ func WithFallback(f Fallback) Option { return func(c *config) { c.fallback = f }
 // another user (Options.AllowOtherUsers). By default such a peer gets the
 // stream transport (FallbackAuto) or is refused (FallbackRequire).
 func WithAllowOtherUsers() Option { return func(c *config) { c.opts.AllowOtherUsers = true } }
+
+// WithHandshakeTimeout bounds the handshake (Options.HandshakeTimeout); a
+// Server counts it from accept.
+func WithHandshakeTimeout(d time.Duration) Option {
+	return func(c *config) { c.opts.HandshakeTimeout = d }
+}
+
+// WithMaxConns caps the connections a Server holds at once, handshakes
+// included (Options.MaxConns; negative: no limit).
+func WithMaxConns(n int) Option { return func(c *config) { c.opts.MaxConns = n } }
+
+// WithMaxConnsPerUser caps the connections a Server holds at once for the
+// clients of one user id (Options.MaxConnsPerUser; negative: no limit).
+func WithMaxConnsPerUser(n int) Option { return func(c *config) { c.opts.MaxConnsPerUser = n } }
+
+// WithMaxPeerMappings caps the peer's dedicated mappings mapped at once on
+// each connection (Options.MaxPeerMappings; negative: no limit).
+func WithMaxPeerMappings(n int) Option { return func(c *config) { c.opts.MaxPeerMappings = n } }
+
+// WithMaxPeerMappingBytes caps the bytes of the peer's dedicated mappings
+// mapped at once on each connection (Options.MaxPeerMappingBytes).
+func WithMaxPeerMappingBytes(n int64) Option {
+	return func(c *config) { c.opts.MaxPeerMappingBytes = n }
+}
+
+// WithMaxSocketBytes caps the bytes of socket messages received ahead of
+// the ring on each connection (Options.MaxSocketBytes).
+func WithMaxSocketBytes(n int64) Option { return func(c *config) { c.opts.MaxSocketBytes = n } }
+
+// WithMaxPeerPool caps the pool a peer may announce (Options.MaxPeerPool).
+func WithMaxPeerPool(n int64) Option { return func(c *config) { c.opts.MaxPeerPool = n } }
+
+// WithMaxPeerRing caps the ring capacity a peer may announce
+// (Options.MaxPeerRing).
+func WithMaxPeerRing(n int) Option { return func(c *config) { c.opts.MaxPeerRing = n } }
+
+// WithFrameTimeout bounds the wait of a record for its socket frame and of
+// a socket message for its record (Options.FrameTimeout).
+func WithFrameTimeout(d time.Duration) Option { return func(c *config) { c.opts.FrameTimeout = d } }
 
 // WithLogger sends the logs of the server, of the transports and of
 // go-capnp's connections to l.
