@@ -1206,6 +1206,10 @@ func (t *Transport) Close() error {
 	t.closeOnce.Do(func() {
 		t.closed.Store(true)
 		t.cancel(ErrClosed)
+		// A peer that does not read cannot hold Close: the deadline ends
+		// any socket write under way (a Send's frame, which holds the
+		// frame lock BYE needs) and the BYE itself.
+		_ = t.conn.SetWriteDeadline(time.Now().Add(byeTimeout))
 		_ = t.fc.WriteFrame(wire.FrameBye, 0, nil, nil)
 		t.conn.CloseRead()
 		t.conn.Close()
@@ -1234,6 +1238,10 @@ func (t *Transport) Close() error {
 	})
 	return t.closeErr
 }
+
+// byeTimeout bounds how long Close tries to tell the peer (BYE) before it
+// closes the socket regardless.
+const byeTimeout = 250 * time.Millisecond
 
 // maybeFinalize unmaps this side's memory once the transport is closed and
 // go-capnp has released every message it built here.
