@@ -589,7 +589,7 @@ func (t *Transport) claim(n int) ([]byte, error) {
 		b, err := t.out.Claim(n)
 		if !errors.Is(err, ringbuf.ErrFull) {
 			if err != nil {
-				return nil, fmt.Errorf("capnshm: outbound ring: %w", err)
+				return nil, t.claimError(err)
 			}
 			return b, nil
 		}
@@ -610,6 +610,20 @@ func (t *Transport) commit() error {
 		return t.ringError(err)
 	}
 	return nil
+}
+
+// claimError is what a failed claim (other than ErrFull) gives: a corrupt
+// outbound ring (the peer wrote an impossible head) ends the connection,
+// once, with ErrProtocol; a payload too large for the ring is the caller's
+// error alone.
+func (t *Transport) claimError(err error) error {
+	if errors.Is(err, ringbuf.ErrCorrupt) {
+		if t.ctx.Err() != nil {
+			return t.cause()
+		}
+		return t.ringError(err)
+	}
+	return fmt.Errorf("capnshm: outbound ring: %w", err)
 }
 
 // ringError turns an error from the outbound ring into the connection's end.
@@ -754,7 +768,11 @@ func (t *Transport) flushPendingLocked(wait bool) bool {
 		if wait {
 			return t.claim(n)
 		}
-		return t.out.Claim(n)
+		b, err := t.out.Claim(n)
+		if err != nil && !errors.Is(err, ringbuf.ErrFull) {
+			return nil, t.claimError(err)
+		}
+		return b, err
 	}
 	putBack := func() bool {
 		t.pendMu.Lock()
