@@ -406,7 +406,7 @@ func TestRequireRefusalReachesDialer(t *testing.T) {
 	if err != nil {
 		t.Fatalf("client: %v; stderr: %s", err, p.Stderr())
 	}
-	for _, want := range []string{"dial error: ", "requires shared memory, and refused it", "handshake refused by the peer", "runs as uid 65534"} {
+	for _, want := range []string{"dial error: ", "refused the connection, and closes it", "handshake refused by the peer", "runs as uid 65534"} {
 		if !strings.Contains(line, want) {
 			t.Errorf("client says %q, want it to contain %q", line, want)
 		}

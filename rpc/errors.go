@@ -48,6 +48,11 @@ var (
 	// goes to the resolved capability. capnshm's own Conn never sends such
 	// calls.
 	ErrLateCall = errors.New("capnshm: call pipelined on a finished question")
+	// ErrLimit: the peer reached one of this side's limits on what one
+	// peer may make it spend (WithMaxConns, WithMaxPeerMappings,
+	// WithMaxSocketBytes, WithMaxPeerPool and the others): that connection
+	// is refused or ended, and the error names the limit.
+	ErrLimit = errors.New("capnshm: limit reached")
 	// ErrUnsupported: the feature is not available on this system (shared
 	// memory on Windows, for now).
 	ErrUnsupported = errors.New("capnshm: not supported on this system")

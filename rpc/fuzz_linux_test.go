@@ -23,7 +23,7 @@ func fuzzTransport(pool *shm.Region) *Transport {
 		sent:        make(map[uint64]*outMsg),
 		kick:        make(chan struct{}, 1),
 		peerMaps:    make(map[uint32]*mapped),
-		sockMsgs:    make(map[uint64]*capnp.Message),
+		sockMsgs:    make(map[uint64]*sockMsg),
 		peerChanged: make(chan struct{}),
 		peerPool:    &mapped{r: pool},
 	}

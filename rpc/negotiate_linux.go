@@ -72,7 +72,7 @@ func dialEstablish(ctx context.Context, a Addr, cfg *config) (established, error
 	}
 	switch {
 	case refused && rf.noFallback:
-		return established{}, fmt.Errorf("capnshm: %s requires shared memory, and refused it: %w", a, err)
+		return established{}, fmt.Errorf("capnshm: %s refused the connection, and closes it: %w", a, err)
 	case cfg.fallback == FallbackRequire:
 		return established{}, fmt.Errorf("capnshm: %s with FallbackRequire: no shared memory: %w", a, err)
 	}
@@ -154,7 +154,11 @@ func acceptEstablish(ctx context.Context, raw net.Conn, a Addr, cfg *config, log
 }
 
 // peekHello waits for the first two bytes of conn, without consuming
-// them, and reports whether they start a frame.
+// them, and reports whether they start a frame. It never polls: it sleeps
+// in the netpoller until the socket's next readiness edge (more bytes, or
+// the peer hanging up), so a client that sends one byte and stops costs
+// nothing until ctx (the handshake deadline) ends. A client that hangs up
+// before sending two bytes ends the connection.
 func peekHello(ctx context.Context, conn *net.UnixConn) (bool, error) {
 	rc, err := conn.SyscallConn()
 	if err != nil {
@@ -167,38 +171,90 @@ func peekHello(ctx context.Context, conn *net.UnixConn) (bool, error) {
 		}
 	}()
 	var b [2]byte
-	for {
-		var n int
-		var rerr error
-		err := rc.Read(func(fd uintptr) bool {
-			n, _, rerr = unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK)
-			return rerr != unix.EAGAIN
-		})
-		if ctx.Err() != nil {
-			return false, context.Cause(ctx)
-		}
-		if err != nil {
-			return false, fmt.Errorf("capnshm: reading the first bytes: %w", err)
-		}
-		switch {
-		case rerr == unix.EINTR:
-			continue
-		case rerr != nil:
-			return false, fmt.Errorf("capnshm: reading the first bytes: %w", os.NewSyscallError("recvfrom", rerr))
-		case n == 0:
-			return false, fmt.Errorf("capnshm: the client hung up before sending anything: %w", io.EOF)
-		case n >= 2:
-			return binary.LittleEndian.Uint16(b[:]) == wire.FrameMagic, nil
-		case b[0] != byte(wire.FrameMagic&0xff):
-			return false, nil
-		}
-		// One byte, which may start a frame: the rest is on its way.
-		select {
-		case <-time.After(time.Millisecond):
-		case <-ctx.Done():
-			return false, context.Cause(ctx)
+	var n int
+	var rerr error
+	var hup bool
+	peek := func(fd int) {
+		for {
+			n, _, rerr = unix.Recvfrom(fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			if rerr != unix.EINTR {
+				return
+			}
 		}
 	}
+	err = rc.Read(func(fd uintptr) bool {
+		peek(int(fd))
+		switch {
+		case rerr == unix.EAGAIN:
+			return false // nothing yet: wait for data
+		case rerr != nil, n == 0, n >= 2, b[0] != byte(wire.FrameMagic&0xff):
+			return true
+		}
+		// One byte, which may start a frame. If the peer has hung up,
+		// what is queued is all there is (peek again: more may have come
+		// with the hang-up); else wait for the next edge.
+		if hup = hungUp(int(fd)); hup {
+			peek(int(fd))
+		}
+		return hup
+	})
+	if ctx.Err() != nil {
+		return false, context.Cause(ctx)
+	}
+	switch {
+	case err != nil:
+		return false, fmt.Errorf("capnshm: reading the first bytes: %w", err)
+	case rerr != nil:
+		return false, fmt.Errorf("capnshm: reading the first bytes: %w", os.NewSyscallError("recvfrom", rerr))
+	case n == 0:
+		return false, fmt.Errorf("capnshm: the client hung up before sending anything: %w", io.EOF)
+	case n >= 2:
+		return binary.LittleEndian.Uint16(b[:]) == wire.FrameMagic, nil
+	case hup:
+		return false, fmt.Errorf("capnshm: the client hung up after 1 byte, inside the first frame's magic: %w", io.ErrUnexpectedEOF)
+	}
+	return false, nil // one byte that does not start a frame
+}
+
+// hungUp reports whether the peer of the socket fd has shut down its
+// writing side (or gone).
+func hungUp(fd int) bool {
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+	for {
+		n, err := unix.Poll(pfd, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		return err == nil && n > 0 && pfd[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0
+	}
+}
+
+// peerUID returns the user id of the process at the other end of c, for
+// the per-user connection limit; ok is false when c is not a unix socket.
+func peerUID(c net.Conn) (uid int, ok bool) {
+	uc, isUnix := c.(*net.UnixConn)
+	if !isUnix {
+		return 0, false
+	}
+	u, _, _, err := wire.PeerCred(uc)
+	if err != nil {
+		return 0, false
+	}
+	return int(u), true
+}
+
+// refuseAtAccept tells a client refused before its handshake (a connection
+// limit) why, where it can understand: a REFUSE frame on a shm: address,
+// which a capnshm dialer reads as the answer to its HELLO. Other clients
+// just see the connection close. It never blocks: the socket was just
+// accepted, its buffer is empty, and a deadline bounds the write anyway.
+func refuseAtAccept(raw net.Conn, a Addr, reason string) {
+	uc, ok := raw.(*net.UnixConn)
+	if !ok || !a.SharedMemory() {
+		return
+	}
+	_ = uc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	_ = sendRefuse(wire.NewFrameConn(uc), wire.Refuse{Reason: reason, Flags: wire.RefuseNoFallback})
 }
 
 // refuseHello reads the dialer's HELLO (closing its descriptors) and

@@ -35,3 +35,11 @@ func dialEstablish(ctx context.Context, a Addr, cfg *config) (established, error
 func acceptEstablish(_ context.Context, raw net.Conn, _ Addr, cfg *config, _ *slog.Logger) (established, error) {
 	return streamOver(raw, cfg, 0), nil
 }
+
+// peerUID: Windows connections carry no user id here yet; only the total
+// connection limit applies.
+func peerUID(net.Conn) (int, bool) { return 0, false }
+
+// refuseAtAccept: the stream transport's clients would not understand a
+// reason, so they just see the connection close.
+func refuseAtAccept(net.Conn, Addr, string) {}

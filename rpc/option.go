@@ -33,6 +33,9 @@ import (
 //	WithAllowOtherUsers       yes          yes           -
 //	WithPrefault              yes          yes           -
 //	WithHandshakeTimeout      yes          yes           -
+//	WithMaxConns(PerUser)     Listen       -             yes
+//	WithMaxPeer..., WithMaxSocketBytes, WithFrameTimeout
+//	                          yes          yes           -
 //	WithLogger                yes          yes           yes
 //	WithFallback              yes          -             -
 //	WithFlowWindow            Dial         -             yes
@@ -70,7 +73,22 @@ const (
 	// (see WithMappingCache).
 	DefaultMappingCache = 256 << 20
 	DefaultMappingIdle  = 5 * time.Second
+
+	// Limits on what one peer can make this side spend: see the With...
+	// options of the same names.
+	DefaultMaxConns            = 1024
+	DefaultMaxConnsPerUser     = 256
+	DefaultMaxPeerMappings     = 256
+	DefaultMaxPeerMappingBytes = 16 << 30
+	DefaultMaxSocketBytes      = 64 << 20
+	DefaultMaxPeerPool         = 1 << 30
+	DefaultMaxPeerRing         = 64 << 20
+	DefaultFrameTimeout        = 10 * time.Second
 )
+
+// NoLimit, given to a limit's option (WithMaxConns and the others), turns
+// that limit off.
+const NoLimit = -1
 
 // config is what Options set.
 type config struct {
@@ -284,8 +302,9 @@ func WithAllowOtherUsers() Option { return func(c *config) { c.opts.AllowOtherUs
 func WithPrefault(on bool) Option { return func(c *config) { c.opts.NoPrefault = !on } }
 
 // WithHandshakeTimeout bounds the shared-memory handshake (default
-// DefaultHandshake); a listener closes a connection that has not completed
-// it in that time.
+// DefaultHandshake). A Server counts it from accept: a client that has not
+// completed its handshake by then (for a plain Cap'n Proto client: sent
+// its first bytes) is disconnected.
 func WithHandshakeTimeout(d time.Duration) Option {
 	return func(c *config) {
 		if d <= 0 {
@@ -293,6 +312,90 @@ func WithHandshakeTimeout(d time.Duration) Option {
 			return
 		}
 		c.opts.HandshakeTimeout = d
+	}
+}
+
+// limitOption is an option setting a limit: n at least 1, or NoLimit.
+func limitOption(name string, n int64, set func(*config, int64)) Option {
+	return func(c *config) {
+		if n < 1 && n != NoLimit {
+			c.bad("%s(%d): want at least 1, or NoLimit", name, n)
+			return
+		}
+		set(c, n)
+	}
+}
+
+// The limits on what one peer can make this side spend. Hitting one
+// refuses or ends that connection only, with an error wrapping ErrLimit
+// that names the limit; the server goes on.
+
+// WithMaxConns caps the connections a Server holds at once on all its
+// addresses, counting those still in their handshake; one more is refused
+// at accept (default DefaultMaxConns). Each shared-memory connection costs
+// this side its pool (WithPoolSize, prefaulted unless WithPrefault(false))
+// and ring, and about a dozen descriptors.
+func WithMaxConns(n int) Option {
+	return limitOption("WithMaxConns", int64(n), func(c *config, v int64) { c.opts.MaxConns = int(v) })
+}
+
+// WithMaxConnsPerUser caps the connections a Server holds at once for the
+// clients of one user id (SO_PEERCRED; unix sockets only), as WithMaxConns
+// does for all (default DefaultMaxConnsPerUser).
+func WithMaxConnsPerUser(n int) Option {
+	return limitOption("WithMaxConnsPerUser", int64(n), func(c *config, v int64) { c.opts.MaxConnsPerUser = int(v) })
+}
+
+// WithMaxPeerMappings caps the peer's dedicated mappings mapped here at
+// once on a connection; one more ends it (default DefaultMaxPeerMappings).
+// This side keeps its own below a quarter of the default (further
+// messages go to the heap and the socket), so that two sides with the
+// default never trip each other.
+func WithMaxPeerMappings(n int) Option {
+	return limitOption("WithMaxPeerMappings", int64(n), func(c *config, v int64) { c.opts.MaxPeerMappings = int(v) })
+}
+
+// WithMaxPeerMappingBytes caps the bytes of the peer's dedicated mappings
+// mapped here at once on a connection (default DefaultMaxPeerMappingBytes).
+func WithMaxPeerMappingBytes(n int64) Option {
+	return limitOption("WithMaxPeerMappingBytes", n, func(c *config, v int64) { c.opts.MaxPeerMappingBytes = v })
+}
+
+// WithMaxSocketBytes caps the bytes of the peer's socket messages (those
+// that found its shared memory exhausted) received and not yet taken in
+// order on a connection: the socket is not read further until they are
+// (one message alone may be larger, up to WithMaxMessage). Default
+// DefaultMaxSocketBytes.
+func WithMaxSocketBytes(n int64) Option {
+	return limitOption("WithMaxSocketBytes", n, func(c *config, v int64) { c.opts.MaxSocketBytes = v })
+}
+
+// WithMaxPeerPool caps the pool a peer may announce (it is mapped here,
+// read-only); a larger one is refused in the handshake (default
+// DefaultMaxPeerPool).
+func WithMaxPeerPool(n int64) Option {
+	return limitOption("WithMaxPeerPool", n, func(c *config, v int64) { c.opts.MaxPeerPool = v })
+}
+
+// WithMaxPeerRing caps the data capacity of the ring a peer may announce
+// (default DefaultMaxPeerRing).
+func WithMaxPeerRing(n int) Option {
+	return limitOption("WithMaxPeerRing", int64(n), func(c *config, v int64) { c.opts.MaxPeerRing = int(v) })
+}
+
+// WithFrameTimeout bounds how long a record in the ring waits for the
+// socket frame it depends on (a dedicated mapping, a socket message) while
+// nothing arrives on the socket, and how long a socket message waits for
+// the record that takes it while the ring is idle; then the connection
+// ends (default DefaultFrameTimeout). A sender writes the frame just
+// before the record, so an honest peer never comes near it.
+func WithFrameTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if d <= 0 {
+			c.bad("WithFrameTimeout(%v): want a positive duration", d)
+			return
+		}
+		c.opts.FrameTimeout = d
 	}
 }
 

@@ -3,6 +3,7 @@ package rpc
 import (
 	"fmt"
 	"log/slog"
+	"math"
 	"runtime"
 	"time"
 
@@ -53,6 +54,17 @@ type transportConfig struct {
 	// NoFallback: this side closes a connection whose handshake it
 	// refuses (FallbackRequire on a listener), and says so in its REFUSE.
 	NoFallback bool
+
+	// Limits on what one peer can make this side spend (see the With...
+	// options of the same names). Zero: the default; noLimit: none.
+	MaxConns            int
+	MaxConnsPerUser     int
+	MaxPeerMappings     int
+	MaxPeerMappingBytes int64
+	MaxSocketBytes      int64
+	MaxPeerPool         int64
+	MaxPeerRing         int
+	FrameTimeout        time.Duration
 }
 
 func (o *transportConfig) withDefaults() transportConfig {
@@ -87,8 +99,34 @@ func (o *transportConfig) withDefaults() transportConfig {
 	if v.Logger == nil {
 		v.Logger = slog.New(slog.DiscardHandler)
 	}
+	v.MaxConns = limitInt(v.MaxConns, DefaultMaxConns)
+	v.MaxConnsPerUser = limitInt(v.MaxConnsPerUser, DefaultMaxConnsPerUser)
+	v.MaxPeerMappings = limitInt(v.MaxPeerMappings, DefaultMaxPeerMappings)
+	v.MaxPeerMappingBytes = limit64(v.MaxPeerMappingBytes, DefaultMaxPeerMappingBytes)
+	v.MaxSocketBytes = limit64(v.MaxSocketBytes, DefaultMaxSocketBytes)
+	v.MaxPeerPool = limit64(v.MaxPeerPool, DefaultMaxPeerPool)
+	v.MaxPeerRing = limitInt(v.MaxPeerRing, DefaultMaxPeerRing)
+	if v.FrameTimeout <= 0 {
+		v.FrameTimeout = DefaultFrameTimeout
+	}
 	return v
 }
+
+// noLimit is a limit that is off, once defaults are applied.
+const noLimit = math.MaxInt64
+
+// limit64 resolves a limit: zero takes def, negative means none.
+func limit64(v, def int64) int64 {
+	switch {
+	case v == 0:
+		return def
+	case v < 0:
+		return noLimit
+	}
+	return v
+}
+
+func limitInt(v, def int) int { return int(limit64(int64(v), int64(def))) }
 
 // check rejects combinations of options that are each valid alone.
 func (o *transportConfig) check() error {

@@ -162,17 +162,15 @@ func (p *rawPeer) expectAbort(reason string) {
 // expectReturn waits for the Return of question id and returns it.
 func (p *rawPeer) expectReturn(id uint32) rpccp.Return {
 	p.t.Helper()
-	for {
-		rm := p.recv()
-		if rm.Which() != rpccp.Message_Which_return {
-			p.t.Fatalf("got %v, want the Return of question %d", rm.Which(), id)
-		}
-		r, _ := rm.Return()
-		if r.AnswerId() != id {
-			p.t.Fatalf("got the Return of question %d, want %d", r.AnswerId(), id)
-		}
-		return r
+	rm := p.recv()
+	if rm.Which() != rpccp.Message_Which_return {
+		p.t.Fatalf("got %v, want the Return of question %d", rm.Which(), id)
 	}
+	r, _ := rm.Return()
+	if r.AnswerId() != id {
+		p.t.Fatalf("got the Return of question %d, want %d", r.AnswerId(), id)
+	}
+	return r
 }
 
 // expectReturns waits for the Returns of ids, in any order.
@@ -450,6 +448,9 @@ func TestProtocolHostile(t *testing.T) {
 				c.SetQuestionId(1)
 				c.SetInterfaceId(echoproto.Echo_TypeID)
 				tg, err := c.NewTarget()
+				if err != nil {
+					return err
+				}
 				tg.SetImportedCap(boot)
 				if _, err := c.NewParams(); err != nil {
 					return err

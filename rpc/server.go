@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -37,7 +38,8 @@ type Server struct {
 
 	mu        sync.Mutex
 	listeners []*listener
-	conns     map[*serverConn]struct{}
+	conns     map[*serverConn]struct{} // accepted, negotiating or served
+	perUser   map[int]int              // len(conns) by the clients' user id (unix sockets)
 	serving   bool
 	closed    bool
 	wg        sync.WaitGroup // accept loops and connections
@@ -51,8 +53,11 @@ type listener struct {
 
 // serverConn is one accepted connection.
 type serverConn struct {
-	raw  net.Conn
-	conn *Conn // set once negotiated; guarded by Server.mu
+	raw      net.Conn
+	accepted time.Time // the handshake deadline counts from here
+	uid      int       // the client's user id, if hasUID
+	hasUID   bool      // a unix socket: counted in Server.perUser
+	conn     *Conn     // set once negotiated; guarded by Server.mu
 }
 
 // ConnState is a state of a server's connection, as WithConnState reports
@@ -116,10 +121,11 @@ func Listen(addr string, bootstrap capnp.Client, opts ...Option) (*Server, error
 		return nil, err
 	}
 	s := &Server{
-		boot:  bootstrap,
-		cfg:   cfg,
-		log:   cfg.logger,
-		conns: make(map[*serverConn]struct{}),
+		boot:    bootstrap,
+		cfg:     cfg,
+		log:     cfg.logger,
+		conns:   make(map[*serverConn]struct{}),
+		perUser: make(map[int]int),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -264,18 +270,46 @@ func (s *Server) accept(l *listener) {
 			continue
 		}
 		backoff = 0
-		sc := &serverConn{raw: raw}
+		sc := &serverConn{raw: raw, accepted: time.Now()}
+		sc.uid, sc.hasUID = peerUID(raw)
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
 			raw.Close()
 			return
 		}
+		if err := s.admitLocked(l.cfg, sc); err != nil {
+			s.mu.Unlock()
+			s.log.Warn("capnshm: connection refused", "addr", l.addr.String(), "remote", remoteName(raw), "err", err)
+			refuseAtAccept(raw, l.addr, err.Error())
+			raw.Close()
+			l.cfg.notify(ConnInfo{Peer: Peer{Addr: l.addr, Remote: remoteName(raw)}, Err: err}, StateClosed)
+			continue
+		}
 		s.conns[sc] = struct{}{}
+		if sc.hasUID {
+			s.perUser[sc.uid]++
+		}
 		s.wg.Add(1)
 		s.mu.Unlock()
 		go s.serveConn(l, sc)
 	}
+}
+
+// admitLocked applies the connection limits of cfg to a new connection sc
+// (WithMaxConns, WithMaxConnsPerUser): the connections held count those
+// still in their handshake. Called with s.mu held.
+func (s *Server) admitLocked(cfg *config, sc *serverConn) error {
+	o := cfg.opts.withDefaults()
+	if n := len(s.conns); n >= o.MaxConns {
+		return fmt.Errorf("%w: the server holds %d connections, its limit (WithMaxConns)", ErrLimit, n)
+	}
+	if sc.hasUID {
+		if n := s.perUser[sc.uid]; n >= o.MaxConnsPerUser {
+			return fmt.Errorf("%w: the server holds %d connections of user %d, its limit per user (WithMaxConnsPerUser)", ErrLimit, n, sc.uid)
+		}
+	}
+	return nil
 }
 
 // serveConn negotiates the transport of sc, serves it, and forgets it
@@ -285,11 +319,23 @@ func (s *Server) serveConn(l *listener, sc *serverConn) {
 	defer func() {
 		s.mu.Lock()
 		delete(s.conns, sc)
+		if sc.hasUID {
+			if s.perUser[sc.uid]--; s.perUser[sc.uid] == 0 {
+				delete(s.perUser, sc.uid)
+			}
+		}
 		s.mu.Unlock()
 	}()
 	log := s.log.With("addr", l.addr.String(), "remote", remoteName(sc.raw))
 	l.cfg.notify(ConnInfo{Peer: Peer{Addr: l.addr, Remote: remoteName(sc.raw)}}, StateNew)
-	est, err := acceptEstablish(s.ctx, sc.raw, l.addr, l.cfg, log)
+	// The handshake, whatever transport it ends in, counts from accept: a
+	// client that sends nothing (or not enough) holds a descriptor that
+	// long and no longer.
+	timeout := l.cfg.opts.withDefaults().HandshakeTimeout
+	hctx, cancel := context.WithDeadlineCause(s.ctx, sc.accepted.Add(timeout),
+		fmt.Errorf("capnshm: the client did not complete its handshake within %v of accept (WithHandshakeTimeout): %w", timeout, os.ErrDeadlineExceeded))
+	est, err := acceptEstablish(hctx, sc.raw, l.addr, l.cfg, log)
+	cancel()
 	if err != nil {
 		sc.raw.Close()
 		if s.ctx.Err() == nil {

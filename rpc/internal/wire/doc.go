@@ -86,6 +86,8 @@
 //
 //	type        fds  payload
 //	1 HELLO      4   Hello, exactly HelloSize; fds: pool, ring, data bell, space bell
+//	                 (the pool sealed against the receiver's writes; each bell
+//	                 the write end of a pipe or a unix datagram socket)
 //	2 REFUSE     0   Refuse, RefuseHeaderSize..+MaxRefuseReason
 //	3 MAP        1   Mapping, exactly MappingSize; fd: the mapping
 //	4 MSG        0   Cap'n Proto message, unpacked stream framing:
