@@ -91,13 +91,6 @@ func apiDialPeer(args []string) int {
 	return 0
 }
 
-func apiPingBoot(ctx context.Context, boot echoproto.Echo) error {
-	f, release := boot.Ping(ctx, nil)
-	defer release()
-	_, err := f.Struct()
-	return err
-}
-
 // apiPing bootstraps c and pings it.
 func apiPing(ctx context.Context, c *rpc.Conn) error {
 	boot := echoproto.Echo(c.Bootstrap(ctx))

@@ -59,6 +59,11 @@ func (c *Conn) embargoLocked(target capnp.Client, tgt callTarget) (capnp.Client,
 // received clients (by cap table index), ds their descriptors. It returns
 // the clients to put in the cap table. Called with mu held.
 func (c *Conn) embargoResults(q *question, content capnp.Ptr, ds []capDesc, caps []capnp.Client) ([]capnp.Client, bool) {
+	if q.finished {
+		// Released before its Return arrived: no Disembargo may follow the
+		// Finish, and nothing calls the results through the answer.
+		return caps, false
+	}
 	flush := false
 	var done map[uint32]bool
 	for _, transform := range q.paths {

@@ -66,6 +66,13 @@ interface Echo {
 
   resolvePromises @17 () -> (resolved :UInt32);
   # Resolves every promise made by promise so far.
+
+  gate @18 (start :Int64) -> (counter :Counter);
+  # A new counter, returned only once openGate is called (or the call is
+  # cancelled): for messages that must reach the server before a Return.
+
+  openGate @19 () -> ();
+  # Lets every waiting gate call return.
 }
 
 interface Session {

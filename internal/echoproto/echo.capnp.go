@@ -375,6 +375,46 @@ func (c Echo) ResolvePromises(ctx context.Context, params func(Echo_resolvePromi
 
 }
 
+func (c Echo) Gate(ctx context.Context, params func(Echo_gate_Params) error) (Echo_gate_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xd9d5ed0b94bfe9ce,
+			MethodID:      18,
+			InterfaceName: "echo.capnp:Echo",
+			MethodName:    "gate",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 8, PointerCount: 0}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Echo_gate_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Echo_gate_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c Echo) OpenGate(ctx context.Context, params func(Echo_openGate_Params) error) (Echo_openGate_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xd9d5ed0b94bfe9ce,
+			MethodID:      19,
+			InterfaceName: "echo.capnp:Echo",
+			MethodName:    "openGate",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 0}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Echo_openGate_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Echo_openGate_Results_Future{Future: ans.Future()}, release
+
+}
+
 func (c Echo) WaitStreaming() error {
 	return capnp.Client(c).WaitStreaming()
 }
@@ -483,6 +523,10 @@ type Echo_Server interface {
 	Promise(context.Context, Echo_promise) error
 
 	ResolvePromises(context.Context, Echo_resolvePromises) error
+
+	Gate(context.Context, Echo_gate) error
+
+	OpenGate(context.Context, Echo_openGate) error
 }
 
 // Echo_NewServer creates a new Server from an implementation of Echo_Server.
@@ -501,7 +545,7 @@ func Echo_ServerToClient(s Echo_Server) Echo {
 // This can be used to create a more complicated Server.
 func Echo_Methods(methods []server.Method, s Echo_Server) []server.Method {
 	if cap(methods) == 0 {
-		methods = make([]server.Method, 0, 18)
+		methods = make([]server.Method, 0, 20)
 	}
 
 	methods = append(methods, server.Method{
@@ -717,6 +761,30 @@ func Echo_Methods(methods []server.Method, s Echo_Server) []server.Method {
 		},
 		Impl: func(ctx context.Context, call *server.Call) error {
 			return s.ResolvePromises(ctx, Echo_resolvePromises{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xd9d5ed0b94bfe9ce,
+			MethodID:      18,
+			InterfaceName: "echo.capnp:Echo",
+			MethodName:    "gate",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Gate(ctx, Echo_gate{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xd9d5ed0b94bfe9ce,
+			MethodID:      19,
+			InterfaceName: "echo.capnp:Echo",
+			MethodName:    "openGate",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.OpenGate(ctx, Echo_openGate{call})
 		},
 	})
 
@@ -1027,6 +1095,40 @@ func (c Echo_resolvePromises) Args() Echo_resolvePromises_Params {
 func (c Echo_resolvePromises) AllocResults() (Echo_resolvePromises_Results, error) {
 	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 8, PointerCount: 0})
 	return Echo_resolvePromises_Results(r), err
+}
+
+// Echo_gate holds the state for a server call to Echo.gate.
+// See server.Call for documentation.
+type Echo_gate struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Echo_gate) Args() Echo_gate_Params {
+	return Echo_gate_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Echo_gate) AllocResults() (Echo_gate_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Echo_gate_Results(r), err
+}
+
+// Echo_openGate holds the state for a server call to Echo.openGate.
+// See server.Call for documentation.
+type Echo_openGate struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Echo_openGate) Args() Echo_openGate_Params {
+	return Echo_openGate_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Echo_openGate) AllocResults() (Echo_openGate_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Echo_openGate_Results(r), err
 }
 
 // Echo_List is a list of Echo.
@@ -3734,6 +3836,293 @@ func (f Echo_resolvePromises_Results_Future) Struct() (Echo_resolvePromises_Resu
 	return Echo_resolvePromises_Results(p.Struct()), err
 }
 
+type Echo_gate_Params capnp.Struct
+
+// Echo_gate_Params_TypeID is the unique identifier for the type Echo_gate_Params.
+const Echo_gate_Params_TypeID = 0xd572790339c9c3ea
+
+func NewEcho_gate_Params(s *capnp.Segment) (Echo_gate_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Echo_gate_Params(st), err
+}
+
+func NewRootEcho_gate_Params(s *capnp.Segment) (Echo_gate_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Echo_gate_Params(st), err
+}
+
+func ReadRootEcho_gate_Params(msg *capnp.Message) (Echo_gate_Params, error) {
+	root, err := msg.Root()
+	return Echo_gate_Params(root.Struct()), err
+}
+
+func (s Echo_gate_Params) String() string {
+	str, _ := text.Marshal(0xd572790339c9c3ea, capnp.Struct(s))
+	return str
+}
+
+func (s Echo_gate_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Echo_gate_Params) DecodeFromPtr(p capnp.Ptr) Echo_gate_Params {
+	return Echo_gate_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Echo_gate_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Echo_gate_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Echo_gate_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Echo_gate_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Echo_gate_Params) Start() int64 {
+	return int64(capnp.Struct(s).Uint64(0))
+}
+
+func (s Echo_gate_Params) SetStart(v int64) {
+	capnp.Struct(s).SetUint64(0, uint64(v))
+}
+
+// Echo_gate_Params_List is a list of Echo_gate_Params.
+type Echo_gate_Params_List = capnp.StructList[Echo_gate_Params]
+
+// NewEcho_gate_Params creates a new list of Echo_gate_Params.
+func NewEcho_gate_Params_List(s *capnp.Segment, sz int32) (Echo_gate_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0}, sz)
+	return capnp.StructList[Echo_gate_Params](l), err
+}
+
+// Echo_gate_Params_Future is a wrapper for a Echo_gate_Params promised by a client call.
+type Echo_gate_Params_Future struct{ *capnp.Future }
+
+func (f Echo_gate_Params_Future) Struct() (Echo_gate_Params, error) {
+	p, err := f.Future.Ptr()
+	return Echo_gate_Params(p.Struct()), err
+}
+
+type Echo_gate_Results capnp.Struct
+
+// Echo_gate_Results_TypeID is the unique identifier for the type Echo_gate_Results.
+const Echo_gate_Results_TypeID = 0xdc8e5a3857dd8945
+
+func NewEcho_gate_Results(s *capnp.Segment) (Echo_gate_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Echo_gate_Results(st), err
+}
+
+func NewRootEcho_gate_Results(s *capnp.Segment) (Echo_gate_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Echo_gate_Results(st), err
+}
+
+func ReadRootEcho_gate_Results(msg *capnp.Message) (Echo_gate_Results, error) {
+	root, err := msg.Root()
+	return Echo_gate_Results(root.Struct()), err
+}
+
+func (s Echo_gate_Results) String() string {
+	str, _ := text.Marshal(0xdc8e5a3857dd8945, capnp.Struct(s))
+	return str
+}
+
+func (s Echo_gate_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Echo_gate_Results) DecodeFromPtr(p capnp.Ptr) Echo_gate_Results {
+	return Echo_gate_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Echo_gate_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Echo_gate_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Echo_gate_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Echo_gate_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Echo_gate_Results) Counter() Counter {
+	p, _ := capnp.Struct(s).Ptr(0)
+	return Counter(p.Interface().Client())
+}
+
+func (s Echo_gate_Results) HasCounter() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Echo_gate_Results) SetCounter(v Counter) error {
+	if !v.IsValid() {
+		return capnp.Struct(s).SetPtr(0, capnp.Ptr{})
+	}
+	seg := s.Segment()
+	in := capnp.NewInterface(seg, seg.Message().CapTable().Add(capnp.Client(v)))
+	return capnp.Struct(s).SetPtr(0, in.ToPtr())
+}
+
+// Echo_gate_Results_List is a list of Echo_gate_Results.
+type Echo_gate_Results_List = capnp.StructList[Echo_gate_Results]
+
+// NewEcho_gate_Results creates a new list of Echo_gate_Results.
+func NewEcho_gate_Results_List(s *capnp.Segment, sz int32) (Echo_gate_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Echo_gate_Results](l), err
+}
+
+// Echo_gate_Results_Future is a wrapper for a Echo_gate_Results promised by a client call.
+type Echo_gate_Results_Future struct{ *capnp.Future }
+
+func (f Echo_gate_Results_Future) Struct() (Echo_gate_Results, error) {
+	p, err := f.Future.Ptr()
+	return Echo_gate_Results(p.Struct()), err
+}
+func (p Echo_gate_Results_Future) Counter() Counter {
+	return Counter(p.Future.Field(0, nil).Client())
+}
+
+type Echo_openGate_Params capnp.Struct
+
+// Echo_openGate_Params_TypeID is the unique identifier for the type Echo_openGate_Params.
+const Echo_openGate_Params_TypeID = 0xe90a07259e7247e1
+
+func NewEcho_openGate_Params(s *capnp.Segment) (Echo_openGate_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Echo_openGate_Params(st), err
+}
+
+func NewRootEcho_openGate_Params(s *capnp.Segment) (Echo_openGate_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Echo_openGate_Params(st), err
+}
+
+func ReadRootEcho_openGate_Params(msg *capnp.Message) (Echo_openGate_Params, error) {
+	root, err := msg.Root()
+	return Echo_openGate_Params(root.Struct()), err
+}
+
+func (s Echo_openGate_Params) String() string {
+	str, _ := text.Marshal(0xe90a07259e7247e1, capnp.Struct(s))
+	return str
+}
+
+func (s Echo_openGate_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Echo_openGate_Params) DecodeFromPtr(p capnp.Ptr) Echo_openGate_Params {
+	return Echo_openGate_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Echo_openGate_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Echo_openGate_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Echo_openGate_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Echo_openGate_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+
+// Echo_openGate_Params_List is a list of Echo_openGate_Params.
+type Echo_openGate_Params_List = capnp.StructList[Echo_openGate_Params]
+
+// NewEcho_openGate_Params creates a new list of Echo_openGate_Params.
+func NewEcho_openGate_Params_List(s *capnp.Segment, sz int32) (Echo_openGate_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0}, sz)
+	return capnp.StructList[Echo_openGate_Params](l), err
+}
+
+// Echo_openGate_Params_Future is a wrapper for a Echo_openGate_Params promised by a client call.
+type Echo_openGate_Params_Future struct{ *capnp.Future }
+
+func (f Echo_openGate_Params_Future) Struct() (Echo_openGate_Params, error) {
+	p, err := f.Future.Ptr()
+	return Echo_openGate_Params(p.Struct()), err
+}
+
+type Echo_openGate_Results capnp.Struct
+
+// Echo_openGate_Results_TypeID is the unique identifier for the type Echo_openGate_Results.
+const Echo_openGate_Results_TypeID = 0x832c62e08264d996
+
+func NewEcho_openGate_Results(s *capnp.Segment) (Echo_openGate_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Echo_openGate_Results(st), err
+}
+
+func NewRootEcho_openGate_Results(s *capnp.Segment) (Echo_openGate_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Echo_openGate_Results(st), err
+}
+
+func ReadRootEcho_openGate_Results(msg *capnp.Message) (Echo_openGate_Results, error) {
+	root, err := msg.Root()
+	return Echo_openGate_Results(root.Struct()), err
+}
+
+func (s Echo_openGate_Results) String() string {
+	str, _ := text.Marshal(0x832c62e08264d996, capnp.Struct(s))
+	return str
+}
+
+func (s Echo_openGate_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Echo_openGate_Results) DecodeFromPtr(p capnp.Ptr) Echo_openGate_Results {
+	return Echo_openGate_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Echo_openGate_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Echo_openGate_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Echo_openGate_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Echo_openGate_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+
+// Echo_openGate_Results_List is a list of Echo_openGate_Results.
+type Echo_openGate_Results_List = capnp.StructList[Echo_openGate_Results]
+
+// NewEcho_openGate_Results creates a new list of Echo_openGate_Results.
+func NewEcho_openGate_Results_List(s *capnp.Segment, sz int32) (Echo_openGate_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0}, sz)
+	return capnp.StructList[Echo_openGate_Results](l), err
+}
+
+// Echo_openGate_Results_Future is a wrapper for a Echo_openGate_Results promised by a client call.
+type Echo_openGate_Results_Future struct{ *capnp.Future }
+
+func (f Echo_openGate_Results_Future) Struct() (Echo_openGate_Results, error) {
+	p, err := f.Future.Ptr()
+	return Echo_openGate_Results(p.Struct()), err
+}
+
 type Session capnp.Client
 
 // Session_TypeID is the unique identifier for the type Session.
@@ -5242,153 +5631,163 @@ func (f Callback_call_Results_Future) Struct() (Callback_call_Results, error) {
 	return Callback_call_Results(p.Struct()), err
 }
 
-const schema_a06fa95ce5be4ed0 = "x\xda\xb4X}pTW\x15\xbf\xe7\xbd\x0d/\xd9\xdd" +
-	"\xb7\x8f\x97\x0bT\xea`\x0a\xdd\x90\x92\x02mH\x99)" +
-	"\x992Y\x12\"\x05\xf9\xc8\x03u@\xa1\xf5\xed\xe6\x85" +
-	",y\xbb\x9b\xec\xdb\x85\xc2H\x03h\xa5\x94iZ\xbe" +
-	"Z\xc1V\x85Z\x9c(\x88(\x8c-\xb5\x08XZ*" +
-	"\xb6%jub'\x8e\xad\x93\xa1\xc1\xa2\xf2\xe5\x07\x15" +
-	"\xd7\xb9\xf7\xed}{7y\xdbH\xd4\xff\xde\xee9\xf7" +
-	"\xdcs~\xe7\xfb\xde=F\x0ay\xaa\xe4E\xa3\x90\xa0" +
-	"}P4\"\xf3\xc1\xd9\x0d\xd7V\x846o@\xaaO" +
-	"\xcc\x9c[x\xbcoyW\xe2\x9b\x08\x01\x96\xbd\xfb\xf0" +
-	"h\xaf\x84\x10V\xbds\xf0\x0c\xf2\x95\xa9\xdf\xb0\xea\xd5" +
-	"\xbb~\xfd\xb7M\x83\x98\xc7{\xf7\xe0I\x94\xb9\xdc\xbb" +
-	"\x19\xa7)\xf3\xe1\x87\x97U\xcc\xbd\xe5\xde/#u$" +
-	" \xe4!\xc4\x15\xde\x0b\xc8\x93y4\xb2\xa8~\xf2\xfc" +
-	"\x1f\xf1\x84Y\xde\xf7\x90'\x93\x0a^I\xdcR\x1b}" +
-	"\xc4&\x14\x81-\xef\xb7\x08\xf0$o-\x82\xcc\xf1\x8e" +
-	"Y[\xcc\xe0\x89\xadH\xc3\xc0N\xce\xf5^G\x80\x17" +
-	"Pz\xebc\x9d\xb7}\xe5\xfd\xd2N\xa4b\xe7|\x8c" +
-	"\xd2\xdb)}\xb9o\xcb\xf7\xbfz5\xd6\xc9\xcb\xdf\xe6" +
-	"}\x0f\x01\xdeE\xe9O\x1d\xfb\xe4\xc27\xcf\x14mG" +
-	"\xdaHG\xfeQz\xfeEJ\xbfg\xc1sk\x9f\xbd" +
-	"\xef\xd2\x0e\x9e\xdeC\xcf\xf7Rzg\xfb3\x9e\x85W" +
-	"\xa4\x9d9\xc3\xaaoxo\x05\xe4\xc9\x94|\xb8$\xfa" +
-	"\xccCw=\xcdk\xdeG%\xf7\xd3\x93\xd7/t\xbf" +
-	"\xf5@0\xfc4\xa7yu\x89O\x00\xe2\x07\x1fax" +
-	"U~\xe2\xb1\xedG~\xfel\xf6j[\xf7)>\x82" +
-	"M\x95o\x0d\x82L\xd7\x17[:\xa7ON~\x9d\xb3" +
-	"\xad\xfaq\xdf\xadD\xc2.*a\xdb\x98O\xbc\xe4\xfb" +
-	"W\xf9^\x0e\xf5\xd3\xbe\xcb\xc8\x939\xb1\xbf\xfc\xfdS" +
-	"\x7f\xde\xbe\x8f?\xd9e\xdf}\x90\x9e\xec;\xfbn`" +
-	"\x7f\xa2\xff9\x1e\xb67|\xc4\xecnJoX\x07S" +
-	"\x7f\xf65\xcfwy\xe3.\xf9.#\xc0\xd7(\xfd\xa5" +
-	"\x87\xd3\x07ZG\x8e=\xc8\x9f\x1f\xed'\xe7\xc7\xfa\x09" +
-	"=f}v\xe2C\xab&\xe7\xd1g\xf8/ \xc03" +
-	")}\xce\xf1IO\xad\xde\xf0\x8f\xef\xf1\xe0\xac\xf0S" +
-	"\x05u\xca\xf0\x87+o\xed\x9d\xdbu\xfe\x10g\xdaF" +
-	"?\x89\xb4\x0b\x87\xbep\xe6d{\xe0\xb0}\x92\x12\x0c" +
-	"\xffu\xe4\xc9\xbc\xfcG\xe1\xef\xaf\xdc9\xf10\xe7\xc9" +
-	"\xea\xb9\xfe\x09D\xa4FE.\xe9~\xf4\x01\xcf\xf9\x19" +
-	"\x94A\xc8\x1em\xa7:\xa7\xfd\x04\xee\x8b\xed\xef\xfa+" +
-	"\xe0\xf3G9zu\xb7\xbf\x94\x08\xe8\xa1\x0c\xdeu\x8a" +
-	"\xfa\xf2\xfa\xf1/p:M\x97\x89N\xe1y\xcd\xe7\xca" +
-	"\xcf\xcd9\xc6[;V&\xa10N&7\x1f\x1ds" +
-	"\xbb7,~\xe7\xc7H\x1b\xe5\xa86K\xa6\xd66P" +
-	"\x86}oWu\xfd\xf0\xdc\xa7N\xf0\xba\x1br\x1da" +
-	"\x88Q\x86\x1f\xd4]\x1aul\xf6\x9d'9\xab\xb7\xc9" +
-	"\xc4\xea\x0b~\xef\xfc\x85\xa7\x92\xa7\x06\xa5oZ\xde\x83" +
-	"\xd7\xcb\x84q\xad\xfc\x1a\xbeD\xbe2\xbdk\x02[+" +
-	"R#_\xc9\x0bv\xaag/\xbd\xa5\xed\xf4\xdc\xcb\xe3" +
-	"\x8a\x12g\xf9\x88\xac\xbea+\x0a\x01\x02A\xa7\xf0\xc4" +
-	"\xc5\xf3\xcfo=\xcb+\xaa\x07\xbc\x84!\x1a \"\xee" +
-	"\x98\xfd\xf1o\x7fc\xe2\xeen\x1e\x8a-\x01\x02\xf2\xe3" +
-	"\x94^/\x1f9\xbd4\xb6\xff\x17\x1c\x86\x07\x03$d" +
-	"\x9f\xdc|\xe4\xa7\xc7\xd6?\xffK\x1e\xfdm\x01\x8a\xfe" +
-	"\xee\xc0!\x92.\x07\x0e\\=\xfd\xce\xf6\x1e\x1e\xc4\xe9" +
-	"\x0a\xbdz\xa6BD\x7f\xe9\xbe\x8ao\xbd0kg\x0f" +
-	"\x1f\xf4+l\x06\x832\xbc\xd9\xff\x93\x9d\xbe\x8bo\xf7" +
-	"\x0c\xc2j\x97\xb2\x09\xefV\x08\xff.e\xb3\x07\xaf-" +
-	"%`%z\x1b\x93\x97\xf7M|\x87\xb7D/%!" +
-	"l\x94\x12icj*;\x9f\xfc\xcc\xa9\xdf\xf1\xe1\xf4" +
-	"H)\x01sK)\x81j\xe9\xd9\xdf\xf4z\xa6\xec\xed" +
-	"\xe3\\\xd6WJ,M/\x1f\x1f\x19\xbdQ\xe9\xe7\x08" +
-	"\xafS\xc2\x8e\x96\xdb+\xfe:=\xda\xcfK<XJ" +
-	"\xb0;L%n<\xb3\xe0r\xedkW\xfe\xc2k$" +
-	"c\xa2\x91\x8a\x89F\xbf\x1fo<x\x9b\xf2O\x9e^" +
-	"]\x85\xa9\xf7\xa6S\x86\x8a_]\x1b\xf3\xe1\x8e\x1dW" +
-	"\xb8b\xb6\x0c\xd7\x90b\xf6\xa7\xd7}u\x1b\xcet\\" +
-	"\xe5\x8f\xce\xb2\x8f6\xe0Z\xb4,cDZ\x12S#" +
-	"z\x1b\xc4\xdbj\xeau\xd3\x0cKz\xa4\xb5\x11@\xf3" +
-	"\x88E\x089\x11\x0e\xccK\xaaZ\x89\x04\xb5HR\"" +
-	"\xbai\x86\xa0\x11 O\xc4\x12\xc3\xb2\xa2b\"N$" +
-	"\x14S\x09,\xc2\x81\xd5M\xb5\x8aH(\x97\x00\x1c\xc4" +
-	"\x80u\x03u\xec\x04$\xa8\xb2\xa4\xc4\xf5\x98\x11\x02\xc9" +
-	"J\x87\xf3\xef\x10\xe2m5\x0d\xe4;l&\"\xad\xc1" +
-	"F]I\xea1k0\xb9-\x1a_\x19l\xd4\x93\x92" +
-	"+\xd5J\xc7\x08Q\x17c\x96\xe6\x11=\x08y\x00!" +
-	"U\xaeDH+\x16A\x1b%\x80\xd2\xa4\xa7t\x90\x91" +
-	"\x002\xca\xbf\xbd>\x91\x8e\xa7\x8c\xe4T\xbd\xa9)\xb8" +
-	"\xb8\xd6\xb0\xd2f*O\xc8\xb4\x9c\x90\xb2\xd5\xba\x996" +
-	"\xa0\x08\x09P4@\x0a\xc5)\x11\x9fj\xa5\xc3\xaeR" +
-	"\xearR:,\x9b\x17\xd4\\OG\x00*rA\x85" +
-	"\xfc\xc1\xcc\xbei\xcbl\xe0\x92\x89X\xd42\x82\xb5\x04" +
-	"\x9fXA\xcb\xac\x94\x9eL\xb9ZF\xa5Pp\x0c+" +
-	"-\xdd48\"\x13aFW\x1b\x8b\xc2\xab\x8cH\xca" +
-	"b\xber\xf5\xc3J#5L?\x88\x9c\x1fH\xbcQ" +
-	"\x8d\xcd\x94\x85\x0a!G\x98\xc0\x8f\x04\xf0\x17\xb2\x99\x05" +
-	"U\xb1#`\x12\xf1dP\x04\xedn\x01\x00h\x85S" +
-	"\xa7\x10\xdd\xee\x10A\xbbG\x80\x8e\x88m\x07\xa8\xb9\x92" +
-	"o{\xb7\xac\xc90Sza\x80\x9a\xa3\xa6Y\xdf\x92" +
-	"\x8e\xb7Z\xb6\xe2b\xbe\xfd5Y\xc5\x83\x02\xd4F(" +
-	"\x1b\x04\x104\x8a@}\x1fp\xf5}\xdaj1\x9a\x82" +
-	"\x8dez^R\x89\x03c\xc3\x0d'>`\x0b\x9a4" +
-	"\xf8\xcaf=j\xba\x05lMN\\m\xd2\xd0\xadD" +
-	"\xdc\x15x>\x19\xb3j\x17\x8a\x01w4\x1dE\x12m" +
-	"F|\xa8\xcc\xf9h\xff\xd3\xdc[lX\xca\xc0H\x1c" +
-	"2\xf9D\xce\x12\xcb0\x9b\xff\xe7\x003\xad\\\xb1\xa3" +
-	"7f\xd3\xfd\xa3\xd3p\xa8\x8c\xa6j\x15\x86\x98\x04\xac" +
-	"\x031\x97!\x95\xb9\x0cQ\xa18\x9b\"\x95\xb9\x14Q" +
-	"\xac\xe8:\x03J\x90\x00%\x08\x14\xcb0\x9a`\x04\x12" +
-	"`\x84[RX\xe9\x18\x9f\x13)\xc8\xbbi\x02\x7f\x13" +
-	"K\xc6\x9a\xdcM\x92\x95\x8e\xb1\x8bjM#\xbe2\xd5" +
-	"\xc2~\x16h1\xae\xc8Rr\xd2h6\x8dH\xca\xad" +
-	"\x90\xceCH\xf3\x8b\xa0}L\x80\x0ci\xa3a=\xd2" +
-	"\x8a\x10\x025\xb7\xe1\x0dp\xa7\xc8\xba\xb3\x1ei\x9dJ" +
-	"\x8e\x04m\xa9\xe8\xe6*\x9e'\xa7\x9c\x950W\x1b\x8d" +
-	"vB[\xae\x01\xc7k\x99\xe5o\"Z\x16#\x01\x8a" +
-	"\x0b\xb43ZF\x07\xc6\x12\xb0`\x13\x8d$\x99\x0b\xfc" +
-	"t.`\x9b\x08\xb0MQ\xd5H\xefo s\x01\x1b" +
-	"\xb1\x80\xedb\xea\x0cB\x9b\"\x81\xe0\xec\x09\xc0V\x0d" +
-	"u<\x99'FK\x92\xde\xd4\x14\x02i\xa5\x91\x0a\x91" +
-	"(1\x9b\x0bL\x0e\xd9\xe4\x19^\x87s\x02\x8d8\xa1" +
-	"N\xa7#\x88\xed\x08.\xcc\xe6\xe5\"\x8aEY\x15\x11" +
-	"=Y\x04\xed\xde\xa1|>T_t.f>C\x85" +
-	"\xeb&\xcd\x80\x82\xf9H\xca\xfd\x7f7,\xd8C\xd8b" +
-	"\xa3\xcc\xca\xcb\x01\xb7\x16Ea\x02K\xf3;\xf74," +
-	"FH\x9b-\x82\xd6H\xb2Q\xb0qZ@p\xba_" +
-	"\x04\xed\xd3\x02\xa8\x82\x7f\x14\x99\x97U\x8dh4_\x04" +
-	"m)\x01\x8f\xc8[\x12]\x87\xc0\xa9\x09\xd9\xc2\x93\x0d" +
-	"\xcc\xc2\x15\"?\x83\x86\x8b\x9fK\xad\xc9\xc6\x00\x1a^" +
-	"\xff\x85\xac@D\x92\xe3~\x9a\x1c\xec\xd9\x05\xd8j\x8a" +
-	"\xab\x84J$\xe0r\x81\xa4\x07{\x1b\x01\xb6\x8d\xe3\xb1" +
-	"\x94*\x0b$A\xd8\xcb\x0c\xb0\xb5\x03\x830\x01\x09\xf8" +
-	"\x1aH :\xcb2\xb0\xa5\x03\xf7\x039\xdb\x0b\x12x" +
-	"\x9c-\x0f\xe2\x87O\xac\xa9\xde\xf3\xe0n\xdcM\xa9\xa7" +
-	"A\x82\"\xe7Y\x02\xd8\x8a\x84_\x84\x1a$\xe0\x83 " +
-	"\xc1\x08\xe7\xe9\x01\xd8\x8a\x8f\xf7\xd2\xb3\xbb@\x02\xc9y" +
-	"a\x02\xb6(\xe2-0\x0d\x09x=HP\xec,\xb0" +
-	"\xc0\xf6\x15\xdc\x0euH\xc0\x06HP\xe2\xac\xaf\xc0\xb6" +
-	"T\xbc\x0c\xe6!\x01k \x81\xd7Y\x0f\x81\xed\xf9\xb8" +
-	"\x01\x16#\x01\xcf\x04\x09|\xce\xfa\x09\xec\xd1\x05W\xc1" +
-	"\xe7\x90\x80'\x81\x04~\xe7\x15\x08\xd8#\x03\x1e\x07a" +
-	"$\xe0\xd1 \x81\xec\xac\xff\xc0\x160\\B\xb4Ro" +
-	"H\x10p^J\x80\xed\x93\xea%R\x87\xfa$P\x9c" +
-	"\x17 `\xafPj\x0f\xa9_oH0\xd2y\xb8\x02" +
-	"\xf6\x96\xa3\x9e$2\x8fJ\xa0:{\x1c\xb0w\x03\xb5" +
-	"k\x13\x12\xd4\xbd\x92B\x9aM\x08\x14\x122t-\x8a" +
-	"\x85@!\xd9\x15\x02\x85\xa4q\x08j\xed\xe1\x8d\xfc\xad" +
-	"G\xcd\x10\x94\xd1\xdc\x0c9\xb3B\xc8.;uv\xd9" +
-	"\x09A\x86E/\x02+\x04\x19\x96\xa9Hl%?Y" +
-	"\xd7GR$e\x85\xa0#\xdb\xccB\xa0\x909)\x04" +
-	"v\xad\xed\xc8\x0e\x84!\xa7A4B\xb6\xa3\xa0\x02\xc5" +
-	"\x97\x8eYnC\xd20\x17\x9e\xec\xc8\xea,\x00\\\x15" +
-	"\x9e\xe6\xd6\xec\xb9\xc9\xbb,\xbc6eX\x03j\x88[" +
-	"\xb7\xe77\x8d\x81\xb3\xf1\xc0]\xce\x8d\xee\xac\x9c\xce\xfc" +
-	"\xf4\xff\x1aI\xe8\x845\xec\x114ol\x19j\"\xf8" +
-	"\xcf\xe7\x16\xd7\x81\xa3\xe0\xbc\xc9\xba\xf3\xb0G\xe0\x7f\x07" +
-	"\x00\x00\xff\xff\x98\xb5\"\x99"
+const schema_a06fa95ce5be4ed0 = "x\xda\xb4X}pTW\x15\xbf\xe7\xbd]^\xb2\x9f" +
+	"y\xbd\x81\x9a:5\x0d\xdd\x90&\x05\xda4\xedL\x9b" +
+	"\xa9\x93%iD\x90\xd0\xbc \x0a\x15Z\xdfn^\x92" +
+	"%\xfb\x91\xec\xdb\x85\xc2H\x03\xd4\x0a)c\xda\xf2U" +
+	"\xc1\xb6\x0a\x15\x1c\x94\x8aQ\x18+5\x08\xb4\xa1Dl" +
+	"K\xd4\xe8\xc4\x8a\xd3\xd4ah\xa2\xa8|\xa9\xd0\xe2:" +
+	"\xf7\xee\xde\xb7w\x93\xb7\xa4D\xfd\xef\xed\x9es\xcf=" +
+	"\xe7w>\xee9\xe7\xee\x0d\x92\xd7R\xee\xdc?\x19\x09" +
+	"\xcaG\xd6I\x89\xbf\x9c\\sy\xa9w\xfd\x1a$\xdb" +
+	"\xc5\xc4\xa9\xf9\x87\xcf,\xd9\x1b\xf96B\x80{l\xbb" +
+	"p\xafMB\x08\x1f\xb5\xcd\xc6\xc3\xe4+Q\xb3f\xd9" +
+	"\xf1\xbb~\xfb\xcfuc\x98\xfbm;\xf0 e\x1e\xb0" +
+	"\xad\xc7\xc5v\xc2\xbcm\xb0q\xdd{\xbe\xe9O\"9" +
+	"\x0f\x10\xb2H\x08U8\xed6@\x96D\xf7\x13\x8bK" +
+	"\xe6\xdc|\xffW\xd3\x14|\xd96\x82,\x89\x0d\xfe\x87" +
+	"k\xa6\xcf\xfb\x09O\x18\xb4\xbd\x8f,\x89\x98\xe7b\xe4" +
+	"\xe6\xaa\xc0SI\x82\x15\x08\xa5\xc7\xf6{\x04\xf8\xa8\xad" +
+	"\x0aA\xe2p\xc7\xac\xce\xa0\xe7\xc8F\xa4``'\x87" +
+	"lW\x11\xe03\x94\xde\xfat\xd7m_\xfb\xe0\xa6." +
+	"$c\xe3\xbc\xd5N\xe8\xb9vB_b\xef\xfc\xe17" +
+	".\x85\xbax\xf9\xa5\xf6\xf7\x11\xe0\x19\x94\xbe\xed\xd0g" +
+	"\xe6\xbf}\xc2\xba\x09)y\x86\xfc:z^\xa1\xf4{" +
+	"\xeb^^\xf9\xe2\x83\xe77\xf3\xf4vz>N\xe9]" +
+	"\xed/X\xe6_\x94\xb6pXl\xb5\xdfB\xb0\xc8\xfd" +
+	"pA\xe0\x85\xc7\xefz\x9e\xd7|5\x95\xbc\x96\x9e\xbc" +
+	":\xd2\xff\xce\xa3\x1e\xdf\xf3\x9c\xe6\x15;\xed\x02 \xc0" +
+	"\xbb)\xc3q\xe73Oo:\xf0\xcb\x17SW'u" +
+	"\xef\xb5\x13l\xfa\xec+\x10$\xf6~\xa5\xa5\xeb\xbe\xe9" +
+	"\xd1\x978\xdb*\x8a\x1d\xb7\x10\x093\x1cD\xc2sS" +
+	">\xf5\x9a\xfd\xdf\xc5;9\xd4\x97:. K\xe2\xc8" +
+	"\x9e\xe2\x0f\x8e\xfdm\xd3.\xfe\xe4,\x07\xbd\xbb\x96\x9e" +
+	"<sr\xc8\xb5'2\xfc2\x0f\x9b\xe6 f\x07(" +
+	"\xbdv\x15\xcc\xfc\xc57-\xdf\xe7\x8d\xebt\\@\x80" +
+	"\xbfN\xe9\xaf=\x11\xdf\xd7\x9aW\xf0\x0a\x7f\xfe\x15z" +
+	"\xbe\x9b\xd2C\xfa\x17\xa6=\xbelz\x06\xbd\xdf1\x82" +
+	"\x00\x0fP\xfa\xec\xc3\xa5\xdb\x96\xaf\xb9\xf2\x03\x1e\x9c\xcb" +
+	"I\x05\xafP\x86?]|g\xe7\x9c\xbdg\xf7s\xa6" +
+	"\x158I\xa4\x8d\xec\xff\xf2\x89\xa3\xed\xae\xee\xe4IJ" +
+	"\xb8\xe6\xb8\x8a,\x89\x9e?\x0b\xffz\xe3\xcei\xdd\x9c" +
+	"'+\x86\x1cS\x89\xc8a*rA\xff\x86G-g" +
+	"\x1f\xa0\x0cB\xeah\xae\x93\xe8\xect\x12\xb8\xcf\xb5\x0f" +
+	"9J\xe0K\x079zE\xc0y\x13\x11\xd0N\x19l" +
+	"\xab\xdcr\xcf\xea\xa2W9\x9d\xde\xa2:\xf9\xe66\x9d" +
+	"*>5\xfb\x10om\xb7\x93\x84\xc2A'\xb9\xf9\xe0" +
+	"\x94\xdbm>\xf1{?CJ\xbe\xa1\xda\xa0\x93Z{" +
+	"\x9a2\xec\x1a(\xdf\xfb\xe3S\x9f;\xc2\xeb~\xcdY" +
+	"M\x18\xac.\xc2\xf0\xa3\xea\xf3\xf9\x87\x1e\xba\xf3(g" +
+	"u\xa9\x8bX=\xe2\xb0\xcd\x9b\x7f,zlLb;" +
+	"];\xf0d\x17a\x94]o\xe2N\xf2\x958\xbd\xc2" +
+	"\xb5\xb1$\x96\xf7FF\xb0\xbb\x88\x9eqzK[\xef" +
+	"\x9c\x0b\xb7Z#'\xf9\x88\xac\xd8\xea\xa2\x8anw\x11" +
+	"\x08\xba\x84g\xce\x9d\xdd\xbd\xf1$\xaf\xe8\x15\x97\x8d0" +
+	"\x80\x9b\x88\xb8\xe3\xa1O~\xf7[\xd3\xb6\xf7\xf3P\x14" +
+	"\xb9\x09\xc8\xc5\x94^\xe3<\xd0\xbb(\xb4\xe7W\x1c\x86" +
+	"\xb5n\x12\xb2\xcf\xae?\xf0\xfa\xa1\xd5\xbb\x7f\xcd\xa3_" +
+	"\xea\xa6\xe8\x97\xbb\xf7#H\x8c\xbc\xde\xf7\x80\xb82:" +
+	"\xc0+\xff\x16\x95\xdcO%\x1f\xdf\xb7\xefR\xef\xbb\x9b" +
+	"\x06y\x90\xcf\xbb\xa9jW(\xc3\x93\x0f\x96|\xe7\xd5" +
+	"Y[\x06\xf9\xa4(\xc8\xa3\x0cEy\x84\xe1\xed\xe1\x9f" +
+	"o\xb1\x9f\x1b\x18\x1c\x83\xa5\x92\xb7\x0e/\xcc#\xfcJ" +
+	"\x9ed\xc5\x9d\x98\x80\x199]\x1f\xbd\xb0k\xda\xbb\xbc" +
+	"\xa5\xed\x98\x84x\x1c\xd3\x14\xea<\xfd\xc5\xfb\x1f\xe9\xfa" +
+	"\x03O\xdfJ\xe9\xdb)}JeY\xd7\xb3\x0b\x8f\xfd" +
+	"\x91\x0f\xc7\x9fb\xe2\x8c\x1eL\xa0^t\xf2w\xa7-" +
+	"3v\x9e\xe1\\^\x90O\x90\x1a\x9a\x1d}\xa9X\xb2" +
+	"\x0ds%\xe9\x1a\x16HI\x8a/)\xf2O^\xeb\x1e" +
+	"\xe6\x8e\x0cards\xcb\xed%\xff\xb8/0\xcc\xdf" +
+	"\xd5\x8b\x09v}\xf4\xae\xb5'\xea.T\xbdy\xf1\xef" +
+	"\xbc\xae\xc5\xf9D\xd7\xd2|\xa2\xeb{E\xdac\xb7\xb9" +
+	"?\xe2\xe9\x15s\xf2i\\\xd4Q\x86\x92\xdf\\\x9e\xf2" +
+	"\xe1\xe6\xcd\x179\x9d\xda\xf3+\x89N\x7f\xed\xb3W\xaf" +
+	"9\xd1q\x89?\xba8yti~\x15Z\x9c\xd0\xfc" +
+	"-\x91\x99~\xb5\x0d\xc2m\x955j0\xe8\x93T\x7f" +
+	"k=\x80b\x11\xad\x08\x19\xb9\x03\xcc\xbf\xb2\\\x86\x04" +
+	"\xd9*\xb9\xfdj0\xe8\x85z\x80\x0c\x11\x0b4]\x0f" +
+	"\x88\x910\x91\x90C%\xb0\xdc\x01V\x91\xe5r\"\xa1" +
+	"X\x020\x10\x03\xf6\xce\xc8\x05S\x91 ;%wX" +
+	"\x0di^\x90\xf4\xb8/\xf3\x0e1\xdcVYK\xbe#" +
+	"mZx\xb6\x1a\xd3<\x0d\x9a\x1e\x0f\xc6t\x84\x0c\x1e" +
+	"\x81\xf1\xf8\x82\x11\x7f\xab\xa7^uG\xd5\x90>\x96\xdc" +
+	"\x16\x087{\xea\xd5\xa8dJ\xd5\xe3!BT\xc5\x90" +
+	"\xaeXD\x0bB\x16@Hv\x96!\xa4\xe4\x88\xa0\xe4" +
+	"\x0b\xe0nTc*8\x91\x00N\x04\x19\x02j\"\xf1" +
+	"pL\x8b\xceT\x1b\x1b=\x0dUI\x05y!\xf7\xa4" +
+	"\x85\x14.W\x83q\x0d\xacH\x00\xeb()\x14\xcbH" +
+	"x\xa6\x1e\xf7\x99J\xa9NK\xe9\xd0\x93\xbc \xa7{" +
+	"\x0d\x04 \x8f\x92H\x0d#\x7f0\xb3o\xd8\xb2$p" +
+	"\xd1H(\xa0k\x9e*\x82O(\xabezL\x8d\xc6" +
+	"L-\xa3R(8\x9a\x1e\x97n\x18\x1c#\x08\x82\x81" +
+	"\xe5\xda\xc3\xbee\x9a?\xa63_\x99\xfa\xa1Y\x8bM" +
+	"\xd0\x0f\"\xe7\x07\x12\x93F\xb8eC\x8e0\x81\x03\x09" +
+	"\xe0\xc8f3\x0b\xaa\x1cC@)\xf1\xa4G\x04\xe5n" +
+	"\x01\x00h\xfd\x94g\x10\xdd\xee\x10A\xb9W\x80\x0e\x7f" +
+	"\xd2\x0e\x90\xd3\x0fN\xd2\xbb\x85\x8dZ0\xa6f\x07\xa8" +
+	")\x10\x0c\xd6\xb4\xc4\xc3\xadzRq1\xd3\xfe\xca\x94" +
+	"\xe2\x1e\x01\xaa\xfc\x94\x0d\\\x08\xeaE\xa0\xbew\x99\xfa" +
+	">\xae\xb7h\x8d\x9e\xfaB5#\xa9\xc4\xd1\xb1a\x86" +
+	"\x13\x1f\xb0YM\x1a{e\x93\x1a\x08\x9a\x05leZ" +
+	"\\UTS\xf5H\xd8\x14x>\x19Sjg\x8b\x01" +
+	"s4\x05\xbe\xe6\x8c\x979\xd7\xf7?\xcd\xbd\x06Mw" +
+	"\x8f\x8e\xc4q\x93O\xe4,\xd1\xb5`\xd3\xff\x1c`\xa6" +
+	"\x95)v\xf4\xc6T\xba_?\x0d\xc7\xcbh\xaaVv" +
+	"\x88I\xc0\x1a\x10s\x19R\x96\xce\x10\x19rR)R" +
+	"\x96N\x11\xb7\x1eX\xa5A.\x12 \x17\x81[\xd7\xb4" +
+	"F\x98\x84\x04\x98d\x96\x14z<\xc4\xe7D\x0c2n" +
+	"\x9a\xca\xdf\xc4\x92\xb12}\x93\xa4\xc7C\xec\xa2\xaa\xa0" +
+	"\x16n\x8e\xb5\xb0\x9fY\x9e\x18Sd)9\xaa5\x05" +
+	"5\x7f\xcc\xac\x90\xceEHq\x88\xa0|B\x80\x04y" +
+	"j}\xaa\xbf\x15!\x04rz\xf2\x1c\xe5N\x91\xbd\xe0" +
+	"\xaa\xbfu&9\xe2IJE7V\xf1,i\xe5\xf4" +
+	"Hp\xb9V\x9fLh\xdd4\xe0x-S\xfc\x8dD" +
+	"\xcb\x1c$@N\x96\xe7\x8c\x96\xd1\xd1\xb1\x04,\xd8D" +
+	"-Jz\x07\x07\xed\x1d\xd8\x1c\x04lN\x95\x15\xd2\x1f" +
+	"\xd4\x92\xde\x815h\xc0&A\xf9\x01B\x9b!\x81`" +
+	"L)\xc0\x06\x1d\xb9\x88\xf4\x1c\x93%Iml\xf4\x82" +
+	"\xd4\xac\xc5\xbc$J\x82M\x99\xdd\x85\xe1\x98T\xf2L" +
+	"\xec\x853\x02\x8d8\xa1Z\xa5-H\xd2\x11\\\x98\xcd" +
+	"MG\x14\x8b\xb2r\"z\xba\x08\xca\xfd\xe3\xf9|\xbc" +
+	"w\xd1\xb8\xd8h\x8e\xb2\xd7M\x9a\x01Y\xf3\x91\x94\xfb" +
+	"\xff\xaeYH6a\x0dZ\xa1\x9e\x91\x03fO\x14\x85" +
+	"\x09t\xc5a\xdcS\xdb\x80\x90\xf2\x90\x08J=\xc9F" +
+	"!\x89S\x1d\xc1\xe9\xb3\"(\x9f\x17@\x16\x1c\xf9\xa4" +
+	"\xa7\x96\x15\xa2\xd1<\x11\x94E\x04<\"oA`\x15" +
+	"\x02\xa3&\xa4\x0aO*0\xcd+\x84\xa1s3i," +
+	"M\xac\xfex\xbe\xcfL\xc2\x89\xba\xc0\xa4\\\xa5\xc2\x08" +
+	"M\xec\x09\x87\x94@D\xf2\xab\x9e\xe6\x17\xdb\x1b\x01\x9b" +
+	"\xadq\xbbP\x86\x04\xac\x09$\xc3\xd8r\x07\xd8:\x01" +
+	"/\xa6\xd4:\x81\xe4\x18[-\x01\x9bn\xf0,a*" +
+	"\x12\xf0}\x82\x04\xa21\xed\x03\x9bmp)={\xab" +
+	" \x81\xc5\x18S!\xdc}dE\xc5\x8e\xc7\xb6c\x99" +
+	"R\xad\x82\x04Vc\xaf\x02lF\xc3W\xa0\x12\x09\xf8" +
+	"\x1cH0\xc9\xd8\x9d\x00\xdbQ\xe0! g\x07@\x02" +
+	"\xc9X\x91\x01\x9btq\x1f\xdc\x83\x04\xdc\x03\x12\xe4\x18" +
+	"\x138\xb0\xb1\x08wC5\x12\xf0n\x90 \xd7\x98\xbf" +
+	"\x81\x8d\xd9x;\xccE\x02~\x0e$\xb0\x19\xf3+\xb0" +
+	"E\x05~\x0a\x1a\x90\x80W\x83\x04vc~\x06\xb65" +
+	"\xc2\xed\xf0\x08\x12p\x00$p\x18k,`[\x12\xbc" +
+	"\x14|H\xc0\x0bA\x02\xa7\xb1\xbf\x006\xe7\xe19T" +
+	"\xabO\x83\x04.c\xd7\x03l\xe2\xc5\xe5\xd4\xdeb\x90" +
+	"\xc0ml\xb1\x80m\xd2p\x01\x10/8A\x82<c" +
+	"\xfd\x06l#\x85\x81H\x96/K \x1bC#\xb0\xf5" +
+	"\x87<\xbc\x0e\x09\xf2\x90\x047\x19\xd3>\xb01Z\x1e" +
+	" \x05\xb4O\x02l\x0c\xc0\xc0\x16\x95r\xcf\\$\xc8" +
+	"\x07%7y\xed\xbc\xe0&\x01Gg\xb7\x90\x17\xdc$" +
+	"\xbd\xbd\xe0&u\xc4\x0bU\xc9\xee\x91\xfc\xad\x06\x82^" +
+	"(\xa4\xc5\xc1k4+\xded\xdd\xabN\xd6=/$" +
+	"X\xec#\xd0\xbd\x90`\xa5\x02\x89\xad\xe4'k;\x90" +
+	"\xe4\x8f\xe9^\xe8H\xbd\xa6^p\x93F\xcd\x0b\xc9b" +
+	"\xdf\x91\xeaH\xbd\xc6\x0bU\x0f\xa9'\x0dy\xc1MR" +
+	"\xdd\x0b\x096N\xd2kM\x9f\x04\xda\xfc\x99\xb5n\x13" +
+	"\x1c\xc3\x9aS\xc3\xebu\xe5\xdd@\x13\x97j\xcc\x8d1" +
+	"\x87{k\xee1ki\xb8\xf9\xa2\xd0\xb72\xa6\xe9\xa3" +
+	"*\xa5YO\xc3\xcfS\xa3'\x80Ic&\xf3T\xb9" +
+	"b\x0c\xa3&\xda\xd1\xe73\x06o\xa3\x8b\xfc\x7f5f" +
+	"\xb4\xcf\x9cp#\x9e\xd1\xbc\x8d\xd7\x17}\xfc\xee\xcd\xb4" +
+	"\xed\xca\xdau\xb3\x1ee\xc2\x83\xc0\x7f\x02\x00\x00\xff\xff" +
+	"\xcc\xc6\x9b\xe9"
 
 func RegisterSchema(reg *schemas.Registry) {
 	reg.Register(&schemas.Schema{
@@ -5396,6 +5795,7 @@ func RegisterSchema(reg *schemas.Registry) {
 		Nodes: []uint64{
 			0x8087405df580cbec,
 			0x82f7d62fc66a8043,
+			0x832c62e08264d996,
 			0x8438174927597eb1,
 			0x84b74c2c434f6388,
 			0x85693f176ff32474,
@@ -5433,12 +5833,15 @@ func RegisterSchema(reg *schemas.Registry) {
 			0xd199269fa71b4428,
 			0xd2a66d58c5b40d43,
 			0xd3a57dbac3b48790,
+			0xd572790339c9c3ea,
 			0xd992dbc5f4acacc6,
 			0xd99441b8a4273c83,
 			0xd9d5ed0b94bfe9ce,
 			0xdb26a2f27250dd6f,
+			0xdc8e5a3857dd8945,
 			0xdec255908e2a3a16,
 			0xe5a12d04ddd7cb58,
+			0xe90a07259e7247e1,
 			0xe90f811563215c75,
 			0xe96935f627236893,
 			0xf0f3c73ff24dc881,

@@ -48,7 +48,49 @@ type Server struct {
 	live        atomic.Int64 // counter capabilities not yet shut down
 
 	mu       sync.Mutex
-	promises []func() // fulfil the promises of Promise
+	promises []func()     // fulfil the promises of Promise
+	gate     chan struct{} // closed by OpenGate; nil: none yet
+}
+
+// gateChan returns the channel the gate calls wait on.
+func (s *Server) gateChan() chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gate == nil {
+		s.gate = make(chan struct{})
+	}
+	return s.gate
+}
+
+// Gate returns a new counter once OpenGate has been called, or fails when
+// its context ends first.
+func (s *Server) Gate(ctx context.Context, call Echo_gate) error {
+	start := call.Args().Start()
+	call.Go() // other calls to this object proceed meanwhile
+	select {
+	case <-s.gateChan():
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	c := &counter{srv: s}
+	c.value.Store(start)
+	return res.SetCounter(c.client())
+}
+
+// OpenGate lets the waiting gate calls return.
+func (s *Server) OpenGate(context.Context, Echo_openGate) error {
+	s.mu.Lock()
+	if s.gate == nil {
+		s.gate = make(chan struct{})
+	}
+	close(s.gate)
+	s.gate = nil
+	s.mu.Unlock()
+	return nil
 }
 
 // Live returns the number of capabilities the server made that are still
@@ -265,8 +307,10 @@ func (s *Server) Open(_ context.Context, call Echo_open) error {
 
 // Add adds delta to the counter it was given.
 func (s *Server) Add(ctx context.Context, call Echo_add) error {
-	c := call.Args().Counter()
+	c := call.Args().Counter().AddRef()
+	defer c.Release()
 	delta := call.Args().Delta()
+	call.Go() // the counter may be a promise: other calls proceed meanwhile
 	f, release := c.Add(ctx, func(p Counter_add_Params) error {
 		p.SetDelta(delta)
 		return nil
