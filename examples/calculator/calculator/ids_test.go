@@ -16,22 +16,22 @@ import (
 // generated code: a peer built from the official schema sends these in
 // every Call and answers Unimplemented to any other.
 const (
-	officialCalculator                 = 0x97983392df35cc36
-	officialExpression                 = 0xd438d7caf5548d15
-	officialValue                      = 0xc3e69d34d3ee48d2
-	officialFunction                   = 0xede83a3d96840394
-	officialOperator                   = 0x8793407861e6dfe6
-	officialEvaluateParams             = 0xbb0eaae1557a36d4
-	officialEvaluateResults            = 0x81b1a3f55887a611
-	officialDefFunctionParams          = 0xf287bcba4556dc89
-	officialDefFunctionResults         = 0x8d24f465047cd6c8
-	officialGetOperatorParams          = 0x8a8dceb4f4a3c530
-	officialGetOperatorResults         = 0xd18fbb7763c08c20
-	officialValueReadParams            = 0xd3532574d58db558
-	officialValueReadResults           = 0xe6be6723122ae822
-	officialFunctionCallParams         = 0xb19160df70b87717
-	officialFunctionCallResults        = 0xc0e0abf76914dead
-	officialExpressionCall             = 0xd99522a3d3878d66 // the group
+	officialCalculator          = 0x97983392df35cc36
+	officialExpression          = 0xd438d7caf5548d15
+	officialValue               = 0xc3e69d34d3ee48d2
+	officialFunction            = 0xede83a3d96840394
+	officialOperator            = 0x8793407861e6dfe6
+	officialEvaluateParams      = 0xbb0eaae1557a36d4
+	officialEvaluateResults     = 0x81b1a3f55887a611
+	officialDefFunctionParams   = 0xf287bcba4556dc89
+	officialDefFunctionResults  = 0x8d24f465047cd6c8
+	officialGetOperatorParams   = 0x8a8dceb4f4a3c530
+	officialGetOperatorResults  = 0xd18fbb7763c08c20
+	officialValueReadParams     = 0xd3532574d58db558
+	officialValueReadResults    = 0xe6be6723122ae822
+	officialFunctionCallParams  = 0xb19160df70b87717
+	officialFunctionCallResults = 0xc0e0abf76914dead
+	officialExpressionCall      = 0xd99522a3d3878d66 // the group
 )
 
 // officialNodes is every declaration of the official schema by its name
