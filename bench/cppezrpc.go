@@ -59,7 +59,7 @@ type cppResult struct {
 // "echo", the latter at each of sizes) over a unix socket and over TCP on
 // loopback, with about a second of calls per measurement (at least 20).
 func measureCppEzRpc(ctx context.Context, workloads []string, sizes []int64) ([]cppResult, error) {
-	return measureCppEzRpcCounts(ctx, workloads, sizes, cppCalls)
+	return measureCppEzRpcCounts(ctx, cppTransports, workloads, sizes, cppCalls)
 }
 
 // cppCalls is how many calls one measurement makes: 20000 pings (about a
@@ -72,9 +72,9 @@ func cppCalls(workload string, size int64) int {
 	return int(min(max((1<<30)/size, 20), 20000))
 }
 
-// measureCppEzRpcCounts is measureCppEzRpc making calls(workload, size)
-// calls per measurement.
-func measureCppEzRpcCounts(ctx context.Context, workloads []string, sizes []int64, calls func(string, int64) int) ([]cppResult, error) {
+// measureCppEzRpcCounts is measureCppEzRpc on the given transports (of
+// cppTransports), making calls(workload, size) calls per measurement.
+func measureCppEzRpcCounts(ctx context.Context, transports, workloads []string, sizes []int64, calls func(string, int64) int) ([]cppResult, error) {
 	type job struct {
 		workload string
 		size     int64
@@ -106,10 +106,15 @@ func measureCppEzRpcCounts(ctx context.Context, workloads []string, sizes []int6
 	defer os.RemoveAll(dir)
 
 	var results []cppResult
-	for _, tr := range cppTransports {
-		bind := "127.0.0.1:0"
-		if tr == "unix" {
+	for _, tr := range transports {
+		var bind string
+		switch tr {
+		case "unix":
 			bind = "unix:" + filepath.Join(dir, "peer.sock")
+		case "tcp":
+			bind = "127.0.0.1:0"
+		default:
+			return nil, fmt.Errorf("cpp-ezrpc: unknown transport %q (unix or tcp)", tr)
 		}
 		srv, err := startCppPeer(ctx, exe, bind)
 		if err != nil {

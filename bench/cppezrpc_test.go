@@ -41,7 +41,7 @@ func TestCppEzRpc(t *testing.T) {
 		return 50
 	}
 	sizes := []int64{64, 64 << 20}
-	res, err := measureCppEzRpcCounts(ctx, []string{"ping", "echo"}, sizes, calls)
+	res, err := measureCppEzRpcCounts(ctx, cppTransports, []string{"ping", "echo"}, sizes, calls)
 	requireCppPeer(t, err)
 	if err != nil {
 		t.Fatal(err)
@@ -157,6 +157,47 @@ func TestStripGoAnnotations(t *testing.T) {
 	} {
 		if got := string(stripGoAnnotations([]byte(c.in))); got != c.want {
 			t.Errorf("strip(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}
+
+// BenchmarkCppEzRpc: C++ EZ-RPC ping and 16 MiB echo over unix and tcp, b.N
+// sequential calls by the C++ client (after its warm-up), with the
+// latencies it measured as metrics; ns/op is its mean. The time of
+// starting the two processes is not counted.
+//
+//	go test -run '^$' -bench CppEzRpc ./bench
+func BenchmarkCppEzRpc(b *testing.B) {
+	for _, tr := range cppTransports {
+		for _, w := range []struct {
+			name     string
+			workload string
+			size     int64
+		}{{"ping", "ping", 0}, {"echo-16MiB", "echo", 16 << 20}} {
+			b.Run(tr+"/"+w.name, func(b *testing.B) {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+				defer cancel()
+				sizes := []int64{w.size}
+				if w.size == 0 {
+					sizes = nil
+				}
+				res, err := measureCppEzRpcCounts(ctx, []string{tr}, []string{w.workload}, sizes,
+					func(string, int64) int { return b.N })
+				if errors.Is(err, errNotMeasured) {
+					b.Skip(err)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+				r := res[0]
+				b.ReportMetric(float64(r.Mean), "ns/op")
+				b.ReportMetric(float64(r.P50), "p50-ns")
+				b.ReportMetric(float64(r.P90), "p90-ns")
+				b.ReportMetric(float64(r.P99), "p99-ns")
+				if w.size > 0 {
+					b.SetBytes(w.size)
+				}
+			})
 		}
 	}
 }
