@@ -107,7 +107,11 @@ func requireCpp(t *testing.T) {
 // TestCppClient runs the repository's C++ EZ-RPC client (../cpp/client.c++)
 // against the Go server over TCP, over a unix socket, and as a plain Cap'n
 // Proto client on a shm: address (where the server falls back to the
-// stream transport), and requires every answer.
+// stream transport), and requires every answer. It runs the client twice:
+// as it runs by default, waiting for a promise to resolve before it passes
+// it in a second message, and with --no-settle, in the official sample
+// client's order: promises passed on at once, the same one in several
+// messages, Finish sent right after the pipelined calls.
 func TestCppClient(t *testing.T) {
 	client, _ := cppPrograms(t)
 	dir := peertest.TempDir(t)
@@ -119,31 +123,51 @@ func TestCppClient(t *testing.T) {
 		{"unix", "unix:" + filepath.Join(dir, "unix.sock"), func(a rpc.Addr) string { return "unix:" + a.Endpoint }},
 		{"shm-plain", "shm:" + filepath.Join(dir, "shm.sock"), func(a rpc.Addr) string { return "unix:" + a.Endpoint }},
 	} {
-		t.Run(c.name, func(t *testing.T) {
-			srv := serve(t, c.listen)
-			endpoint := c.endpoint(srv.Addr().(rpc.Addr))
-
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			cmd := exec.CommandContext(ctx, client, endpoint)
-			cmd.WaitDelay = 5 * time.Second
-			out, err := cmd.CombinedOutput()
-			t.Logf("C++ client against %s:\n%s", endpoint, out)
-			if ctx.Err() != nil {
-				t.Fatal("the C++ client did not finish within a minute")
+		for _, settle := range []bool{true, false} {
+			name := c.name
+			if !settle {
+				name += "-no-settle"
 			}
-			if err != nil {
-				t.Fatalf("C++ client: %v", err)
-			}
-			for _, w := range want {
-				if line := fmt.Sprintf("  %s = %g\n", w.Name, w.Want); !strings.Contains(string(out), line) {
-					t.Errorf("C++ client output lacks %q", strings.TrimSpace(line))
+			t.Run(name, func(t *testing.T) {
+				if !settle && !engineReady {
+					// Not run: it wedges the server, which then ignores
+					// the test's cancellation and holds other tests up.
+					t.Skip("needs capnshm's engine: against go-capnp's rpc.Conn the client hangs in its pipelining check (the product of 4 * 6 passed unresolved in two evaluate calls): a server goroutine blocks in capnp.(*Promise).Resolve (answer.go:150) under completeSendReturn holding the connection's lock, and Serve no longer stops on cancel")
 				}
-			}
-			if !strings.HasSuffix(string(out), "PASS\n") {
-				t.Error("C++ client did not print PASS")
-			}
-		})
+				runCppClient(t, client, c.listen, c.endpoint, settle)
+			})
+		}
+	}
+}
+
+// runCppClient serves the calculator on listen and runs the C++ client
+// against it.
+func runCppClient(t *testing.T, client, listen string, endpointOf func(rpc.Addr) string, settle bool) {
+	srv := serve(t, listen)
+	endpoint := endpointOf(srv.Addr().(rpc.Addr))
+	args := []string{endpoint}
+	if !settle {
+		args = []string{"--no-settle", endpoint}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, client, args...)
+	cmd.WaitDelay = 5 * time.Second
+	out, err := cmd.CombinedOutput()
+	t.Logf("C++ client %v:\n%s", args, out)
+	if ctx.Err() != nil {
+		t.Fatal("the C++ client did not finish within 30 s")
+	}
+	if err != nil {
+		t.Fatalf("C++ client: %v", err)
+	}
+	for _, w := range want {
+		if line := fmt.Sprintf("  %s = %g\n", w.Name, w.Want); !strings.Contains(string(out), line) {
+			t.Errorf("C++ client output lacks %q", strings.TrimSpace(line))
+		}
+	}
+	if !strings.HasSuffix(string(out), "PASS\n") {
+		t.Error("C++ client did not print PASS")
 	}
 }
 
