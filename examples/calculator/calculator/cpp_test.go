@@ -247,25 +247,44 @@ func startCppServer(t *testing.T, bin, bind string) *cppServer {
 	return s
 }
 
+// cppServerCase is an address the C++ server is tested on.
+type cppServerCase struct {
+	name, bind string
+	// shm: the Go client dials shm:PATH for the server's unix:PATH (and
+	// falls back to the stream transport: the C++ server refuses HELLO).
+	shm bool
+}
+
+// dial returns the address the Go client dials for s.
+func (c cppServerCase) dial(s *cppServer) string {
+	if c.shm {
+		return "shm:" + strings.TrimPrefix(s.addr, "unix:")
+	}
+	return s.addr
+}
+
 // cppServerCases are the addresses the C++ server is tested on.
-func cppServerCases(t *testing.T) []struct{ name, bind string } {
+func cppServerCases(t *testing.T) []cppServerCase {
 	dir := peertest.TempDir(t)
-	return []struct{ name, bind string }{
-		{"tcp", "127.0.0.1:0"},
-		{"unix", "unix:" + filepath.Join(dir, "cpp.sock")},
+	return []cppServerCase{
+		{"tcp", "127.0.0.1:0", false},
+		{"unix", "unix:" + filepath.Join(dir, "cpp.sock"), false},
+		{"shm-fallback", "unix:" + filepath.Join(dir, "cpp-shm.sock"), true},
 	}
 }
 
 // TestCppServer runs the Go client's checks (RunChecks: a literal,
 // operators, pipelined evaluations, defined functions, a callback) over
 // rpc.Dial against the repository's C++ EZ-RPC server
-// (../cpp/server.c++), over TCP and over a unix socket.
+// (../cpp/server.c++), over TCP and over a unix socket, and on a shm:
+// address for the server's socket, where the Go client falls back to the
+// stream transport.
 func TestCppServer(t *testing.T) {
 	_, server := cppPrograms(t)
 	for _, c := range cppServerCases(t) {
 		t.Run(c.name, func(t *testing.T) {
 			s := startCppServer(t, server, c.bind)
-			if err := check(s.addr, false); err != nil {
+			if err := check(c.dial(s), false); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -282,6 +301,9 @@ func TestCppServer(t *testing.T) {
 func TestCppServerTailCall(t *testing.T) {
 	_, server := cppPrograms(t)
 	for _, c := range cppServerCases(t) {
+		if c.shm {
+			continue // the same stream as on unix:, after a refused HELLO
+		}
 		t.Run(c.name, func(t *testing.T) {
 			s := startCppServer(t, server, c.bind)
 			tp := startTap(t, s.addr)
