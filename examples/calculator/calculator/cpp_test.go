@@ -23,6 +23,7 @@ import (
 	capnp "capnproto.org/go/capnp/v3"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 
+	"github.com/capnshm/capnshm/examples/calculator/calculator"
 	"github.com/capnshm/capnshm/internal/peertest"
 	"github.com/capnshm/capnshm/rpc"
 )
@@ -161,7 +162,14 @@ func runCppClient(t *testing.T, client, listen string, endpointOf func(rpc.Addr)
 	if err != nil {
 		t.Fatalf("C++ client: %v", err)
 	}
-	for _, w := range want {
+	checkCppOutput(t, out)
+}
+
+// checkCppOutput checks that the C++ client printed every answer of
+// RunChecks and RunTailCallCheck, and PASS.
+func checkCppOutput(t *testing.T, out []byte) {
+	t.Helper()
+	for _, w := range append(append([]calculator.Result{}, want...), wantTail...) {
 		if line := fmt.Sprintf("  %s = %g\n", w.Name, w.Want); !strings.Contains(string(out), line) {
 			t.Errorf("C++ client output lacks %q", strings.TrimSpace(line))
 		}
@@ -320,6 +328,50 @@ func TestCppServerTailCall(t *testing.T) {
 			}
 			if err != nil {
 				t.Fatal(err)
+			}
+			if fromClient["Return.resultsSentElsewhere"] == 0 {
+				t.Error("the Go client sent no Return.resultsSentElsewhere: it did not answer the forwarded call as the tail call's target")
+			}
+		})
+	}
+}
+
+// TestCppClientAndServer runs the C++ client against the C++ server, through
+// the tap: Cap'n Proto's C++ implementation on both sides shows that the C++
+// server's tail call is right (the client gets t(2, 10) from its own pow)
+// and that the tail-call check's answers are what the reference gives.
+func TestCppClientAndServer(t *testing.T) {
+	client, server := cppPrograms(t)
+	for _, c := range cppServerCases(t) {
+		if c.shm {
+			continue
+		}
+		t.Run(c.name, func(t *testing.T) {
+			s := startCppServer(t, server, c.bind)
+			tp := startTap(t, s.addr)
+			endpoint := strings.TrimPrefix(tp.addr, "tcp:") // as EzRpcClient takes it
+
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, client, endpoint)
+			cmd.WaitDelay = 5 * time.Second
+			out, err := cmd.CombinedOutput()
+			fromServer, fromClient := tp.stop()
+			t.Logf("C++ client against the C++ server:\n%s\nthe server sent %v; the client sent %v", out, fromServer, fromClient)
+			if ctx.Err() != nil {
+				t.Fatal("the C++ client did not finish within 30 s")
+			}
+			if err != nil {
+				t.Fatalf("C++ client: %v", err)
+			}
+			checkCppOutput(t, out)
+			for _, kind := range []string{"Call.sendResultsTo.yourself", "Return.takeFromOtherQuestion"} {
+				if fromServer[kind] == 0 {
+					t.Errorf("the C++ server sent no %s: no tail call", kind)
+				}
+			}
+			if fromClient["Return.resultsSentElsewhere"] == 0 {
+				t.Error("the C++ client sent no Return.resultsSentElsewhere: it did not answer the forwarded call as the tail call's target")
 			}
 		})
 	}

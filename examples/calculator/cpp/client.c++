@@ -6,7 +6,8 @@
 //	./calculator-client unix:/tmp/calc.sock
 //	./calculator-client --no-settle ADDR
 //
-// It runs the checks the Go client runs (../calculator/checks.go), prints
+// It runs the checks the Go client runs (../calculator/checks.go: RunChecks
+// and RunTailCallCheck), prints
 // each result, and "PASS" at the end; it exits with status 1 on a wrong
 // answer or a failed call.
 //
@@ -115,6 +116,20 @@ class Checker {
     pending.push_back(Pending{name, want, kj::mv(p)});
   }
 
+  // expectCall calls fn on params directly (pipelined if fn has not
+  // arrived) and keeps the answer for wait.
+  void expectCall(const char* name, double want, Calculator::Function::Client& fn,
+                  std::initializer_list<double> params) {
+    auto req = fn.callRequest();
+    auto list = req.initParams(params.size());
+    uint i = 0;
+    for (double v : params) {
+      list.set(i++, v);
+    }
+    expectPromise(name, want, req.send().then(
+        [](capnp::Response<Calculator::Function::CallResults>&& r) { return r.getValue(); }));
+  }
+
   void wait() {
     for (auto& p : pending) {
       check(p.name, p.answer.wait(ws), p.want);
@@ -196,12 +211,7 @@ void run(Checker& c) {
     c.settle(f);
     c.expect("f(12, 34)", 1234, c.evaluate(apply(f, {lit(12), lit(34)})));
     c.expect("g(21)", 4244, c.evaluate(apply(g, {lit(21)})));
-    auto req = f.callRequest();
-    auto params = req.initParams(2);
-    params.set(0, 5);
-    params.set(1, 7);
-    c.expectPromise("f(5, 7) called directly", 507, req.send().then(
-        [](capnp::Response<Calculator::Function::CallResults>&& r) { return r.getValue(); }));
+    c.expectCall("f(5, 7) called directly", 507, f, {5, 7});
     c.wait();
   }
 
@@ -210,6 +220,18 @@ void run(Checker& c) {
     auto add = c.op(Calculator::Operator::ADD);
     Calculator::Function::Client pow = kj::heap<PowerFunction>();
     c.expect("pow(2, 4 + 5) (a callback)", 512, c.evaluate(apply(pow, {lit(2), apply(add, {lit(4), lit(5)})})));
+    c.wait();
+  }
+
+  // A tail call (RunTailCallCheck in ../calculator/checks.go): t(x, y) =
+  // pow(x, y) with pow served here; a server that forwards t's call to pow
+  // with a tail call (server.c++) answers t(2, 10) from this client's own
+  // pow.
+  {
+    Calculator::Function::Client pow = kj::heap<PowerFunction>();
+    auto t = c.define(2, apply(pow, {param(0), param(1)}));
+    c.expectCall("t(2, 10) = pow(2, 10) called directly (a tail call)", 1024, t, {2, 10});
+    c.expect("t(3, 4) evaluated", 81, c.evaluate(apply(t, {lit(3), lit(4)})));
     c.wait();
   }
 }
