@@ -1,8 +1,16 @@
-# The classic Cap'n Proto calculator, with the structure of the C++ sample
-# (capnproto/c++/samples/calculator.capnp), so that a C++ client built from
-# this file talks to the Go server. Its ids are its own; the Go annotations
-# need go.capnp on the include path (see gen.go and ../cpp/build.sh).
-@0xa0c51e9ab8d0cf61;
+# The classic Cap'n Proto calculator, declared exactly as the C++ sample
+# (capnproto/c++/samples/calculator.capnp) declares it: the same file id,
+# the same declarations in the same nesting, with the same names. Cap'n
+# Proto derives the id of every nested declaration (Calculator, its structs,
+# enums, interfaces and the params and results of each method) from the
+# file id and the names, so this file has the official ids without writing
+# them out, and the official C++ calculator-client and calculator-server
+# talk to ours (interface ids travel in every Call). Renaming, re-nesting
+# or reordering anything here breaks that: calculator_test.go's
+# TestOfficialIDs holds the official ids. The comments are ours; the Go
+# annotations need go.capnp on the include path (see gen.go and
+# ../cpp/build.sh) and do not change any id.
+@0x85150b117366d14b;
 
 using Go = import "/go.capnp";
 $Go.package("calculator");

@@ -16,13 +16,13 @@ import (
 type Calculator capnp.Client
 
 // Calculator_TypeID is the unique identifier for the type Calculator.
-const Calculator_TypeID = 0xc0c67d0772cdb2db
+const Calculator_TypeID = 0x97983392df35cc36
 
 func (c Calculator) Evaluate(ctx context.Context, params func(Calculator_evaluate_Params) error) (Calculator_evaluate_Results_Future, capnp.ReleaseFunc) {
 
 	s := capnp.Send{
 		Method: capnp.Method{
-			InterfaceID:   0xc0c67d0772cdb2db,
+			InterfaceID:   0x97983392df35cc36,
 			MethodID:      0,
 			InterfaceName: "calculator.capnp:Calculator",
 			MethodName:    "evaluate",
@@ -42,7 +42,7 @@ func (c Calculator) DefFunction(ctx context.Context, params func(Calculator_defF
 
 	s := capnp.Send{
 		Method: capnp.Method{
-			InterfaceID:   0xc0c67d0772cdb2db,
+			InterfaceID:   0x97983392df35cc36,
 			MethodID:      1,
 			InterfaceName: "calculator.capnp:Calculator",
 			MethodName:    "defFunction",
@@ -62,7 +62,7 @@ func (c Calculator) GetOperator(ctx context.Context, params func(Calculator_getO
 
 	s := capnp.Send{
 		Method: capnp.Method{
-			InterfaceID:   0xc0c67d0772cdb2db,
+			InterfaceID:   0x97983392df35cc36,
 			MethodID:      2,
 			InterfaceName: "calculator.capnp:Calculator",
 			MethodName:    "getOperator",
@@ -179,7 +179,7 @@ func Calculator_Methods(methods []server.Method, s Calculator_Server) []server.M
 
 	methods = append(methods, server.Method{
 		Method: capnp.Method{
-			InterfaceID:   0xc0c67d0772cdb2db,
+			InterfaceID:   0x97983392df35cc36,
 			MethodID:      0,
 			InterfaceName: "calculator.capnp:Calculator",
 			MethodName:    "evaluate",
@@ -191,7 +191,7 @@ func Calculator_Methods(methods []server.Method, s Calculator_Server) []server.M
 
 	methods = append(methods, server.Method{
 		Method: capnp.Method{
-			InterfaceID:   0xc0c67d0772cdb2db,
+			InterfaceID:   0x97983392df35cc36,
 			MethodID:      1,
 			InterfaceName: "calculator.capnp:Calculator",
 			MethodName:    "defFunction",
@@ -203,7 +203,7 @@ func Calculator_Methods(methods []server.Method, s Calculator_Server) []server.M
 
 	methods = append(methods, server.Method{
 		Method: capnp.Method{
-			InterfaceID:   0xc0c67d0772cdb2db,
+			InterfaceID:   0x97983392df35cc36,
 			MethodID:      2,
 			InterfaceName: "calculator.capnp:Calculator",
 			MethodName:    "getOperator",
@@ -304,7 +304,7 @@ func (w Calculator_Expression_Which) String() string {
 }
 
 // Calculator_Expression_TypeID is the unique identifier for the type Calculator_Expression.
-const Calculator_Expression_TypeID = 0x882c5ce65a85b685
+const Calculator_Expression_TypeID = 0xd438d7caf5548d15
 
 func NewCalculator_Expression(s *capnp.Segment) (Calculator_Expression, error) {
 	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 16, PointerCount: 2})
@@ -322,7 +322,7 @@ func ReadRootCalculator_Expression(msg *capnp.Message) (Calculator_Expression, e
 }
 
 func (s Calculator_Expression) String() string {
-	str, _ := text.Marshal(0x882c5ce65a85b685, capnp.Struct(s))
+	str, _ := text.Marshal(0xd438d7caf5548d15, capnp.Struct(s))
 	return str
 }
 
@@ -500,13 +500,13 @@ func (p Calculator_Expression_call_Future) Function() Calculator_Function {
 type Calculator_Value capnp.Client
 
 // Calculator_Value_TypeID is the unique identifier for the type Calculator_Value.
-const Calculator_Value_TypeID = 0xe010231879866142
+const Calculator_Value_TypeID = 0xc3e69d34d3ee48d2
 
 func (c Calculator_Value) Read(ctx context.Context, params func(Calculator_Value_read_Params) error) (Calculator_Value_read_Results_Future, capnp.ReleaseFunc) {
 
 	s := capnp.Send{
 		Method: capnp.Method{
-			InterfaceID:   0xe010231879866142,
+			InterfaceID:   0xc3e69d34d3ee48d2,
 			MethodID:      0,
 			InterfaceName: "calculator.capnp:Calculator.Value",
 			MethodName:    "read",
@@ -619,7 +619,7 @@ func Calculator_Value_Methods(methods []server.Method, s Calculator_Value_Server
 
 	methods = append(methods, server.Method{
 		Method: capnp.Method{
-			InterfaceID:   0xe010231879866142,
+			InterfaceID:   0xc3e69d34d3ee48d2,
 			MethodID:      0,
 			InterfaceName: "calculator.capnp:Calculator.Value",
 			MethodName:    "read",
@@ -661,7 +661,7 @@ func NewCalculator_Value_List(s *capnp.Segment, sz int32) (Calculator_Value_List
 type Calculator_Value_read_Params capnp.Struct
 
 // Calculator_Value_read_Params_TypeID is the unique identifier for the type Calculator_Value_read_Params.
-const Calculator_Value_read_Params_TypeID = 0xb2f68afebb5d1d29
+const Calculator_Value_read_Params_TypeID = 0xd3532574d58db558
 
 func NewCalculator_Value_read_Params(s *capnp.Segment) (Calculator_Value_read_Params, error) {
 	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
@@ -679,7 +679,7 @@ func ReadRootCalculator_Value_read_Params(msg *capnp.Message) (Calculator_Value_
 }
 
 func (s Calculator_Value_read_Params) String() string {
-	str, _ := text.Marshal(0xb2f68afebb5d1d29, capnp.Struct(s))
+	str, _ := text.Marshal(0xd3532574d58db558, capnp.Struct(s))
 	return str
 }
 
@@ -726,7 +726,7 @@ func (f Calculator_Value_read_Params_Future) Struct() (Calculator_Value_read_Par
 type Calculator_Value_read_Results capnp.Struct
 
 // Calculator_Value_read_Results_TypeID is the unique identifier for the type Calculator_Value_read_Results.
-const Calculator_Value_read_Results_TypeID = 0xa97e26d34443b4c6
+const Calculator_Value_read_Results_TypeID = 0xe6be6723122ae822
 
 func NewCalculator_Value_read_Results(s *capnp.Segment) (Calculator_Value_read_Results, error) {
 	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
@@ -744,7 +744,7 @@ func ReadRootCalculator_Value_read_Results(msg *capnp.Message) (Calculator_Value
 }
 
 func (s Calculator_Value_read_Results) String() string {
-	str, _ := text.Marshal(0xa97e26d34443b4c6, capnp.Struct(s))
+	str, _ := text.Marshal(0xe6be6723122ae822, capnp.Struct(s))
 	return str
 }
 
@@ -798,13 +798,13 @@ func (f Calculator_Value_read_Results_Future) Struct() (Calculator_Value_read_Re
 type Calculator_Function capnp.Client
 
 // Calculator_Function_TypeID is the unique identifier for the type Calculator_Function.
-const Calculator_Function_TypeID = 0xb3c50a997d369b27
+const Calculator_Function_TypeID = 0xede83a3d96840394
 
 func (c Calculator_Function) Call(ctx context.Context, params func(Calculator_Function_call_Params) error) (Calculator_Function_call_Results_Future, capnp.ReleaseFunc) {
 
 	s := capnp.Send{
 		Method: capnp.Method{
-			InterfaceID:   0xb3c50a997d369b27,
+			InterfaceID:   0xede83a3d96840394,
 			MethodID:      0,
 			InterfaceName: "calculator.capnp:Calculator.Function",
 			MethodName:    "call",
@@ -917,7 +917,7 @@ func Calculator_Function_Methods(methods []server.Method, s Calculator_Function_
 
 	methods = append(methods, server.Method{
 		Method: capnp.Method{
-			InterfaceID:   0xb3c50a997d369b27,
+			InterfaceID:   0xede83a3d96840394,
 			MethodID:      0,
 			InterfaceName: "calculator.capnp:Calculator.Function",
 			MethodName:    "call",
@@ -959,7 +959,7 @@ func NewCalculator_Function_List(s *capnp.Segment, sz int32) (Calculator_Functio
 type Calculator_Function_call_Params capnp.Struct
 
 // Calculator_Function_call_Params_TypeID is the unique identifier for the type Calculator_Function_call_Params.
-const Calculator_Function_call_Params_TypeID = 0xed557f53aee1f3ec
+const Calculator_Function_call_Params_TypeID = 0xb19160df70b87717
 
 func NewCalculator_Function_call_Params(s *capnp.Segment) (Calculator_Function_call_Params, error) {
 	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
@@ -977,7 +977,7 @@ func ReadRootCalculator_Function_call_Params(msg *capnp.Message) (Calculator_Fun
 }
 
 func (s Calculator_Function_call_Params) String() string {
-	str, _ := text.Marshal(0xed557f53aee1f3ec, capnp.Struct(s))
+	str, _ := text.Marshal(0xb19160df70b87717, capnp.Struct(s))
 	return str
 }
 
@@ -1047,7 +1047,7 @@ func (f Calculator_Function_call_Params_Future) Struct() (Calculator_Function_ca
 type Calculator_Function_call_Results capnp.Struct
 
 // Calculator_Function_call_Results_TypeID is the unique identifier for the type Calculator_Function_call_Results.
-const Calculator_Function_call_Results_TypeID = 0x87ab86371431f1e4
+const Calculator_Function_call_Results_TypeID = 0xc0e0abf76914dead
 
 func NewCalculator_Function_call_Results(s *capnp.Segment) (Calculator_Function_call_Results, error) {
 	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
@@ -1065,7 +1065,7 @@ func ReadRootCalculator_Function_call_Results(msg *capnp.Message) (Calculator_Fu
 }
 
 func (s Calculator_Function_call_Results) String() string {
-	str, _ := text.Marshal(0x87ab86371431f1e4, capnp.Struct(s))
+	str, _ := text.Marshal(0xc0e0abf76914dead, capnp.Struct(s))
 	return str
 }
 
@@ -1119,7 +1119,7 @@ func (f Calculator_Function_call_Results_Future) Struct() (Calculator_Function_c
 type Calculator_Operator uint16
 
 // Calculator_Operator_TypeID is the unique identifier for the type Calculator_Operator.
-const Calculator_Operator_TypeID = 0xce0bfa644a1cae28
+const Calculator_Operator_TypeID = 0x8793407861e6dfe6
 
 // Values of Calculator_Operator.
 const (
@@ -1173,7 +1173,7 @@ func NewCalculator_Operator_List(s *capnp.Segment, sz int32) (Calculator_Operato
 type Calculator_evaluate_Params capnp.Struct
 
 // Calculator_evaluate_Params_TypeID is the unique identifier for the type Calculator_evaluate_Params.
-const Calculator_evaluate_Params_TypeID = 0xd586af8e6745f76b
+const Calculator_evaluate_Params_TypeID = 0xbb0eaae1557a36d4
 
 func NewCalculator_evaluate_Params(s *capnp.Segment) (Calculator_evaluate_Params, error) {
 	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
@@ -1191,7 +1191,7 @@ func ReadRootCalculator_evaluate_Params(msg *capnp.Message) (Calculator_evaluate
 }
 
 func (s Calculator_evaluate_Params) String() string {
-	str, _ := text.Marshal(0xd586af8e6745f76b, capnp.Struct(s))
+	str, _ := text.Marshal(0xbb0eaae1557a36d4, capnp.Struct(s))
 	return str
 }
 
@@ -1264,7 +1264,7 @@ func (p Calculator_evaluate_Params_Future) Expression() Calculator_Expression_Fu
 type Calculator_evaluate_Results capnp.Struct
 
 // Calculator_evaluate_Results_TypeID is the unique identifier for the type Calculator_evaluate_Results.
-const Calculator_evaluate_Results_TypeID = 0xd41e845578922964
+const Calculator_evaluate_Results_TypeID = 0x81b1a3f55887a611
 
 func NewCalculator_evaluate_Results(s *capnp.Segment) (Calculator_evaluate_Results, error) {
 	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
@@ -1282,7 +1282,7 @@ func ReadRootCalculator_evaluate_Results(msg *capnp.Message) (Calculator_evaluat
 }
 
 func (s Calculator_evaluate_Results) String() string {
-	str, _ := text.Marshal(0xd41e845578922964, capnp.Struct(s))
+	str, _ := text.Marshal(0x81b1a3f55887a611, capnp.Struct(s))
 	return str
 }
 
@@ -1349,7 +1349,7 @@ func (p Calculator_evaluate_Results_Future) Value() Calculator_Value {
 type Calculator_defFunction_Params capnp.Struct
 
 // Calculator_defFunction_Params_TypeID is the unique identifier for the type Calculator_defFunction_Params.
-const Calculator_defFunction_Params_TypeID = 0xbe7f7d0252d112fd
+const Calculator_defFunction_Params_TypeID = 0xf287bcba4556dc89
 
 func NewCalculator_defFunction_Params(s *capnp.Segment) (Calculator_defFunction_Params, error) {
 	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1})
@@ -1367,7 +1367,7 @@ func ReadRootCalculator_defFunction_Params(msg *capnp.Message) (Calculator_defFu
 }
 
 func (s Calculator_defFunction_Params) String() string {
-	str, _ := text.Marshal(0xbe7f7d0252d112fd, capnp.Struct(s))
+	str, _ := text.Marshal(0xf287bcba4556dc89, capnp.Struct(s))
 	return str
 }
 
@@ -1448,7 +1448,7 @@ func (p Calculator_defFunction_Params_Future) Body() Calculator_Expression_Futur
 type Calculator_defFunction_Results capnp.Struct
 
 // Calculator_defFunction_Results_TypeID is the unique identifier for the type Calculator_defFunction_Results.
-const Calculator_defFunction_Results_TypeID = 0x862d5939d6bb0b67
+const Calculator_defFunction_Results_TypeID = 0x8d24f465047cd6c8
 
 func NewCalculator_defFunction_Results(s *capnp.Segment) (Calculator_defFunction_Results, error) {
 	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
@@ -1466,7 +1466,7 @@ func ReadRootCalculator_defFunction_Results(msg *capnp.Message) (Calculator_defF
 }
 
 func (s Calculator_defFunction_Results) String() string {
-	str, _ := text.Marshal(0x862d5939d6bb0b67, capnp.Struct(s))
+	str, _ := text.Marshal(0x8d24f465047cd6c8, capnp.Struct(s))
 	return str
 }
 
@@ -1533,7 +1533,7 @@ func (p Calculator_defFunction_Results_Future) Func() Calculator_Function {
 type Calculator_getOperator_Params capnp.Struct
 
 // Calculator_getOperator_Params_TypeID is the unique identifier for the type Calculator_getOperator_Params.
-const Calculator_getOperator_Params_TypeID = 0xc481b2d8de0a6c02
+const Calculator_getOperator_Params_TypeID = 0x8a8dceb4f4a3c530
 
 func NewCalculator_getOperator_Params(s *capnp.Segment) (Calculator_getOperator_Params, error) {
 	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
@@ -1551,7 +1551,7 @@ func ReadRootCalculator_getOperator_Params(msg *capnp.Message) (Calculator_getOp
 }
 
 func (s Calculator_getOperator_Params) String() string {
-	str, _ := text.Marshal(0xc481b2d8de0a6c02, capnp.Struct(s))
+	str, _ := text.Marshal(0x8a8dceb4f4a3c530, capnp.Struct(s))
 	return str
 }
 
@@ -1605,7 +1605,7 @@ func (f Calculator_getOperator_Params_Future) Struct() (Calculator_getOperator_P
 type Calculator_getOperator_Results capnp.Struct
 
 // Calculator_getOperator_Results_TypeID is the unique identifier for the type Calculator_getOperator_Results.
-const Calculator_getOperator_Results_TypeID = 0xd3dbeff839546e35
+const Calculator_getOperator_Results_TypeID = 0xd18fbb7763c08c20
 
 func NewCalculator_getOperator_Results(s *capnp.Segment) (Calculator_getOperator_Results, error) {
 	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
@@ -1623,7 +1623,7 @@ func ReadRootCalculator_getOperator_Results(msg *capnp.Message) (Calculator_getO
 }
 
 func (s Calculator_getOperator_Results) String() string {
-	str, _ := text.Marshal(0xd3dbeff839546e35, capnp.Struct(s))
+	str, _ := text.Marshal(0xd18fbb7763c08c20, capnp.Struct(s))
 	return str
 }
 
@@ -1687,99 +1687,99 @@ func (p Calculator_getOperator_Results_Future) Func() Calculator_Function {
 	return Calculator_Function(p.Future.Field(0, nil).Client())
 }
 
-const schema_a0c51e9ab8d0cf61 = "x\xda\xa4V_h\x1c\xd5\x17>\xe7\xde\x99\xbd\xf95" +
-	"M6\xb7\x93@\xf3#mHLm\x13\x9a`\x9aV" +
-	"M@64\xc6\xd8\x85\xe2\xdeh\x84\x84\x0aNv'" +
-	"qu\xb2\xb3\xcc\xce\xc6\xa4\x10C\xc5D-\xe8C\xc1" +
-	"\x87\xea\x8b>\xf8P\xc4\x8a\xd1\x8aP\x14\x8b&>U" +
-	"-U\x11JEE,\x05EDP\x11\xdb+w\xb2" +
-	"\xb33\xf9c\x12\xf1)C\xe6\xf0\x9d\xf3\x9d\xef;\xdf" +
-	"\xcem\xaf\x90^\xad\xb3\xeaZ\x0c\x88H\xe919^" +
-	"y\xfe\xcb\xee\xe1\xf6y\xe0\x0d\x08\xa0#\x03\xe8\x1a\xa6" +
-	"O\"\xa0a\xd1\x04\xa0\xfc\xfe\x97\xce\xda;\xe6_{" +
-	"\x1a\xc4\x1eD\x00M\x15\xcc\xd1S\xaa\xe0\x05\xbf`\xee" +
-	"\x9d\xb9\x91\x1f\x8e\xed\x7f\x06D\x03\x12ye\xe1\xa2\xcb" +
-	"f\x96>\x80~\xc24\xd4\xba\xce\xd1\x1e4\x16)\x03" +
-	"0.\xd0k\x80r\xe9\xed\xbe\xbb/\xdf\xfa\xc4\x19\x10" +
-	"\xcde\xbc\x13\xdaq\x85\xf7\x9c\xa6\xf0Zw=t\xfe" +
-	"\xe6\xc9\xdf\x16\x807\x07\xef_\xd7\\\x04M\xee}\xe9" +
-	"\xf6\x99\xd3\xdb\x16\xdf\x02\xde@\xc3F\x80]\xa7\xb56" +
-	"4\xce\xa8R\xe3Um\xc0\xb8\xa8\x9e\xe4\x8d\x1d\x97\x06" +
-	"\xc9\xcc\xec\xfbj\xae2\xb5s\xcb\x9d.h\x8f\x03\x86" +
-	"\x10\x9cSi~\xfa\xd9\xbb/\xee^|\x19\x00\x8d&" +
-	"\xfd;\xa3]\x1f\x000,\xfdc\xe3\xba\xae\xe0\xc6\x0e" +
-	"v?\xdc|t\xe9C\x10{\x91\x84\xa4\xeb\x08C\x80" +
-	"\xaeK\xfa\xa8\xc2\xbd\xaa+\\bo\xfb\xfa\xab\x85\x13" +
-	"\x1f\x95:\xfb\x14\x8e\xc6\xfc\xc6\xc31Eq\xdf\xd9\x86" +
-	"d\xe6\xcf\xcaO\x807\x90\x15D\xa6cmh<\x1b" +
-	"SD\xe6b\xe3\x80\xf2P\xee\x81\xee?~\xber9" +
-	"*\xcf\x9b1_\x9e\xf7|\xa8L\xeb\xa9\xa9\xa1\xa7v" +
-	"\x7f\x1e-\xb8\x1a{T\x15\\\xf7\x0b\x1e\xfb\xbd\x7f\xfc" +
-	"\xf97\xe6\xbf\x88\x16\xfc\x8f\xf9\xd3\xd61Up\xd8\x9c" +
-	"\x9f\xdeyK\xcd7k\xb6\xda\xcdv\xa0q\x84\xa9a" +
-	"\xfa\xd9\x801\xa1\x9e\xe4\x8f\xbf~{\xf6\xfe\xd9\xa1\x9f" +
-	"\x80\xef)\xc3\x0d\xb1\x93\xbe_X\x02\xdae\xda\xb4\xd3" +
-	"E\xdb\xf4t\xc7\xedH\x9b\xf9\\\xbe\xa7\xaf\xf4\x1f\xc7" +
-	"\xed\xc8Xc\xf7\x14si/\xeb\xe4Z\x06\xadB\xd1" +
-	"\xf6\x0a 4\xaa\x01h\x08\xc0\xab\xda\x00D\x05EQ" +
-	"K0>V\xcc\xa5\x91\x87\xa2\x03\"\x07\xdc\x18?\x00" +
-	"\xefH\x9b\xb6]\xea\x80\x85h\x87\x03a\x87\xc6I\xd3" +
-	".ZX\x09\x04+#\xc0t=\xe0\xfe\xa9\xbc\x9b\xb0" +
-	"\x0a\x85\xac\x93K!\x8a\x1a\xaam\x97\xd2G4\x0f\x03" +
-	"\x88c\x14\xc5#\x04\xab\xf0\xa6\xacU\x92s\xeb8\x80" +
-	"\xc8P\x14y\x82U\xe4\x86\xacE\x02\xc0'\x06\x01\x84" +
-	"MQL\x11\xac\xa2\x7fI\xc4\xd0V\xbc\xd8\x06d\xd6" +
-	"\xcez\x96k\xda\xe5\xa1\xf2\xae5\x99u\x8a\x05H\x94" +
-	"\xc8\xf0P\xaf\xd2B\xf2\xa6kNX\x9e\x05\xe8b\x05" +
-	"\x10\xac\x00\x8c+\xfaeB\xdaz\x84\x1eT\xdc;\\" +
-	"\xcb\xcc\xb4\x0c&\x96\x95\xf8wk\xda\x0c5\xd5\xa8\xe6" +
-	"*l\xbcV\xa5W\xdc+-U\xa3z\xc4`\x18\x04" +
-	"\x0f\xe7m@\xb8\xce|R\xbd\x98\xc2Mf\x88z," +
-	"\x91\xf2\x87\x10\x15ef\xad#\x00b\x1fEq\x90 " +
-	"\xe2\xb2X\x9d\xcav\xfb)\x8a;Ii\x9d}N\x11" +
-	"h\xceC\x0d\x08j\x80\xf1Q'3\x8d5\xe1\xd5\x03" +
-	"bMd\x17d\xf5\x1c\xccs\\Q\x83\x91p\xe4\xf5" +
-	"#\x91K\xab?\x10\x09\xb3\xbad$\x10\xea\x92Ry" +
-	"MY\x0d\xa8\x93k\xf47*\x03B\x00 \xef\xcb[" +
-	"\xae\"\x0a\x00b\xbb\xbf\xb2\xe0\xc41\x08\x03.\x92@" +
-	"\xf8\x11\x86XNA\x0c\x82\x9e\xdf5\x0a\x84\x1fbH" +
-	"\xca9\x85A\xca\xf0V\xf5\xae\x89IKinz\x16" +
-	"\x00\xf4\xa2\x0c6\x0a,\xeb\xe4zQ\x8e[\x9e?\x04" +
-	"(\x9a[P$ \xa4\xee\x92\x99\xb6\xbd,G-R" +
-	"\xa5G2\xd4\x83+A4%HOI\x90{\x09\xca" +
-	"\xb1\x90\xfb\xda8H\xf8r\x15\xb0\x1a0Eq\x95D" +
-	"\xd5\x9b\xd95 \xe29n\xd9*\x91#\xf8\x7fx\x04" +
-	"\xd4\xc9c<\x94\x09\x10\xe3\x9bE\x86B\x8e\xab'?" +
-	"0\xfc\xfbom\xf6\xc7nJ\x02 \xe1\xbb\xd4\x1f\xca" +
-	"\xeb{\x00\x98\x99\xc9\xc8Bq\xd4s\xcd\xb4\xa7D\x9e" +
-	"(\xda^6oO\x03@\"\x93\x9d\xccf\xac\x8d\x83" +
-	"/\xca\xe4?\x06\xeb\xba\x9b\x0a\x0c\xa1\xc0\xe3\x9b\x87\xc5" +
-	"\xda\x94\xda\x1az\xcat\xd9*\x11F|\x9b\xa3\xd8I" +
-	"PZ\x91\xcb\xd8\xe0\x1c\xe9?E\x13Za\xce\x04\x9f" +
-	"\x19\x18|\x90\x94sF\xc5\xd7JWo\xe1\xb7f\xd9" +
-	"=\xb0b\xe9=\xa5\xbd\xb4\x90\xd5>UaZ\x0d\xf8" +
-	"w\x00\x00\x00\xff\xff\xe34\xbd8"
+const schema_85150b117366d14b = "x\xda\xacV_h\x1c\xd5\x1b=\xdf\xbd3;\x81v" +
+	"\xbb\xb9\x9d]~\xbfHJm\xdc\xa2Y4\xb4MS" +
+	"J\xa0l\xb4\xc4\xd6\xf8\xe0N\xd5\xd2\x16\x1f\x9c\xecN" +
+	"\xea\xcatw;;\xdb\xa4A\x90\x8a%X\\\xa4\xd5" +
+	"\xaa}\xf0A\x82\x82J\x1f\x0a\x0abU\x0aR\xfc\x83" +
+	"\x085\xad\"\xa8\xb1>\xa4\xf5\xa1>H\x83/\xea\x95" +
+	";\xd9\xd9\x9d$5i\xd1\xa7\\f\xee\x9c\xef\xfb\xce" +
+	"9\xdf\xc9nx\x9d\x0dh\x1b\xe3Wb`VN\x8f" +
+	"I\xf1\xe6\xc4\x9e\xd9\xc93G :\x09\xd0\xc9\x00z" +
+	"\xf7\xf2'\x09d:<\x0b\x923\xd33\xf6\xd8\xc0\x8b" +
+	"\x13\x10\x9dLn\xf9\xb2o\xfaD\xef\xab\xaf\x00\xd4{" +
+	"\x94g\xc8<\xc9\x0d\xc0<\xce\xf7\x83\xe4\x86\xf3\x93\xd7" +
+	"\xdf\xfd\xaa~\x0cV'\x11\xa0)\xa8\x8f\xf8\xb8\x82\xfa" +
+	"<\x80\xfa\xec\x9b\xa74\xe7z\xba\x1e\xad\xf5\x0b\x7fF" +
+	"]\x98\x0d.4\xe1\x85\xe0\xf2\xc1\x0b#U\xb1\"u" +
+	"\x14 3\xa5\xfdl\xae\xd3v\x00\xe6^\xedS\xf3\x07" +
+	"\x05-\xff7\xfa~e\xfa\xf1\xe3g \xd67\xd1\xce" +
+	"k\xc7\x14\xda%M\xa1]\xdc2\xfe\xe8\xe5\xb7W\x9d" +
+	"\x8d\x96\xd3\xf5auA\xe8\xea\xc2\xe9\x1f\x93\xc5\xdf\xdf" +
+	"\xf9\xe9\x1c\xac\xf5\xcd\x86\xfb\xf4\x13\xea\xc2`p\xe1\xeb" +
+	"\x9d\xbfNm~m\xe6\x13\x88N>ovG_M" +
+	"fMW\xb3\x1f\xd4w\x98\xa7\xd4I\xde\xfe\xfc\xb9\xfc" +
+	"\xe8\xd9\x17.D\xeb\x1d\xd1\x83\xf1\xea\x01\xdc\x9e\xf7\xea" +
+	"\x97\xfc\xf5\x0fOAt\x85\xe5N\xeb\x1eA\x93\xa9\xfa" +
+	"#\xb3_|\xbb\xf5\xa2\xa2.\xc2\xf2 34\xd2z" +
+	"O\xe9\xfdd\xbe\x15T{C\xbf\x02\x92#\xf5\x89\xa9" +
+	"\xc9\xae\x93\xdf\xc1\xba\x93X\xeb\xe3\x143\x08\xe8ub" +
+	"\xc1\x8c\x07c\xa3 \xd9u5\xb3\xfa\x8e\xfd\x1f\xcf\xc0" +
+	"\xeaj\xcex9\x16\x88r-\xa6\x9az\x89?\xfb\xf2" +
+	"\xb6\xfe\xab\xd7\x16\xcd\x1872d\xae1T\xd5\x0ec" +
+	"\x87y\xaf:\xc9\xe7\xbe\xdf=\xf8\xc1\x87\x13\xbf54" +
+	"\x9e\x1b\xb2\xdb\x08\xf0\xfa\x8cQ\xdc#\xf3\xb6\x9b\xaf\xb9" +
+	"\xb6\xaf\x95\xbd\x9e\xbc])U\xfa\xb77\x9e\x94\xbd\x1e" +
+	"\xe7\x90\xed\xd6l\xdfI\xefr\xaa\x89\x9a\xebW-\x8d" +
+	"k\x80F\x80\x88o\x02\xac6NV\x92\xd1Zu\xcf" +
+	"!\xd1R\x00D\x02\xd4D\xe77B\x7f\xa8\xe2x\x09" +
+	"u\xca\x11Y\xed\xc4\x00\xd1\xdd\x15|\xb9n\x08 &" +
+	"\xd6\xa8?\\t\xf4\x03\x86](\xc8jm\xd8\xf7\xec" +
+	"\xbc\x0f@\x1e\xa8\xb9~\xb1\xe2\x1e\x06\x90-\x14\x0f\x15" +
+	"\x0b\xce\xd2\xa3\xecw|UO\x9d\xd3\xd9\x9c\xed\xd9\x07" +
+	"\xe6\x0ds[k\x18^\xaeP\xa2\xb5G JD&" +
+	"\xd1o\x04^pF\xee\xaf\x95\xf2~\xb1\\RT)" +
+	"\xa6\x10E\xcf\xb4\xd0\x13#\xb5R\x9eDK\xc7\x05L" +
+	"\xb1\x85\xf8\x86_\xf6\xacv\xa2\x96oD\xc7\xbe\x88\xd5" +
+	";6E<\x91\x1a\x8a\x04@jH\x0e\x8eU<\xa7" +
+	"Z-\x82\x97Kkw+\x91d\xd8\xa8\"1d\x04" +
+	"\x80\xb5\x92\xeb@s\x09)\x0c\x1aa\x0d\x81\x89\x07\x0c" +
+	"\xa2\xa6\x99(\x0c\x06\xb1m\x18L\xf4\x19\xc4\x9aaB" +
+	"\xe1V\x89n\xf5n\x9d!C\x0f\x01\x18 \x192\x05" +
+	"\xa3X.\x0d\x90\x0ce\x81\x1as\x80r\xb4\x0c\xd3a" +
+	"\xf7=y\xdbu\xd3s:b\x1e\xd7\xfd\x0d\xae\xd3\x8c" +
+	"\xb2\x95\xe0=\xad\x02\xe58\xd1\x0a0u\xbcI\xcb\xe7" +
+	"l\xcfX`\x92}\x01Md\xfd\x9f\x91t\"\xccR" +
+	"{K\x1c\x10\xb5\xe3\x96\x86\x983\x0c-\xb3[\xaa\xf9" +
+	"\x15\xcbm\x94R\x98\x1c\xb5NZ\xa0f\x98`\x14\xc6" +
+	"\x8a\x10\x190\xa1\x1b\x09\xcf\xb1\x0b7Awtk\xfe" +
+	"\xa5\xb1\xb5\x7fj\xd8\xe9Q\xcd\xa4sk\x03\xb1\x96\x1e" +
+	"P\xf99\xabh/\x97\x82\xd0\xe0\xdaJ)\x83V\xec" +
+	"\xfb\x00\xeb1N\xd6\x13\x8c\xe2\xf4\x97L\xaa\xbc\x13\xce" +
+	"8`\x158Y\x15Fq\xf6\xa7L\x06)s`\x17" +
+	"`\xb9\x9c\xac1Fq\xfe\x87\xa4HD\x8bZ\x06\xec" +
+	"i\xb7\xe8;\x9e\xed6Y\xafx\xce\xa1b\xb9VE" +
+	"\xb6\xa1\xd6\xe2\xa8\x0b\xbc\xe6\xf8\x0e\xc8\xa360j\x03" +
+	"%\x94\xbeK\x13\x10.\xa82\x83a\xbb\xae\xd5\xa6\xc8" +
+	"M\x12Wa8\x04Xwq\xb263\x12DI\xd2" +
+	"\x00\xb1Q\xf9\xfbnN\xd6NFr\xa4\xb5\xcb\x8b\x99" +
+	"_\xe0\xfe\xf9\x1e]u\x0b\xca\xec\xca\xce)\xff\x1f\x18" +
+	"T9?\xe17\xd4\x9b\xf3h\xf8\xbb\x80\xc2\x7f\xefM" +
+	"\x8f*\xf6\xe6{T[.|\xc3dokv\xda\xbd" +
+	"\xafE\xa2\xe2P=\xdb\x98ip\xb8\x955t\xdb^" +
+	"\xae\x81\x97|\xd2\xc0H\x03%\x86\xcb\x85\xc3\x8b\xb7\xfa" +
+	"\xef\x00\x00\x00\xff\xff\x89s\xce\xfa"
 
 func RegisterSchema(reg *schemas.Registry) {
 	reg.Register(&schemas.Schema{
-		String: schema_a0c51e9ab8d0cf61,
+		String: schema_85150b117366d14b,
 		Nodes: []uint64{
-			0x862d5939d6bb0b67,
-			0x87ab86371431f1e4,
-			0x882c5ce65a85b685,
-			0xa97e26d34443b4c6,
-			0xb2f68afebb5d1d29,
-			0xb3c50a997d369b27,
-			0xbe7f7d0252d112fd,
-			0xc0c67d0772cdb2db,
-			0xc3c64d2260393466,
-			0xc481b2d8de0a6c02,
-			0xce0bfa644a1cae28,
-			0xd3dbeff839546e35,
-			0xd41e845578922964,
-			0xd586af8e6745f76b,
-			0xe010231879866142,
-			0xed557f53aee1f3ec,
+			0x81b1a3f55887a611,
+			0x8793407861e6dfe6,
+			0x8a8dceb4f4a3c530,
+			0x8d24f465047cd6c8,
+			0x97983392df35cc36,
+			0xb19160df70b87717,
+			0xbb0eaae1557a36d4,
+			0xc0e0abf76914dead,
+			0xc3e69d34d3ee48d2,
+			0xd18fbb7763c08c20,
+			0xd3532574d58db558,
+			0xd438d7caf5548d15,
+			0xd99522a3d3878d66,
+			0xe6be6723122ae822,
+			0xede83a3d96840394,
+			0xf287bcba4556dc89,
 		},
 		Compressed: true,
 	})

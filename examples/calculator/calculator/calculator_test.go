@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -58,9 +57,27 @@ func serve(t *testing.T, addr string) *rpc.Server {
 	return srv
 }
 
-// check dials addr and runs every check, requiring every answer and
-// shared memory or not as sharedMemory says. It can run on any goroutine.
+// wantTail is every check RunTailCallCheck makes, in order.
+var wantTail = []calculator.Result{
+	{Name: "t(2, 10) = pow(2, 10) called directly (a tail call)", Want: 1024},
+	{Name: "t(3, 4) evaluated", Want: 81},
+}
+
+// check dials addr and runs every check of RunChecks, requiring every
+// answer and shared memory or not as sharedMemory says. It can run on any
+// goroutine.
 func check(addr string, sharedMemory bool) error {
+	return dialAndRun(addr, sharedMemory, calculator.RunChecks, want)
+}
+
+// checkTail is check for RunTailCallCheck.
+func checkTail(addr string, sharedMemory bool) error {
+	return dialAndRun(addr, sharedMemory, calculator.RunTailCallCheck, wantTail)
+}
+
+// dialAndRun dials addr, runs run on its bootstrap capability and
+// compares what it reported with want, within 30 s.
+func dialAndRun(addr string, sharedMemory bool, run func(context.Context, calculator.Calculator, func(calculator.Result)) error, want []calculator.Result) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	conn, err := rpc.Dial(ctx, addr)
@@ -76,7 +93,7 @@ func check(addr string, sharedMemory bool) error {
 	defer calc.Release()
 
 	var got []calculator.Result
-	if err := calculator.RunChecks(ctx, calc, func(r calculator.Result) { got = append(got, r) }); err != nil {
+	if err := run(ctx, calc, func(r calculator.Result) { got = append(got, r) }); err != nil {
 		return errors.Join(append(errs, fmt.Errorf("%s: %w", addr, err))...)
 	}
 	if len(got) != len(want) {
@@ -90,9 +107,9 @@ func check(addr string, sharedMemory bool) error {
 	return errors.Join(errs...)
 }
 
-// TestGoClient runs the Go client's checks against the Go server in this
-// process, on shared memory and on TCP, and with several clients at once
-// on shm:.
+// TestGoClient runs the Go client's checks (RunChecks, RunTailCallCheck)
+// against the Go server in this process, on shared memory and on TCP, and
+// with several clients at once on shm:.
 func TestGoClient(t *testing.T) {
 	type tc struct {
 		name, addr   string
@@ -115,6 +132,11 @@ func TestGoClient(t *testing.T) {
 			srv := serve(t, c.addr)
 			addr := srv.Addr().String()
 			if err := check(addr, c.sharedMemory); err != nil {
+				t.Fatal(err)
+			}
+			// A callback through a function defined on the server (the
+			// Go server calls it; a C++ one makes a tail call).
+			if err := checkTail(addr, c.sharedMemory); err != nil {
 				t.Fatal(err)
 			}
 
@@ -260,76 +282,4 @@ func TestErrors(t *testing.T) {
 	if err := calculator.RunChecks(ctx, calc, nil); err != nil {
 		t.Errorf("after the errors: %v", err)
 	}
-}
-
-// TestCppInterop builds the C++ EZ-RPC client (../cpp) and runs it against
-// the Go server over TCP. Without g++, capnp or libcapnp-dev it is skipped,
-// unless CAPNSHM_REQUIRE_CPP=1 (as in CI), which makes it fail.
-func TestCppInterop(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("the C++ client is built and run on Linux")
-	}
-	requireCpp(t)
-	dir := peertest.TempDir(t)
-	bin := filepath.Join(dir, "calculator-client")
-
-	buildCtx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	build := exec.CommandContext(buildCtx, "sh", filepath.Join("..", "cpp", "build.sh"), bin)
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the C++ client: %v\n%s", err, out)
-	}
-
-	srv := serve(t, "tcp:127.0.0.1:0")
-	endpoint := srv.Addr().(rpc.Addr).Endpoint // 127.0.0.1:PORT, as EzRpcClient takes it
-
-	runCtx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	client := exec.CommandContext(runCtx, bin, endpoint)
-	client.WaitDelay = 5 * time.Second
-	out, err := client.CombinedOutput()
-	t.Logf("C++ client against %s:\n%s", endpoint, out)
-	if errors.Is(runCtx.Err(), context.DeadlineExceeded) {
-		t.Fatal("the C++ client did not finish within 2 minutes")
-	}
-	if err != nil {
-		t.Fatalf("C++ client: %v", err)
-	}
-	for _, w := range want {
-		if line := fmt.Sprintf("  %s = %g\n", w.Name, w.Want); !strings.Contains(string(out), line) {
-			t.Errorf("C++ client output lacks %q", strings.TrimSpace(line))
-		}
-	}
-	if !strings.HasSuffix(string(out), "PASS\n") {
-		t.Error("C++ client did not print PASS")
-	}
-}
-
-// requireCpp skips the test (or, with CAPNSHM_REQUIRE_CPP=1, fails it)
-// unless the C++ toolchain and Cap'n Proto's C++ library are installed.
-func requireCpp(t *testing.T) {
-	t.Helper()
-	if runtime.GOOS == "windows" {
-		t.Skip("the C++ interop test runs on Linux (build.sh is a POSIX shell script)")
-	}
-	var missing []string
-	for _, tool := range []string{"sh", "go", "capnp", "g++", "pkg-config"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			missing = append(missing, tool)
-		}
-	}
-	if _, err := exec.LookPath("pkg-config"); err == nil {
-		if err := exec.Command("pkg-config", "--exists", "capnp-rpc").Run(); err != nil {
-			missing = append(missing, "the capnp-rpc library (pkg-config capnp-rpc)")
-		}
-	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := "C++ interop test needs " + strings.Join(missing, ", ") +
-		" (Debian/Ubuntu: apt-get install -y capnproto libcapnp-dev g++ pkg-config)"
-	if os.Getenv("CAPNSHM_REQUIRE_CPP") == "1" {
-		t.Fatal(msg + "; CAPNSHM_REQUIRE_CPP=1 makes this a failure")
-	}
-	t.Skip(msg)
 }

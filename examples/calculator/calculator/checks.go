@@ -41,8 +41,27 @@ func (r Result) String() string {
 // an answer was wrong.
 func RunChecks(ctx context.Context, calc Calculator, report func(Result)) error {
 	c := &checker{ctx: ctx, calc: calc, report: report}
+	return c.runAll(c.literal, c.operators, c.pipelining, c.functions, c.callback)
+}
+
+// RunTailCallCheck runs against calc the check that meets a tail call in
+// a C++ calculator (../cpp/server.c++): it defines t(x, y) = pow(x, y),
+// where pow is a Function served by this side (Power), then calls t(2, 10)
+// directly and evaluates t(3, 4). A server that forwards t's call to pow
+// with a tail call (C++'s CallContext::tailCall) sends the forwarded call
+// back here with sendResultsTo.yourself and answers t's call with
+// Return.takeFromOtherQuestion; a server that calls pow and copies its
+// answer (the Go server) gives the same answers by an ordinary callback.
+// report and the error are as RunChecks's.
+func RunTailCallCheck(ctx context.Context, calc Calculator, report func(Result)) error {
+	c := &checker{ctx: ctx, calc: calc, report: report}
+	return c.runAll(c.tailCall)
+}
+
+// runAll runs each check, then says whether any answer was wrong.
+func (c *checker) runAll(checks ...func() error) error {
 	defer c.releaseAll()
-	for _, check := range []func() error{c.literal, c.operators, c.pipelining, c.functions, c.callback} {
+	for _, check := range checks {
 		if err := c.run(check); err != nil {
 			return err
 		}
@@ -257,20 +276,7 @@ func (c *checker) functions() error {
 	c.expect("f(12, 34)", 1234, c.evaluate(apply(f, lit(12), lit(34))))
 	c.expect("g(21)", 4244, c.evaluate(apply(g, lit(21))))
 
-	fut, release := f.Call(c.ctx, func(p Calculator_Function_call_Params) error {
-		l, err := p.NewParams(2)
-		if err != nil {
-			return err
-		}
-		l.Set(0, 5)
-		l.Set(1, 7)
-		return nil
-	})
-	c.release = append(c.release, release)
-	c.pending = append(c.pending, pending{name: "f(5, 7) called directly", want: 507, answer: func() (float64, error) {
-		res, err := fut.Struct()
-		return res.Value(), err
-	}})
+	c.call("f(5, 7) called directly", 507, f, 5, 7)
 	return nil
 }
 
@@ -281,6 +287,38 @@ func (c *checker) callback() error {
 	defer pow.Release() // the evaluate call holds its own reference
 	c.expect("pow(2, 4 + 5) (a callback)", 512, c.evaluate(apply(pow, lit(2), apply(add, lit(4), lit(5)))))
 	return nil
+}
+
+// tailCall: t(x, y) = pow(x, y), with pow served here: t's body is a call,
+// which a C++ calculator forwards to pow as a tail call (see
+// RunTailCallCheck). t is called before it has arrived (pipelined).
+func (c *checker) tailCall() error {
+	pow := Calculator_Function(newClient(Calculator_Function_NewServer(Power{})))
+	defer pow.Release() // t's body holds its own reference
+	t := c.define(2, apply(pow, param(0), param(1)))
+	c.call("t(2, 10) = pow(2, 10) called directly (a tail call)", 1024, t, 2, 10)
+	c.expect("t(3, 4) evaluated", 81, c.evaluate(apply(t, lit(3), lit(4))))
+	return nil
+}
+
+// call calls fn on params directly (pipelined if fn has not arrived) and
+// records the answer, to be checked by wait.
+func (c *checker) call(name string, want float64, fn Calculator_Function, params ...float64) {
+	fut, release := fn.Call(c.ctx, func(p Calculator_Function_call_Params) error {
+		l, err := p.NewParams(int32(len(params)))
+		if err != nil {
+			return err
+		}
+		for i, v := range params {
+			l.Set(i, v)
+		}
+		return nil
+	})
+	c.release = append(c.release, release)
+	c.pending = append(c.pending, pending{name: name, want: want, answer: func() (float64, error) {
+		res, err := fut.Struct()
+		return res.Value(), err
+	}})
 }
 
 // Power is a Function computing x to the power y, as the C++ sample

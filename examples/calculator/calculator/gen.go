@@ -1,7 +1,9 @@
 // Package calculator is the classic Cap'n Proto calculator (see
-// calculator.capnp, with the structure of the C++ sample): the generated
-// code and a server, shared by the server and client commands, the tests
-// and, through the same schema, the C++ client in ../cpp.
+// calculator.capnp: the C++ sample's schema, with its ids): the generated
+// code, a server and the checks a client runs (RunChecks,
+// RunTailCallCheck), shared by the server and client commands, the tests
+// and, through the same schema, the C++ client and server in ../cpp and
+// the official C++ samples.
 package calculator
 
 //go:generate sh -c "capnp compile -I $(go list -m -f '{{.Dir}}' capnproto.org/go/capnp/v3)/std -ogo calculator.capnp"
