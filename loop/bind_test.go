@@ -72,42 +72,44 @@ func (s *threadEcho) Echo(ctx context.Context, call echoproto.Echo_echo) error {
 // Every handler of a bound server runs on the loop's thread, in the order
 // the client made its calls.
 func TestBindServerThreadAndOrder(t *testing.T) {
-	l := start(t, loop.Options{})
-	srv := &threadEcho{l: l}
-	echo := serve(t, pipePair, loop.BindServer(l, echoproto.Echo_Methods(nil, srv), srv))
-	ctx, cancel := context.WithTimeout(context.Background(), bound)
-	defer cancel()
-	const n = 500
-	var futures []echoproto.Echo_echo_Results_Future
-	var releases []capnp.ReleaseFunc
-	var want []string
-	for i := range n {
-		payload := string(rune('a'+i%26)) + string(rune('0'+i/26%10)) + string(rune('0'+i/260))
-		want = append(want, payload)
-		f, rel := echo.Echo(ctx, func(p echoproto.Echo_echo_Params) error { return p.SetData([]byte(payload)) })
-		futures, releases = append(futures, f), append(releases, rel)
-	}
-	for i, f := range futures {
-		res, err := f.Struct()
-		if err != nil {
-			t.Fatalf("call %d: %v", i, err)
+	eachMode(t, func(t *testing.T, sys loop.SysOptions) {
+		l := start(t, loop.Options{Sys: sys})
+		srv := &threadEcho{l: l}
+		echo := serve(t, pipePair, loop.BindServer(l, echoproto.Echo_Methods(nil, srv), srv))
+		ctx, cancel := context.WithTimeout(context.Background(), bound)
+		defer cancel()
+		const n = 500
+		var futures []echoproto.Echo_echo_Results_Future
+		var releases []capnp.ReleaseFunc
+		var want []string
+		for i := range n {
+			payload := string(rune('a'+i%26)) + string(rune('0'+i/26%10)) + string(rune('0'+i/260))
+			want = append(want, payload)
+			f, rel := echo.Echo(ctx, func(p echoproto.Echo_echo_Params) error { return p.SetData([]byte(payload)) })
+			futures, releases = append(futures, f), append(releases, rel)
 		}
-		if d, _ := res.Data(); string(d) != want[i] {
-			t.Fatalf("call %d returned %q, want %q", i, d, want[i])
+		for i, f := range futures {
+			res, err := f.Struct()
+			if err != nil {
+				t.Fatalf("call %d: %v", i, err)
+			}
+			if d, _ := res.Data(); string(d) != want[i] {
+				t.Fatalf("call %d returned %q, want %q", i, d, want[i])
+			}
+			releases[i]()
 		}
-		releases[i]()
-	}
-	srv.mu.Lock()
-	defer srv.mu.Unlock()
-	if srv.off != 0 {
-		t.Errorf("%d of %d handlers ran off the loop's thread", srv.off, n)
-	}
-	if strings.Join(srv.seq, ",") != strings.Join(want, ",") {
-		t.Errorf("handlers ran out of call order:\n got %v\nwant %v", srv.seq, want)
-	}
-	if s := l.Stats(); s.HighTasks < n {
-		t.Errorf("Stats.HighTasks = %d, want >= %d (bound calls queue at high priority)", s.HighTasks, n)
-	}
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		if srv.off != 0 {
+			t.Errorf("%d of %d handlers ran off the loop's thread", srv.off, n)
+		}
+		if strings.Join(srv.seq, ",") != strings.Join(want, ",") {
+			t.Errorf("handlers ran out of call order:\n got %v\nwant %v", srv.seq, want)
+		}
+		if s := l.Stats(); s.HighTasks < n {
+			t.Errorf("Stats.HighTasks = %d, want >= %d (bound calls queue at high priority)", s.HighTasks, n)
+		}
+	})
 }
 
 // A bound handler's call to an RPC caller comes back as an overloaded
@@ -122,8 +124,13 @@ func TestBindServerOverloaded(t *testing.T) {
 		t.Fatalf("ping: %v", err)
 	}
 	release := block(t, l, loop.High)
-	for range 2 {
-		if err := l.Post(loop.High, func() {}); err != nil {
+	drained := make(chan struct{})
+	for i := range 2 {
+		f := func() {}
+		if i == 1 {
+			f = func() { close(drained) }
+		}
+		if err := l.Post(loop.High, f); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -132,6 +139,7 @@ func TestBindServerOverloaded(t *testing.T) {
 		t.Errorf("ping to a full loop = %v (type %v), want an overloaded exception", err, exc.TypeOf(err))
 	}
 	release()
+	await(t, drained, "the queue to drain")
 	if err := ping(ctx, echo); err != nil {
 		t.Errorf("ping once drained: %v", err)
 	}

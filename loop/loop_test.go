@@ -19,42 +19,44 @@ import (
 // Tasks queued together run high priority first, each priority in FIFO
 // order, and on the loop's thread.
 func TestPriorityOrder(t *testing.T) {
-	for _, blocker := range []loop.Priority{loop.High, loop.Normal} {
-		t.Run("blocked by "+blocker.String(), func(t *testing.T) {
-			l := start(t, loop.Options{})
-			release := block(t, l, blocker)
-			var rec recorder
-			var off atomic.Int32
-			var want []string
-			for i := range 5 {
-				for _, p := range []loop.Priority{loop.Normal, loop.High} {
-					name := fmt.Sprintf("%s%d", p, i)
-					if err := l.Post(p, func() {
-						if !l.OnLoop() {
-							off.Add(1)
+	eachMode(t, func(t *testing.T, sys loop.SysOptions) {
+		for _, blocker := range []loop.Priority{loop.High, loop.Normal} {
+			t.Run("blocked by "+blocker.String(), func(t *testing.T) {
+				l := start(t, loop.Options{Sys: sys})
+				release := block(t, l, blocker)
+				var rec recorder
+				var off atomic.Int32
+				var want []string
+				for i := range 5 {
+					for _, p := range []loop.Priority{loop.Normal, loop.High} {
+						name := fmt.Sprintf("%s%d", p, i)
+						if err := l.Post(p, func() {
+							if !l.OnLoop() {
+								off.Add(1)
+							}
+							rec.add(name)
+						}); err != nil {
+							t.Fatal(err)
 						}
-						rec.add(name)
-					}); err != nil {
-						t.Fatal(err)
 					}
 				}
-			}
-			for i := range 5 {
-				want = append(want, fmt.Sprintf("high%d", i))
-			}
-			for i := range 5 {
-				want = append(want, fmt.Sprintf("normal%d", i))
-			}
-			release()
-			barrier(t, l, loop.Normal)
-			if got := rec.list(); !slices.Equal(got, want) {
-				t.Errorf("order\n got %v\nwant %v", got, want)
-			}
-			if n := off.Load(); n != 0 {
-				t.Errorf("%d tasks ran off the loop's thread", n)
-			}
-		})
-	}
+				for i := range 5 {
+					want = append(want, fmt.Sprintf("high%d", i))
+				}
+				for i := range 5 {
+					want = append(want, fmt.Sprintf("normal%d", i))
+				}
+				release()
+				barrier(t, l, loop.Normal)
+				if got := rec.list(); !slices.Equal(got, want) {
+					t.Errorf("order\n got %v\nwant %v", got, want)
+				}
+				if n := off.Load(); n != 0 {
+					t.Errorf("%d tasks ran off the loop's thread", n)
+				}
+			})
+		}
+	})
 }
 
 // A high task posted while a long run of normal tasks is queued waits
@@ -161,51 +163,53 @@ func TestDo(t *testing.T) {
 // Close with work queued: the running task finishes, queued Do calls fail
 // with ErrClosed, queued posts and timers never run, and Close returns.
 func TestCloseWithWorkQueued(t *testing.T) {
-	clk := loop.NewManualClock(epoch)
-	l := start(t, loop.Options{Clock: clk})
-	release := block(t, l, loop.Normal)
-	var ran atomic.Int32
-	errs := make(chan error, 8)
-	for i := range 8 {
-		p := loop.Priority(i % 2)
-		go func() {
-			errs <- l.Do(context.Background(), p, func(context.Context) error { ran.Add(1); return nil })
-		}()
-	}
-	for l.Queued(loop.High)+l.Queued(loop.Normal) < 8 {
-		runtime.Gosched()
-	}
-	for range 3 {
-		l.Post(loop.Normal, func() { ran.Add(1) })
-	}
-	fired := false
-	tm := l.AfterFunc(time.Second, func() { fired = true })
-	closed := make(chan error, 1)
-	go func() { closed <- l.Close() }()
-	for !l.Closing() {
-		runtime.Gosched()
-	}
-	clk.Advance(time.Hour)
-	release()
-	if err := await(t, closed, "Close to return"); err != nil {
-		t.Fatalf("Close = %v", err)
-	}
-	for range 8 {
-		if err := await(t, errs, "a queued Do to fail"); !errors.Is(err, loop.ErrClosed) {
-			t.Errorf("queued Do = %v, want ErrClosed", err)
+	eachMode(t, func(t *testing.T, sys loop.SysOptions) {
+		clk := loop.NewManualClock(epoch)
+		l := start(t, loop.Options{Sys: sys, Clock: clk})
+		release := block(t, l, loop.Normal)
+		var ran atomic.Int32
+		errs := make(chan error, 8)
+		for i := range 8 {
+			p := loop.Priority(i % 2)
+			go func() {
+				errs <- l.Do(context.Background(), p, func(context.Context) error { ran.Add(1); return nil })
+			}()
 		}
-	}
-	if n := ran.Load(); n != 0 || fired {
-		t.Errorf("after Close: %d queued tasks ran, timer fired: %v", n, fired)
-	}
-	if tm.Stop() {
-		t.Error("Stop of a timer dropped by Close reported it armed")
-	}
-	select {
-	case <-l.Done():
-	default:
-		t.Error("Done not closed after Close returned")
-	}
+		for l.Queued(loop.High)+l.Queued(loop.Normal) < 8 {
+			runtime.Gosched()
+		}
+		for range 3 {
+			l.Post(loop.Normal, func() { ran.Add(1) })
+		}
+		fired := false
+		tm := l.AfterFunc(time.Second, func() { fired = true })
+		closed := make(chan error, 1)
+		go func() { closed <- l.Close() }()
+		for !l.Closing() {
+			runtime.Gosched()
+		}
+		clk.Advance(time.Hour)
+		release()
+		if err := await(t, closed, "Close to return"); err != nil {
+			t.Fatalf("Close = %v", err)
+		}
+		for range 8 {
+			if err := await(t, errs, "a queued Do to fail"); !errors.Is(err, loop.ErrClosed) {
+				t.Errorf("queued Do = %v, want ErrClosed", err)
+			}
+		}
+		if n := ran.Load(); n != 0 || fired {
+			t.Errorf("after Close: %d queued tasks ran, timer fired: %v", n, fired)
+		}
+		if tm.Stop() {
+			t.Error("Stop of a timer dropped by Close reported it armed")
+		}
+		select {
+		case <-l.Done():
+		default:
+			t.Error("Done not closed after Close returned")
+		}
+	})
 }
 
 // Close from a task on the loop returns at once; the loop stops after it.
@@ -246,89 +250,95 @@ func TestRun(t *testing.T) {
 // The queue bound: past MaxQueued, Post and Do fail with an overloaded
 // exception, and work on the other priority is still accepted.
 func TestOverloaded(t *testing.T) {
-	l := start(t, loop.Options{MaxQueued: 3})
-	release := block(t, l, loop.High)
-	drained := make(chan struct{})
-	for i := range 3 {
-		f := func() {}
-		if i == 2 {
-			f = func() { close(drained) }
+	eachMode(t, func(t *testing.T, sys loop.SysOptions) {
+		l := start(t, loop.Options{Sys: sys, MaxQueued: 3})
+		release := block(t, l, loop.High)
+		drained := make(chan struct{})
+		for i := range 3 {
+			f := func() {}
+			if i == 2 {
+				f = func() { close(drained) }
+			}
+			if err := l.Post(loop.Normal, f); err != nil {
+				t.Fatalf("post %d: %v", i, err)
+			}
 		}
-		if err := l.Post(loop.Normal, f); err != nil {
-			t.Fatalf("post %d: %v", i, err)
+		err := l.Post(loop.Normal, func() {})
+		if !errors.Is(err, loop.ErrOverloaded) || exc.TypeOf(err) != exc.Overloaded {
+			t.Fatalf("Post past the bound = %v (type %v), want ErrOverloaded, overloaded", err, exc.TypeOf(err))
 		}
-	}
-	err := l.Post(loop.Normal, func() {})
-	if !errors.Is(err, loop.ErrOverloaded) || exc.TypeOf(err) != exc.Overloaded {
-		t.Fatalf("Post past the bound = %v (type %v), want ErrOverloaded, overloaded", err, exc.TypeOf(err))
-	}
-	err = l.Do(context.Background(), loop.Normal, func(context.Context) error { return nil })
-	if !errors.Is(err, loop.ErrOverloaded) || exc.TypeOf(err) != exc.Overloaded {
-		t.Fatalf("Do past the bound = %v, want overloaded", err)
-	}
-	if err := l.Post(loop.High, func() {}); err != nil {
-		t.Fatalf("high post while normal is full: %v", err)
-	}
-	if n := l.Stats().Overloaded; n != 2 {
-		t.Errorf("Stats.Overloaded = %d, want 2", n)
-	}
-	release()
-	await(t, drained, "the queue to drain")
-	if err := l.Post(loop.Normal, func() {}); err != nil {
-		t.Fatalf("post once drained: %v", err)
-	}
+		err = l.Do(context.Background(), loop.Normal, func(context.Context) error { return nil })
+		if !errors.Is(err, loop.ErrOverloaded) || exc.TypeOf(err) != exc.Overloaded {
+			t.Fatalf("Do past the bound = %v, want overloaded", err)
+		}
+		if err := l.Post(loop.High, func() {}); err != nil {
+			t.Fatalf("high post while normal is full: %v", err)
+		}
+		if n := l.Stats().Overloaded; n != 2 {
+			t.Errorf("Stats.Overloaded = %d, want 2", n)
+		}
+		release()
+		await(t, drained, "the queue to drain")
+		if err := l.Post(loop.Normal, func() {}); err != nil {
+			t.Fatalf("post once drained: %v", err)
+		}
+	})
 }
 
 // A wake-up that was consumed always leads to the work it announced: many
 // rounds of "the loop is idle, another goroutine posts one task".
 func TestWakeUpLeadsToWork(t *testing.T) {
-	l := start(t, loop.Options{})
-	n := 3000
-	if testing.Short() {
-		n = 300
-	}
-	ran := make(chan struct{}, 1)
-	for i := range n {
-		p := loop.Priority(i % 2)
-		if err := l.Post(p, func() { ran <- struct{}{} }); err != nil {
-			t.Fatal(err)
+	eachMode(t, func(t *testing.T, sys loop.SysOptions) {
+		l := start(t, loop.Options{Sys: sys})
+		n := 3000
+		if testing.Short() {
+			n = 300
 		}
-		await(t, ran, fmt.Sprintf("task %d after a wake-up", i))
-	}
-	if s := l.Stats(); s.Wakeups == 0 {
-		t.Errorf("no wake-ups counted over %d posts to an idle loop: %+v", n, s)
-	}
+		ran := make(chan struct{}, 1)
+		for i := range n {
+			p := loop.Priority(i % 2)
+			if err := l.Post(p, func() { ran <- struct{}{} }); err != nil {
+				t.Fatal(err)
+			}
+			await(t, ran, fmt.Sprintf("task %d after a wake-up", i))
+		}
+		if s := l.Stats(); s.Wakeups == 0 {
+			t.Errorf("no wake-ups counted over %d posts to an idle loop: %+v", n, s)
+		}
+	})
 }
 
 // Wake-ups coalesce: many posts to a loop that is about to block send one.
 func TestWakeUpsCoalesce(t *testing.T) {
-	l := start(t, loop.Options{})
-	release := block(t, l, loop.High)
-	before := l.Stats().Wakeups
-	// While a task runs the loop is not waiting: posts send no wake-up.
-	for range 50 {
-		l.Post(loop.Normal, func() {})
-	}
-	if d := l.Stats().Wakeups - before; d != 0 {
-		t.Errorf("%d wake-ups sent to a busy loop, want 0", d)
-	}
-	l.PretendWaiting()
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range 20 {
-				l.Post(loop.Normal, func() {})
-			}
-		}()
-	}
-	wg.Wait()
-	if d := l.Stats().Wakeups - before; d != 1 {
-		t.Errorf("%d wake-ups for 160 posts to a waiting loop, want 1", d)
-	}
-	release()
-	barrier(t, l, loop.Normal)
+	eachMode(t, func(t *testing.T, sys loop.SysOptions) {
+		l := start(t, loop.Options{Sys: sys})
+		release := block(t, l, loop.High)
+		before := l.Stats().Wakeups
+		// While a task runs the loop is not waiting: posts send no wake-up.
+		for range 50 {
+			l.Post(loop.Normal, func() {})
+		}
+		if d := l.Stats().Wakeups - before; d != 0 {
+			t.Errorf("%d wake-ups sent to a busy loop, want 0", d)
+		}
+		l.PretendWaiting()
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range 20 {
+					l.Post(loop.Normal, func() {})
+				}
+			}()
+		}
+		wg.Wait()
+		if d := l.Stats().Wakeups - before; d != 1 {
+			t.Errorf("%d wake-ups for 160 posts to a waiting loop, want 1", d)
+		}
+		release()
+		barrier(t, l, loop.Normal)
+	})
 }
 
 // OnLoop is true on the loop's thread only, and ThreadID is that thread's.

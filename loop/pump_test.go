@@ -16,142 +16,149 @@ import (
 // MaxPumpDelay, late by at most the batches of one turn, counted on the
 // injected clock: every task moves the clock by one step.
 func TestPumpUnderFlood(t *testing.T) {
-	const (
-		step     = time.Millisecond
-		maxDelay = 100 * time.Millisecond
-		batch    = 8
-		total    = 3 * time.Second
-		inFlight = 50
-	)
-	clk := loop.NewManualClock(epoch)
-	var mu sync.Mutex
-	var pumps []time.Duration
-	var tasksBetween []int
-	tasks := 0
-	opts := loop.Options{
-		Clock:        clk,
-		MaxPumpDelay: maxDelay,
-		HighBatch:    batch,
-		NormalBatch:  batch,
-		Pump: func() {
+	eachMode(t, func(t *testing.T, sys loop.SysOptions) {
+		const (
+			step     = time.Millisecond
+			maxDelay = 100 * time.Millisecond
+			batch    = 8
+			total    = 3 * time.Second
+			inFlight = 50
+		)
+		clk := loop.NewManualClock(epoch)
+		var mu sync.Mutex
+		var pumps []time.Duration
+		var tasksBetween []int
+		tasks := 0
+		opts := loop.Options{
+			Sys:          sys,
+			Clock:        clk,
+			MaxPumpDelay: maxDelay,
+			HighBatch:    batch,
+			NormalBatch:  batch,
+			Pump: func() {
+				mu.Lock()
+				pumps = append(pumps, clk.Now().Sub(epoch))
+				tasksBetween = append(tasksBetween, tasks)
+				tasks = 0
+				mu.Unlock()
+			},
+		}
+		l := start(t, opts)
+		done := make(chan struct{})
+		var flood func()
+		flood = func() {
+			clk.Advance(step)
 			mu.Lock()
-			pumps = append(pumps, clk.Now().Sub(epoch))
-			tasksBetween = append(tasksBetween, tasks)
-			tasks = 0
+			tasks++
 			mu.Unlock()
-		},
-	}
-	l := start(t, opts)
-	done := make(chan struct{})
-	var flood func()
-	flood = func() {
-		clk.Advance(step)
-		mu.Lock()
-		tasks++
-		mu.Unlock()
-		if clk.Now().Sub(epoch) >= total {
-			select {
-			case <-done:
-			default:
-				close(done)
+			if clk.Now().Sub(epoch) >= total {
+				select {
+				case <-done:
+				default:
+					close(done)
+				}
+				return
 			}
-			return
+			if err := l.Post(loop.High, flood); err != nil {
+				t.Errorf("flood post: %v", err)
+			}
 		}
-		if err := l.Post(loop.High, flood); err != nil {
-			t.Errorf("flood post: %v", err)
+		for range inFlight {
+			if err := l.Post(loop.High, flood); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	for range inFlight {
-		if err := l.Post(loop.High, flood); err != nil {
-			t.Fatal(err)
-		}
-	}
-	await(t, done, "the flood to end")
-	barrier(t, l, loop.High)
+		await(t, done, "the flood to end")
+		barrier(t, l, loop.High)
 
-	mu.Lock()
-	defer mu.Unlock()
-	// One turn: a high batch, the pre-pump high batch; no normal tasks here.
-	late := 2 * batch * step
-	want := int(total / (maxDelay + late))
-	if len(pumps) < want {
-		t.Fatalf("pump ran %d times in %v of flood, want at least %d: %v", len(pumps), total, want, pumps)
-	}
-	prev := time.Duration(0)
-	for i, at := range pumps {
-		if gap := at - prev; gap > maxDelay+late {
-			t.Errorf("pump run %d at +%v, %v after the previous one: more than MaxPumpDelay %v + %v", i, at, gap, maxDelay, late)
+		mu.Lock()
+		defer mu.Unlock()
+		// One turn: a high batch, the pre-pump high batch; no normal tasks here.
+		late := 2 * batch * step
+		want := int(total / (maxDelay + late))
+		if len(pumps) < want {
+			t.Fatalf("pump ran %d times in %v of flood, want at least %d: %v", len(pumps), total, want, pumps)
 		}
-		prev = at
-	}
-	for i, n := range tasksBetween[1:] {
-		if n < int(maxDelay/step)/2 {
-			t.Errorf("only %d flood tasks ran between pump runs %d and %d: the pump ran too often", n, i, i+1)
+		prev := time.Duration(0)
+		for i, at := range pumps {
+			if gap := at - prev; gap > maxDelay+late {
+				t.Errorf("pump run %d at +%v, %v after the previous one: more than MaxPumpDelay %v + %v", i, at, gap, maxDelay, late)
+			}
+			prev = at
 		}
-	}
-	if s := l.Stats(); s.MaxPumpGap > maxDelay+late || s.Pumps != uint64(len(pumps)) {
-		t.Errorf("Stats: MaxPumpGap %v (want <= %v), Pumps %d (want %d)", s.MaxPumpGap, maxDelay+late, s.Pumps, len(pumps))
-	}
+		for i, n := range tasksBetween[1:] {
+			if n < int(maxDelay/step)/2 {
+				t.Errorf("only %d flood tasks ran between pump runs %d and %d: the pump ran too often", n, i, i+1)
+			}
+		}
+		if s := l.Stats(); s.MaxPumpGap > maxDelay+late || s.Pumps != uint64(len(pumps)) {
+			t.Errorf("Stats: MaxPumpGap %v (want <= %v), Pumps %d (want %d)", s.MaxPumpGap, maxDelay+late, s.Pumps, len(pumps))
+		}
+	})
 }
 
 // High-priority tasks queued before a due pump run before it.
 func TestPumpAfterQueuedTasks(t *testing.T) {
-	for _, blocker := range []loop.Priority{loop.High, loop.Normal} {
-		t.Run("blocked by "+blocker.String(), func(t *testing.T) {
-			clk := loop.NewManualClock(epoch)
-			var rec recorder
-			pumped := make(chan struct{}, 16)
-			l := start(t, loop.Options{Clock: clk, HighBatch: 8, Pump: func() {
-				rec.add("pump")
-				pumped <- struct{}{}
-			}})
-			release := block(t, l, blocker)
-			clk.Advance(2 * time.Second) // the pump is due
-			var want []string
-			for i := range 6 {
-				name := fmt.Sprintf("h%d", i)
-				want = append(want, name)
-				l.Post(loop.High, func() { rec.add(name) })
-			}
-			want = append(want, "pump")
-			release()
-			await(t, pumped, "the pump")
-			if got := rec.list(); !slices.Equal(got, want) {
-				t.Errorf("got %v, want %v", got, want)
-			}
-		})
-	}
+	eachMode(t, func(t *testing.T, sys loop.SysOptions) {
+		for _, blocker := range []loop.Priority{loop.High, loop.Normal} {
+			t.Run("blocked by "+blocker.String(), func(t *testing.T) {
+				clk := loop.NewManualClock(epoch)
+				var rec recorder
+				pumped := make(chan struct{}, 16)
+				l := start(t, loop.Options{Sys: sys, Clock: clk, HighBatch: 8, Pump: func() {
+					rec.add("pump")
+					pumped <- struct{}{}
+				}})
+				release := block(t, l, blocker)
+				clk.Advance(2 * time.Second) // the pump is due
+				var want []string
+				for i := range 6 {
+					name := fmt.Sprintf("h%d", i)
+					want = append(want, name)
+					l.Post(loop.High, func() { rec.add(name) })
+				}
+				want = append(want, "pump")
+				release()
+				await(t, pumped, "the pump")
+				if got := rec.list(); !slices.Equal(got, want) {
+					t.Errorf("got %v, want %v", got, want)
+				}
+			})
+		}
+	})
 }
 
 // Before its deadline the pump runs only when the loop has nothing else to
 // do, and only if it has work (WakePump).
 func TestPumpWhenIdle(t *testing.T) {
-	clk := loop.NewManualClock(epoch)
-	var rec recorder
-	pumped := make(chan struct{}, 16)
-	l := start(t, loop.Options{Clock: clk, Pump: func() {
-		rec.add("pump")
-		pumped <- struct{}{}
-	}})
-	release := block(t, l, loop.Normal)
-	l.WakePump()
-	for i := range 3 {
-		l.Post(loop.Normal, func() { rec.add(fmt.Sprintf("n%d", i)) })
-	}
-	release()
-	await(t, pumped, "the pump")
-	barrier(t, l, loop.Normal)
-	want := []string{"n0", "n1", "n2", "pump"}
-	if got := rec.list(); !slices.Equal(got, want) {
-		t.Errorf("got %v, want %v", got, want)
-	}
-	// Idle without pump work: no run until the deadline.
-	barrier(t, l, loop.Normal)
-	if n := len(rec.list()); n != len(want) {
-		t.Errorf("the pump ran again without work or deadline: %v", rec.list())
-	}
-	clk.Advance(loop.DefaultMaxPumpDelay)
-	await(t, pumped, "the pump at its deadline")
+	eachMode(t, func(t *testing.T, sys loop.SysOptions) {
+		clk := loop.NewManualClock(epoch)
+		var rec recorder
+		pumped := make(chan struct{}, 16)
+		l := start(t, loop.Options{Sys: sys, Clock: clk, Pump: func() {
+			rec.add("pump")
+			pumped <- struct{}{}
+		}})
+		release := block(t, l, loop.Normal)
+		l.WakePump()
+		for i := range 3 {
+			l.Post(loop.Normal, func() { rec.add(fmt.Sprintf("n%d", i)) })
+		}
+		release()
+		await(t, pumped, "the pump")
+		barrier(t, l, loop.Normal)
+		want := []string{"n0", "n1", "n2", "pump"}
+		if got := rec.list(); !slices.Equal(got, want) {
+			t.Errorf("got %v, want %v", got, want)
+		}
+		// Idle without pump work: no run until the deadline.
+		barrier(t, l, loop.Normal)
+		if n := len(rec.list()); n != len(want) {
+			t.Errorf("the pump ran again without work or deadline: %v", rec.list())
+		}
+		clk.Advance(loop.DefaultMaxPumpDelay)
+		await(t, pumped, "the pump at its deadline")
+	})
 }
 
 // A run longer than SlowTask is logged at WARN with its duration.

@@ -12,45 +12,47 @@ import (
 // A doorbell watch calls back on the loop after a ring, at its priority;
 // Stop ends the callbacks.
 func TestWatchBell(t *testing.T) {
-	l := start(t, loop.Options{})
-	b, err := iocpwake.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	calls := make(chan bool, 64)
-	w, err := l.WatchBell(b, loop.High, func() bool {
-		calls <- l.OnLoop()
-		return false
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range 3 {
-		if err := b.Ring(); err != nil {
+	eachMode(t, func(t *testing.T, sys loop.SysOptions) {
+		l := start(t, loop.Options{Sys: sys})
+		b, err := iocpwake.New()
+		if err != nil {
 			t.Fatal(err)
 		}
-		if on := await(t, calls, "the bell callback"); !on {
-			t.Errorf("ring %d: callback ran off the loop", i)
+		defer b.Close()
+		calls := make(chan bool, 64)
+		w, err := l.WatchBell(b, loop.High, func() bool {
+			calls <- l.OnLoop()
+			return false
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
-		drain(calls) // a spurious extra callback is allowed (Windows)
-	}
-	if err := w.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	drain(calls)
-	b.Ring()
-	barrier(t, l, loop.Normal)
-	// A callback after Stop returned would be a bug: Stop waits for the
-	// loop, and the ring can only reach a stopped watch.
-	select {
-	case <-calls:
-		t.Error("callback after Stop")
-	default:
-	}
-	if err := w.Stop(); err != nil {
-		t.Errorf("second Stop: %v", err)
-	}
+		for i := range 3 {
+			if err := b.Ring(); err != nil {
+				t.Fatal(err)
+			}
+			if on := await(t, calls, "the bell callback"); !on {
+				t.Errorf("ring %d: callback ran off the loop", i)
+			}
+			drain(calls) // a spurious extra callback is allowed (Windows)
+		}
+		if err := w.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		drain(calls)
+		b.Ring()
+		barrier(t, l, loop.Normal)
+		// A callback after Stop returned would be a bug: Stop waits for the
+		// loop, and the ring can only reach a stopped watch.
+		select {
+		case <-calls:
+			t.Error("callback after Stop")
+		default:
+		}
+		if err := w.Stop(); err != nil {
+			t.Errorf("second Stop: %v", err)
+		}
+	})
 }
 
 // Rings while the loop is busy coalesce into one callback.
@@ -86,46 +88,48 @@ func TestWatchBellCoalesces(t *testing.T) {
 // before normal tasks, but within the turn's high budget, so they are not
 // starved.
 func TestWatchMore(t *testing.T) {
-	for _, p := range []loop.Priority{loop.Normal, loop.High} {
-		t.Run(p.String(), func(t *testing.T) {
-			l := start(t, loop.Options{HighBatch: 2})
-			b, err := iocpwake.New()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer b.Close()
-			var rec recorder
-			backlog := 6
-			done := make(chan struct{})
-			if _, err := l.WatchBell(b, p, func() bool {
-				if backlog == 0 {
-					return false
+	eachMode(t, func(t *testing.T, sys loop.SysOptions) {
+		for _, p := range []loop.Priority{loop.Normal, loop.High} {
+			t.Run(p.String(), func(t *testing.T) {
+				l := start(t, loop.Options{Sys: sys, HighBatch: 2})
+				b, err := iocpwake.New()
+				if err != nil {
+					t.Fatal(err)
 				}
-				backlog--
-				rec.add("watch")
-				l.Post(loop.Normal, func() { rec.add("task") })
-				if backlog == 0 {
-					l.Post(loop.Normal, func() { close(done) })
+				defer b.Close()
+				var rec recorder
+				backlog := 6
+				done := make(chan struct{})
+				if _, err := l.WatchBell(b, p, func() bool {
+					if backlog == 0 {
+						return false
+					}
+					backlog--
+					rec.add("watch")
+					l.Post(loop.Normal, func() { rec.add("task") })
+					if backlog == 0 {
+						l.Post(loop.Normal, func() { close(done) })
+					}
+					return backlog > 0
+				}); err != nil {
+					t.Fatal(err)
 				}
-				return backlog > 0
-			}); err != nil {
-				t.Fatal(err)
-			}
-			b.Ring()
-			await(t, done, "the backlog")
-			got := rec.list()
-			if p == loop.Normal {
-				want := slices.Repeat([]string{"watch", "task"}, 6)
-				if !slices.Equal(got, want) {
-					t.Errorf("got %v, want %v", got, want)
+				b.Ring()
+				await(t, done, "the backlog")
+				got := rec.list()
+				if p == loop.Normal {
+					want := slices.Repeat([]string{"watch", "task"}, 6)
+					if !slices.Equal(got, want) {
+						t.Errorf("got %v, want %v", got, want)
+					}
+					return
 				}
-				return
-			}
-			if i := slices.Index(got, "task"); i < 0 || i > 2 {
-				t.Errorf("got %v: the first normal task ran after %d high callbacks, want at most the budget, 2", got, i)
-			}
-		})
-	}
+				if i := slices.Index(got, "task"); i < 0 || i > 2 {
+					t.Errorf("got %v: the first normal task ran after %d high callbacks, want at most the budget, 2", got, i)
+				}
+			})
+		}
+	})
 }
 
 // Bells the loop cannot wait on are refused.
