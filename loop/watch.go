@@ -4,10 +4,13 @@ import "sync/atomic"
 
 // Watch is a source of events whose callback runs on the loop: a doorbell
 // (WatchBell), a file descriptor (WatchFD, Linux) or a waitable handle
-// (WatchHandle, Windows). A callback returns more = true to be called
-// again in the next turn without a new event: a receive loop that stopped
-// at its budget with messages left. Callbacks of one priority run at the
-// start of that priority's part of the turn, before its tasks.
+// (WatchHandle, Windows). Callbacks of one priority run at the start of
+// that priority's part of the turn, before its tasks, each once. A callback
+// returns more = true to be called again without a new event (a receive
+// loop that stopped at its budget with messages left): a normal-priority
+// one in the next turn, a high-priority one as soon as the turn's other
+// high work allows, within the turn's HighBatch budget, so that it cannot
+// starve normal work.
 type Watch struct {
 	l       *Loop
 	pri     Priority
