@@ -36,8 +36,8 @@
 // # Waiting and waking
 //
 //	Linux     epoll_wait on the loop's epoll set: an eventfd (wake-ups),
-//	          watched descriptors and doorbells (level-triggered), the
-//	          window system's descriptor (WatchPumpFD, edge-triggered).
+//	          watched descriptors (WatchFD, level-triggered), the window
+//	          system's descriptor (WatchPumpFD, edge-triggered).
 //	Windows   scheduled mode (default): GetQueuedCompletionStatusEx on a
 //	          completion port of the loop's own, woken by
 //	          PostQueuedCompletionStatus; the message queue is looked at
@@ -46,10 +46,13 @@
 //	          MsgWaitForMultipleObjectsEx(QS_ALLINPUT, MWMO_INPUTAVAILABLE),
 //	          woken by a message to a message-only window of the loop's own.
 //	          Handles are waited on by the thread pool
-//	          (RegisterWaitForSingleObject), doorbells by a goroutine each
-//	          (a bell is a completion port of its own, which no documented
-//	          call waits on together with another port or a message queue);
-//	          both mark their watch ready and wake the loop.
+//	          (RegisterWaitForSingleObject), which marks their watch ready
+//	          and wakes the loop.
+//	Both      a doorbell (iocpwake.Bell) is waited on by a goroutine of its
+//	          watch, in the bell's own Wait (the netpoller on Linux; on
+//	          Windows the bell's completion port, which no documented call
+//	          waits on together with the loop's port or message queue);
+//	          the goroutine marks the watch ready and wakes the loop.
 //
 // Wake-ups coalesce: the loop sets a flag before it blocks and re-checks its
 // queues; a poster that queues work and finds the flag set clears it and
@@ -78,9 +81,10 @@
 // go-capnp handler.
 //
 // The engine (rpc) can do without a hand-off per call: a connection's
-// receive loop can run as a watch callback on the loop (WatchBell, WatchFD
-// at High priority), taking many messages per turn and returning more = true
-// when it stopped at its budget.
+// receive loop can run as a watch callback on the loop (WatchFD, or
+// WatchBell, whose goroutine costs one hand-off per ring, and rings
+// coalesce), at High priority, taking many messages per turn and returning
+// more = true when it stopped at its budget.
 //
 // # Hazards
 //

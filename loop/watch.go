@@ -1,6 +1,12 @@
 package loop
 
-import "sync/atomic"
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+
+	"github.com/capnshm/capnshm/iocpwake"
+)
 
 // Watch is a source of events whose callback runs on the loop: a doorbell
 // (WatchBell), a file descriptor (WatchFD, Linux) or a waitable handle
@@ -18,6 +24,7 @@ type Watch struct {
 	ready   atomic.Bool // queued in l.ready (or about to be)
 	stopped atomic.Bool
 	sys     watchSys
+	bridge  *bellBridge // doorbell watches
 }
 
 // addWatch registers w on the loop: register runs on the loop's thread.
@@ -67,8 +74,73 @@ func (w *Watch) Stop() error {
 func (l *Loop) stopWatch(w *Watch) {
 	w.stopped.Store(true)
 	delete(l.watches, w)
+	if w.bridge != nil {
+		w.bridge.cancel()
+		<-w.bridge.exited // Wait returns at once on cancellation
+	}
 	if err := w.sys.stop(l); err != nil {
 		l.log.Error("loop: removing a watch failed", "err", err)
+	}
+}
+
+// WatchBell calls f on the loop, at priority p, after b rings. Rings
+// coalesce: several before the callback runs call it once. f may also run
+// without a ring, when b's Wait returns without one (a Windows bell's Wait
+// does at least every 100 ms, so that a completion Wine loses costs latency,
+// not a hang): f re-checks the state it is about, as any bell waiter does.
+//
+// A goroutine waits on b (Bell.Wait: in Go's netpoller on Linux, in the
+// bell's completion port on Windows) and marks the watch ready, one hand-off
+// per ring, not per message: a receive loop behind a bell drains what the
+// ring announced in one callback. The bell's own wait is what reads and
+// clears it (a pipe or socket whose read end iocpwake keeps to itself on
+// Linux; a completion port of its own on Windows, which no documented call
+// waits on together with the loop's port or message queue), so the loop
+// cannot put it in its own wait set.
+//
+// Nobody else may Wait on b while it is watched; Stop the watch before
+// closing b (a bell closed under the watch calls f once more, then the watch
+// goes quiet). A bell opened from a peer's handle (it only rings) or closed
+// is refused with iocpwake.ErrRingOnly or iocpwake.ErrClosed.
+func (l *Loop) WatchBell(b *iocpwake.Bell, p Priority, f func() (more bool)) (*Watch, error) {
+	rang, err := probeBell(b)
+	if err != nil {
+		return nil, err
+	}
+	w := &Watch{l: l, pri: p, run: f}
+	return l.addWatch(w, func() error {
+		ctx, cancel := context.WithCancel(context.Background())
+		w.bridge = &bellBridge{cancel: cancel, exited: make(chan struct{})}
+		go w.bridge.run(ctx, l, w, b)
+		if rang {
+			l.markReady(w)
+		}
+		return nil
+	})
+}
+
+// bellBridge is the goroutine that waits on a watched bell.
+type bellBridge struct {
+	cancel context.CancelFunc
+	exited chan struct{}
+}
+
+// run waits on b until ctx ends, marking w ready after each wake-up.
+func (br *bellBridge) run(ctx context.Context, l *Loop, w *Watch, b *iocpwake.Bell) {
+	defer close(br.exited)
+	for {
+		err := b.Wait(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			if !errors.Is(err, iocpwake.ErrClosed) {
+				l.log.Error("loop: waiting on a watched bell failed; the watch goes quiet", "err", err)
+			}
+			l.markReady(w) // one last callback, so that its owner looks
+			return
+		}
+		l.markReady(w)
 	}
 }
 

@@ -5,8 +5,6 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/capnshm/capnshm/iocpwake"
 )
 
 // Events are readiness events of a file descriptor (epoll's).
@@ -43,7 +41,12 @@ type watchSys struct {
 	events Events // reported since the callback last ran; loop thread
 }
 
-func (s *watchSys) stop(l *Loop) error { return l.p.remove(s.fd, s.id) }
+func (s *watchSys) stop(l *Loop) error {
+	if s.id == 0 {
+		return nil // not in the epoll set (a doorbell watch)
+	}
+	return l.p.remove(s.fd, s.id)
+}
 
 // WatchFD calls f on the loop, at priority p, while fd is ready for one of
 // events (level-triggered: a callback that leaves data unread is called
@@ -64,39 +67,6 @@ func (l *Loop) WatchFD(fd int, events Events, p Priority, f func(Events) (more b
 			return fmt.Errorf("loop: watch fd: %w", err)
 		}
 		w.sys.id = id
-		return nil
-	})
-}
-
-// WatchBell calls f on the loop, at priority p, after b rings. Rings
-// coalesce: several before the callback runs call it once. The loop waits
-// on the bell itself (on Linux its eventfd is in the loop's epoll, and the
-// loop clears it before calling f), so nobody else may Wait on b while it
-// is watched; Stop the watch before closing b.
-//
-// A bell opened from a peer's handle (it only rings) or closed is refused
-// with iocpwake.ErrRingOnly or iocpwake.ErrClosed.
-func (l *Loop) WatchBell(b *iocpwake.Bell, p Priority, f func() (more bool)) (*Watch, error) {
-	rang, err := probeBell(b)
-	if err != nil {
-		return nil, err
-	}
-	fd := int(b.Handle())
-	w := &Watch{l: l, pri: p, sys: watchSys{fd: fd}}
-	w.run = func() bool {
-		w.sys.events = 0
-		drainEventfd(fd)
-		return f()
-	}
-	return l.addWatch(w, func() error {
-		id, err := l.p.add(fd, unix.EPOLLIN, w)
-		if err != nil {
-			return fmt.Errorf("loop: watch bell: %w", err)
-		}
-		w.sys.id = id
-		if rang {
-			l.markReady(w)
-		}
 		return nil
 	})
 }

@@ -1,26 +1,18 @@
 package loop
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/windows"
-
-	"github.com/capnshm/capnshm/iocpwake"
 )
 
-// watchSys is the Windows part of a Watch: a registered wait on a handle,
-// or the goroutine that waits on a doorbell.
+// watchSys is the Windows part of a Watch: a registered wait on a handle.
 type watchSys struct {
 	handle windows.Handle
-	wait   windows.Handle // registered wait (handle watches); 0 when not armed
+	wait   windows.Handle // registered wait; 0 when not armed
 	regID  uintptr
-
-	cancel context.CancelFunc // bell watches: stops the bridge goroutine
-	exited chan struct{}
 }
 
 func (s *watchSys) stop(*Loop) error {
@@ -37,11 +29,6 @@ func (s *watchSys) stop(*Loop) error {
 		delete(waitRegistry, s.regID)
 		waitRegistryMu.Unlock()
 		s.regID = 0
-	}
-	if s.cancel != nil {
-		s.cancel()
-		<-s.exited
-		s.cancel = nil
 	}
 	return err
 }
@@ -125,54 +112,4 @@ func (l *Loop) WatchHandle(h windows.Handle, p Priority, f func() (more bool)) (
 		}
 		return nil
 	})
-}
-
-// WatchBell calls f on the loop, at priority p, after b rings. Rings
-// coalesce: several before the callback runs call it once. f may also run
-// without a ring: a Windows bell's Wait returns at least every 100 ms (so
-// that a completion Wine loses costs latency, not a hang), and the bridge
-// cannot tell that from a ring. f re-checks the state it is about, as any
-// bell waiter does.
-//
-// A Windows bell is a completion port of its own, which cannot be waited on
-// together with the loop's port or message queue by any documented means:
-// a goroutine waits on the bell and marks the watch ready (one hand-off per
-// ring). Nobody else may Wait on b while it is watched; Stop the watch
-// before closing b. A bell opened from a peer's handle (it only rings) or
-// closed is refused with iocpwake.ErrRingOnly or iocpwake.ErrClosed.
-func (l *Loop) WatchBell(b *iocpwake.Bell, p Priority, f func() (more bool)) (*Watch, error) {
-	rang, err := probeBell(b)
-	if err != nil {
-		return nil, err
-	}
-	w := &Watch{l: l, pri: p, run: f}
-	return l.addWatch(w, func() error {
-		ctx, cancel := context.WithCancel(context.Background())
-		w.sys.cancel, w.sys.exited = cancel, make(chan struct{})
-		go bridgeBell(ctx, l, w, b, w.sys.exited)
-		if rang {
-			l.markReady(w)
-		}
-		return nil
-	})
-}
-
-// bridgeBell waits on b until ctx ends, marking w ready after each wake-up.
-func bridgeBell(ctx context.Context, l *Loop, w *Watch, b *iocpwake.Bell, exited chan struct{}) {
-	defer close(exited)
-	for {
-		err := b.Wait(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			if !errors.Is(err, iocpwake.ErrClosed) {
-				l.log.Error("loop: waiting on a watched bell failed; the watch stops", "err", err)
-			}
-			// Closed under the watch: one last callback, so its owner sees it.
-			l.markReady(w)
-			return
-		}
-		l.markReady(w)
-	}
 }
