@@ -15,9 +15,28 @@
 //	  Ring()  ---- local ---+                  |
 //	                        +---- cross-process+
 //
-// Linux: an eventfd (EFD_NONBLOCK|EFD_CLOEXEC) wrapped in an *os.File, so a
-// Wait parks the goroutine in Go's netpoller instead of pinning an OS thread.
-// Ring writes 1 to the counter; Wait reads and clears it.
+// Linux: a pipe, or a unix datagram socket pair. A descriptor handed to a
+// peer shares its open file description with ours, flags included: a peer
+// holding an eventfd of ours can clear its O_NONBLOCK and make our read(2)
+// block, or fill its counter and make our write(2) block, and an eventfd
+// cannot be reopened to get a description of our own. So a doorbell has two
+// ends, and each side's system calls cannot block whatever the peer does:
+//
+//	waiter (New)                                   peer (Open)
+//	read end: private, O_NONBLOCK, in the   <---   write end: handed over
+//	netpoller; Wait reads what rings left          (the waiter keeps a copy
+//	(one read of up to 1 KiB, or up to 16          for its own rings)
+//	datagrams)                                     Ring: pwritev2(RWF_NOWAIT)
+//	                                               or send(MSG_DONTWAIT)
+//
+// The read end never leaves the waiter, so its flags are the waiter's alone
+// and Wait parks in Go's netpoller without pinning an OS thread. Rings use a
+// write that is non-blocking by itself (RWF_NOWAIT on a pipe, Linux 6.4;
+// MSG_DONTWAIT on a socket, where pipes cannot do it): a full pipe (one
+// page) or socket buffer means the bell is already rung, and Ring returns
+// nil. New makes a pipe where the kernel can write one that way and a socket
+// pair otherwise; Open accepts either (a pipe's write end only where it can
+// be written that way). Close never waits for the peer.
 //
 // Windows: the waiter owns an I/O completion port and waits in
 // GetQueuedCompletionStatusEx. A local Ring posts a packet to the port with

@@ -157,6 +157,11 @@ func (r *Ring) MaxPayload() int { return int(r.maxPayload()) }
 
 func (r *Ring) maxPayload() uint64 { return r.capacity/2 - recordHeaderSize }
 
+// MaxPayloadFor returns the largest payload of a record in a ring of the
+// given capacity (a valid one: a power of two in [MinCapacity,
+// MaxCapacity]), as Ring.MaxPayload does once the ring exists.
+func MaxPayloadFor(capacity int) int { return capacity/2 - recordHeaderSize }
+
 // recordSize is the number of bytes a record with an n-byte payload takes.
 func recordSize(n uint64) uint64 { return recordHeaderSize + (n+7)&^7 }
 

@@ -119,6 +119,14 @@ func ParseAddr(s string) (Addr, error) {
 	if !ok {
 		return bad("has no scheme and no port", allForms)
 	}
+	if strings.HasPrefix(rest, "//") && knownScheme(Scheme(scheme)) {
+		// shm://tmp/x.sock would otherwise be the path //tmp/x.sock.
+		want := scheme + ":/" + strings.TrimLeft(rest, "/") // a path
+		if Scheme(scheme) == SchemeTCP || Scheme(scheme) == SchemeUnixAbstract || Scheme(scheme) == SchemeShmAbstract {
+			want = scheme + ":" + strings.TrimLeft(rest, "/")
+		}
+		return bad("is written URL-style (scheme://)", want+" (capnshm addresses are scheme:rest, as Cap'n Proto writes them)")
+	}
 	switch Scheme(scheme) {
 	case SchemeUnix, SchemeShm:
 		want := scheme + ":/path/to.sock"
@@ -160,6 +168,15 @@ func ParseAddr(s string) (Addr, error) {
 		return bad(err, "host:port or "+allForms)
 	}
 	return Addr{Scheme: SchemeTCP, Endpoint: hp}, nil
+}
+
+// knownScheme reports whether s is one of the address schemes.
+func knownScheme(s Scheme) bool {
+	switch s {
+	case SchemeUnix, SchemeUnixAbstract, SchemeTCP, SchemeShm, SchemeShmAbstract:
+		return true
+	}
+	return false
 }
 
 // hostPort checks host:port and returns it with "*" turned into the empty

@@ -75,6 +75,10 @@ func TestParseAddr(t *testing.T) {
 		{"foo:bar", `has an unknown scheme "foo"`},
 		{"::1:80", `is not host:port (too many colons in address): want host:port or unix:/path`},
 		{"localhost:", `has no port`},
+		{"shm://tmp/x.sock", `capnshm: address "shm://tmp/x.sock" is written URL-style (scheme://): want shm:/tmp/x.sock`},
+		{"unix:///run/app.sock", `is written URL-style (scheme://): want unix:/run/app.sock`},
+		{"tcp://127.0.0.1:4000", `is written URL-style (scheme://): want tcp:127.0.0.1:4000`},
+		{"shm-abstract://name", `want shm-abstract:name`},
 	}
 	for _, b := range bad {
 		a, err := rpc.ParseAddr(b.in)

@@ -79,14 +79,19 @@ func benchShmServerPeer(args []string) int {
 	if err != nil {
 		return peertest.Fail("%v", err)
 	}
-	opts := &rpc.Options{Logger: benchLogger(), SpinTime: benchSpin()}
-	opts.Strategy, _ = benchStrategy()
-	tr, err := rpc.NewTransport(context.Background(), conn, rpc.Listener, opts)
+	opts := []rpc.Option{rpc.WithLogger(benchLogger())}
+	if d := benchSpin(); d != 0 {
+		opts = append(opts, rpc.WithSpinTime(max(d, 0)))
+	}
+	if st, ok := benchStrategy(); ok {
+		opts = append(opts, rpc.WithWaitStrategy(st))
+	}
+	tr, err := rpc.NewTransport(context.Background(), conn, rpc.Listener, opts...)
 	if err != nil {
 		return peertest.Fail("handshake failed: %v", err)
 	}
 	boot := echoproto.Echo_ServerToClient(&echoproto.Server{})
-	c := gorpc.NewConn(tr, &gorpc.Options{BootstrapClient: capnp.Client(boot), Logger: opts.Logger})
+	c := gorpc.NewConn(tr, &gorpc.Options{BootstrapClient: capnp.Client(boot), Logger: benchLogger()})
 	peertest.Say("serving")
 	in := peertest.Stdin()
 	for in.Scan() {
@@ -205,17 +210,17 @@ func dialBench(tb testing.TB, name string) *benchConn {
 	switch name {
 	case "shm":
 		mine, theirs := socketPair(tb)
-		opts := &rpc.Options{Logger: benchLogger()}
+		opts := []rpc.Option{rpc.WithLogger(benchLogger())}
 		peer := "echo-server"
 		if st, ok := benchStrategy(); ok {
-			opts.Strategy, peer = st, "bench-shm-server"
+			opts, peer = append(opts, rpc.WithWaitStrategy(st)), "bench-shm-server"
 		}
 		if d := benchSpin(); d != 0 {
-			opts.SpinTime, peer = d, "bench-shm-server"
+			opts, peer = append(opts, rpc.WithSpinTime(max(d, 0))), "bench-shm-server"
 		}
 		p := startBenchPeer(tb, peer, []uintptr{uintptr(theirs)})
 		unix.Close(theirs)
-		tr, err := rpc.NewTransport(ctx, mine, rpc.Dialer, opts)
+		tr, err := rpc.NewTransport(ctx, mine, rpc.Dialer, opts...)
 		if err != nil {
 			tb.Fatalf("handshake: %v; peer: %s", err, p.Stderr())
 		}

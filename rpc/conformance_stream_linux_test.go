@@ -42,7 +42,7 @@ func TestConformanceStream(t *testing.T) {
 			}
 			return &conformance.Conn{
 				Boot:        echoproto.Echo(c.Bootstrap(t.Context())),
-				RPC:         c.RPC(),
+				RPC:         c,
 				CloseServer: srv.Close,
 			}
 		},

@@ -2,228 +2,266 @@ package rpc
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"io"
-	"net"
+	"log/slog"
 	"sync"
-	"sync/atomic"
+	"time"
 
 	capnp "capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/flowcontrol"
-	capnprpc "capnproto.org/go/capnp/v3/rpc"
 	"capnproto.org/go/capnp/v3/rpc/transport"
-	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 )
 
-// Conn is a Cap'n Proto connection made by Dial: go-capnp's rpc.Conn over
-// shared memory or over the stream transport.
+// Conn is one Cap'n Proto RPC connection, run by capnshm's engine: the
+// two-party protocol of rpc.capnp at Level 1 (bootstrap, calls, every kind
+// of return, tail calls, promise pipelining to any depth, resolve, release,
+// embargoes, abort) over a go-capnp transport.Transport: capnshm's shared
+// memory Transport, its StreamTransport (what C++ EZ-RPC speaks), or any
+// other. Get one from Dial, from a Server (handlers find theirs with
+// PeerFromContext), or from NewConn.
+//
+// Capabilities received from the peer are capnp.Clients; local objects
+// (go-capnp's server.Server, what generated X_ServerToClient returns) are
+// exported as they are passed. Params and results are built in the
+// transport's messages, so over shared memory they are written and read in
+// place.
 type Conn struct {
-	rpc    *capnprpc.Conn
-	shm    *Transport   // nil on the stream transport
-	stream *streamStats // nil on shared memory
-	addr   Addr
+	t       transport.Transport
+	peerMax uint64           // the largest message the peer accepts; 0: unknown
+	shm     *Transport       // t, when it is the shared-memory transport
+	stream  *StreamTransport // t, when it is the stream transport
+	addr    Addr             // the address dialled, or listened on
+	peer    Peer
+	log     *slog.Logger
+	boot    capnp.Client // what the peer's Bootstrap gets; owned
+	key     *connKey     // this connection in capnp.Metadata
 
-	flowWindow int64 // WithFlowWindow; 0: the default
+	flowWindow int64 // WithFlowWindow
 	flowOnce   sync.Once
 	flow       flowcontrol.FlowLimiter
 
-	closeOnce sync.Once
-	closeErr  error
+	// ctx is the base of every handler's context: it carries the peer and
+	// ends when the connection does.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	// mu guards the tables and the state below. Lock order: a client's
+	// capnp.Metadata, then mu, then out.mu. Nothing is called with mu held
+	// that could call back into the Conn or block: user code, capnp's
+	// Promise.Resolve and Client.Release, transport sends.
+	mu        sync.Mutex
+	closing   bool  // shutdown has begun: tables are empty, nothing new starts
+	err       error // why the connection ended (with closing)
+	questions idTable[*question]
+	answers   map[uint32]*answer
+	exports   idTable[*export]
+	imports   map[uint32]*importEntry
+	embargoes idTable[*embargo]
+	// bootResults are the Returns of this side's bootstraps, kept until
+	// the connection ends (see finishBootstrap).
+	bootResults []transport.IncomingMessage
+
+	out sender
+
+	liveness   time.Duration // WithLiveness; 0: off
+	lastRecv   atomicTime    // when the last message arrived
+	readerDone chan struct{}
+	done       chan struct{}
 }
 
-// Dial connects to addr (see ParseAddr) and returns the connection, on
-// shared memory when the address is shm: or shm-abstract: and both sides
-// can (see Fallback), on go-capnp's unpacked stream transport otherwise,
-// which is wire-compatible with C++ EZ-RPC. ctx bounds the connection and
-// the handshake, not the connection's life.
-func Dial(ctx context.Context, addr string, opts ...Option) (*Conn, error) {
-	a, err := ParseAddr(addr)
+// connKey identifies a Conn in the capnp.Metadata of the clients it
+// exports: the metadata maps it to the export ID.
+type connKey struct{ c *Conn }
+
+// NewConn runs capnshm's engine over t, a transport whose peer runs a
+// Cap'n Proto RPC connection on the other end (capnshm's, go-capnp's or
+// C++'s), and returns the connection; it owns t from now on and closes it
+// when the connection ends. bootstrap is what the peer's Bootstrap gets
+// (the zero Client: none); NewConn takes over the reference, and releases
+// it if it fails. Options that apply: WithLogger, WithFlowWindow,
+// WithLiveness, WithMaxMessage (on a stream transport made here).
+func NewConn(t transport.Transport, bootstrap capnp.Client, opts ...Option) (*Conn, error) {
+	cfg, err := newConfig(nil, opts)
 	if err != nil {
+		bootstrap.Release()
+		t.Close()
 		return nil, err
 	}
-	cfg := newConfig(nil, opts)
-	if err := cfg.check(a); err != nil {
-		return nil, err
-	}
-	est, err := dialEstablish(ctx, a, cfg)
-	if err != nil {
-		return nil, err
-	}
-	c := &Conn{shm: est.shm, stream: est.stream, addr: a, flowWindow: cfg.flowWindow}
-	c.rpc = capnprpc.NewConn(est.tr, &capnprpc.Options{Logger: rpcLogger(cfg)})
-	return c, nil
+	return newConn(t, cfg, bootstrap, Peer{}), nil
 }
 
-// dial opens the socket of a.
-func dial(ctx context.Context, a Addr) (net.Conn, error) {
-	var d net.Dialer
-	network, address := a.Net()
-	c, err := d.DialContext(ctx, network, address)
-	if err != nil {
-		return nil, fmt.Errorf("capnshm: dialing %s: %w", a, err)
+// newConn makes a Conn over t and starts it.
+func newConn(t transport.Transport, cfg *config, boot capnp.Client, peer Peer) *Conn {
+	c := &Conn{
+		t:          t,
+		peer:       peer,
+		boot:       boot,
+		flowWindow: cfg.flowWindow,
+		liveness:   cfg.liveness,
+		answers:    make(map[uint32]*answer),
+		imports:    make(map[uint32]*importEntry),
+		readerDone: make(chan struct{}),
+		done:       make(chan struct{}),
 	}
-	return c, nil
+	c.key = &connKey{c}
+	c.log = cfg.logger
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	switch tt := t.(type) {
+	case *Transport:
+		c.shm = tt
+	case *StreamTransport:
+		c.stream = tt
+	}
+	if pm, ok := t.(interface{ PeerMaxMessage() uint64 }); ok {
+		c.peerMax = pm.PeerMaxMessage()
+	}
+	c.ctx, c.cancel = context.WithCancelCause(context.WithValue(context.Background(), peerKey{}, &c.peer))
+	c.out.init(c)
+	c.lastRecv.store(time.Now())
+	go c.receive()
+	if c.liveness > 0 {
+		go c.watchLiveness()
+	}
+	return c
 }
 
-// rpcLogger returns the logger for go-capnp: nil (its default) unless one
-// was given.
-func rpcLogger(cfg *config) capnprpc.Logger {
-	if cfg.logger == nil {
+// Bootstrap returns the peer's bootstrap capability. It returns at once:
+// calls on it are pipelined until the peer answers, and fail if the peer
+// has none or the connection ends. ctx bounds the wait for that answer: if
+// it ends first, the capability fails with ctx's error and the connection
+// goes on. The caller releases it.
+func (c *Conn) Bootstrap(ctx context.Context) capnp.Client {
+	if err := ctx.Err(); err != nil {
+		return capnp.ErrorClient(failed(fmt.Errorf("capnshm: bootstrap: %w", err)))
+	}
+	return c.bootstrap(ctx)
+}
+
+// Done is closed when the connection has ended (closed here, by the peer,
+// or because the peer died) and everything it ran has stopped.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err returns why the connection ended: nil while it runs, an error
+// wrapping ErrClosed after Close, ErrPeerGone when the peer left or died,
+// ErrProtocol when it broke the protocol, or the peer's Abort.
+func (c *Conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.closing {
 		return nil
 	}
-	return cfg.logger
+	return c.err
 }
 
-// Bootstrap returns the peer's bootstrap capability, once the peer has
-// answered (or ctx ended): go-capnp v3.0.1-alpha.2 peers can fail, or
-// panic, on calls pipelined on a bootstrap capability they are still
-// returning. The caller releases it; calls on it fail if the bootstrap
-// failed.
-func (c *Conn) Bootstrap(ctx context.Context) capnp.Client {
-	boot := c.rpc.Bootstrap(ctx)
-	_ = boot.Resolve(ctx)
-	return boot
-}
-
-// Done is closed when the connection has ended: closed here, by the peer,
-// or because the peer died.
-func (c *Conn) Done() <-chan struct{} { return c.rpc.Done() }
-
-// Close ends the connection: outstanding calls fail with a disconnected
-// error. Later calls return nil.
+// Close ends the connection: outstanding calls, in both directions, fail
+// with a disconnected error (ErrClosed), the handlers' contexts end, and
+// the peer sees the connection end. It waits until everything the
+// connection ran has stopped, within a bound whatever the peer does. Later
+// calls return nil.
 func (c *Conn) Close() error {
-	c.closeOnce.Do(func() { c.closeErr = c.rpc.Close() })
-	return c.closeErr
+	c.end(ErrClosed, false)
+	<-c.done
+	return nil
 }
 
 // SharedMemory reports whether the connection runs on shared memory (as
-// opposed to the stream transport on the socket).
+// opposed to a stream transport).
 func (c *Conn) SharedMemory() bool { return c.shm != nil }
 
-// Stats returns the transport's counters: all of them on shared memory;
-// on the stream transport, only the message and byte counts.
-func (c *Conn) Stats() Stats {
-	if c.shm != nil {
-		return c.shm.Stats()
-	}
-	return c.stream.stats()
-}
-
-// RPC returns go-capnp's connection, for what Conn does not wrap.
-func (c *Conn) RPC() *capnprpc.Conn { return c.rpc }
-
-// RemoteAddr returns the address that was dialled.
+// RemoteAddr returns the address that was dialled (a Conn from Dial) or the
+// listener's address (a Server's Conn); the zero Addr for NewConn.
 func (c *Conn) RemoteAddr() Addr { return c.addr }
 
-// established is a negotiated connection, ready for capnprpc.NewConn.
-type established struct {
-	tr     transport.Transport
-	shm    *Transport
-	stream *streamStats
+// Peer returns who is at the other end, as far as the transport knows.
+func (c *Conn) Peer() Peer { return c.peer }
+
+// Transport returns the transport the connection runs on.
+func (c *Conn) Transport() transport.Transport { return c.t }
+
+// end shuts the connection down with err (the first cause wins): it
+// empties the tables, sends the peer an Abort if abort is set (a protocol
+// violation found here), closes the transport, and fails everything that
+// was outstanding. It does not wait; done closes once the reader and the
+// sender have stopped.
+func (c *Conn) end(err error, abort bool) {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
+	c.closing = true
+	c.err = err
+	qs, as, es, is, ebs := c.questions, c.answers, c.exports, c.imports, c.embargoes
+	boots := c.bootResults
+	c.bootResults = nil
+	c.questions, c.exports, c.embargoes = idTable[*question]{}, idTable[*export]{}, idTable[*embargo]{}
+	c.answers, c.imports = nil, nil
+	c.mu.Unlock()
+
+	c.endLog(err)
+	// Nothing more leaves, but the Abort: a handler woken by its context's
+	// end below must not answer the peer with that as an exception.
+	if abort {
+		c.out.abort(err)
+	}
+	c.out.stop()
+	c.cancel(err)
+	go c.finishEnd(err, qs, as, es, is, ebs, boots)
 }
 
-// streamOver returns the stream transport on conn.
-func streamOver(conn net.Conn, cfg *config) established {
-	tr, st := newStreamTransport(conn, cfg.opts.MaxMessage)
-	return established{tr: tr, stream: st}
-}
-
-// streamStats counts a stream transport's messages.
-type streamStats struct {
-	msgsSent, msgsRecv   atomic.Uint64
-	bytesSent, bytesRecv atomic.Uint64
-}
-
-func (s *streamStats) stats() Stats {
-	return Stats{
-		MessagesSent:     s.msgsSent.Load(),
-		MessagesReceived: s.msgsRecv.Load(),
-		BytesSent:        s.bytesSent.Load(),
-		BytesReceived:    s.bytesRecv.Load(),
+// endLog logs why the connection ended: a normal end (closed here, the
+// peer left) at DEBUG, a fault at WARN.
+func (c *Conn) endLog(err error) {
+	switch {
+	case errors.Is(err, ErrClosed), errors.Is(err, ErrPeerGone):
+		c.log.Debug("capnshm: connection ended", "reason", err)
+	default:
+		c.log.Warn("capnshm: connection failed", "err", err)
 	}
 }
 
-// defaultStreamMax is go-capnp's own decode limit, used by the stream
-// transport when no MaxMessage is set.
-const defaultStreamMax = 64 << 20
-
-// NewStreamTransport returns go-capnp's unpacked stream transport on rwc
-// (the one rpc.NewStreamTransport makes, wire-compatible with C++ EZ-RPC),
-// with the checks capnshm makes on every incoming message: a message that
-// would crash a go-capnp v3.0.1-alpha.2 connection ends that connection
-// with an error wrapping ErrProtocol instead. It is what Listen and Dial
-// run on stream addresses, for callers that build their own rpc.Conn.
-// Messages are limited to 64 MiB, go-capnp's default.
-func NewStreamTransport(rwc io.ReadWriteCloser) transport.Transport {
-	tr, _ := newStreamTransport(rwc, 0)
-	return tr
+// finishEnd is end's second half, on a goroutine of its own: it may wait
+// for the transport and calls into user code (releasing clients).
+func (c *Conn) finishEnd(err error, qs idTable[*question], as map[uint32]*answer, es idTable[*export], is map[uint32]*importEntry, ebs idTable[*embargo], boots []transport.IncomingMessage) {
+	c.t.Close()
+	for _, in := range boots {
+		in.Release()
+	}
+	dErr := disconnected(err)
+	qs.each(func(_ uint32, q *question) { q.fail(dErr) })
+	for _, a := range as {
+		a.abandon()
+	}
+	ebs.each(func(_ uint32, e *embargo) { e.fail(dErr) })
+	for _, ent := range is {
+		ent.fail()
+	}
+	es.each(func(_ uint32, e *export) { e.drop(c) })
+	c.boot.Release()
+	<-c.readerDone
+	c.out.wait()
+	close(c.done)
 }
 
-// newStreamTransport returns go-capnp's unpacked stream transport on rwc
-// (what rpc.NewStreamTransport makes, so wire-compatible with C++ EZ-RPC),
-// with maxMessage (if positive) as its size limit and counters.
-func newStreamTransport(rwc io.ReadWriteCloser, maxMessage int64) (transport.Transport, *streamStats) {
-	max := uint64(defaultStreamMax)
-	if maxMessage > 0 {
-		max = uint64(maxMessage)
-	}
-	d := capnp.NewDecoder(rwc)
-	d.MaxMessageSize = max
-	st := &streamStats{}
-	return transport.New(&countingCodec{dec: d, enc: capnp.NewEncoder(rwc), c: rwc, max: max, st: st}), st
+// abortf ends the connection because the peer broke the protocol: it
+// tells the peer why (an Abort) and fails everything with the error.
+func (c *Conn) abortf(format string, args ...any) {
+	c.end(fmt.Errorf("%w: "+format, append([]any{ErrProtocol}, args...)...), true)
 }
 
-// countingCodec is go-capnp's unpacked stream codec with counters, a
-// traversal limit that follows the size limit, and capnshm's checks:
-// readRoot's on what arrives (messages that would crash go-capnp end the
-// connection instead), questionGuard's on what leaves.
-type countingCodec struct {
-	dec *capnp.Decoder
-	enc *capnp.Encoder
-	c   io.Closer
-	max uint64
-	st  *streamStats
-
-	questions questionGuard // Encode's
+// abortErr is abortf for an error that already says what was wrong.
+func (c *Conn) abortErr(err error) {
+	if !errors.Is(err, ErrProtocol) {
+		err = fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	c.end(err, true)
 }
 
-func (cc *countingCodec) Encode(m *capnp.Message) error {
-	rm, err := rpccp.ReadRootMessage(m)
-	if err != nil {
-		return err
-	}
-	if err := cc.questions.check(rm); err != nil {
-		return err
-	}
-	// Counted before the write, as the shared-memory Send counts before
-	// its commit: the answer can arrive, and Stats be read, before a
-	// count made after Encode returns.
-	n, _ := m.TotalSize()
-	cc.st.msgsSent.Add(1)
-	cc.st.bytesSent.Add(n)
-	return cc.enc.Encode(m)
-}
-
-func (cc *countingCodec) Decode() (*capnp.Message, error) {
-	m, err := cc.dec.Decode()
-	if err != nil {
-		return nil, err
-	}
-	n, _ := m.TotalSize()
-	if _, err := readRoot(m); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
-	}
-	m.ResetReadLimit(traverseLimit(n, cc.max)) // go-capnp's reads start afresh
-	cc.st.msgsRecv.Add(1)
-	cc.st.bytesRecv.Add(n)
-	return m, nil
-}
-
-func (cc *countingCodec) Close() error { return cc.c.Close() }
-
-// traverseLimit is the traversal limit of a message of total bytes:
-// generous for a message read several times, capped by four times the
-// largest message.
-func traverseLimit(total, max uint64) uint64 {
-	return min(total*8+64<<10, max*4)
+// closedErr returns the error of a call made after the connection ended.
+// Called with mu held.
+func (c *Conn) closedErrLocked() error {
+	return disconnected(c.err)
 }

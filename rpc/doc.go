@@ -64,7 +64,13 @@
 // Everything read from the peer is untrusted: a malformed record, an
 // out-of-range segment or a corrupt ring aborts that connection with an
 // error wrapping ErrProtocol that names what was wrong; the process and other
-// connections go on. So does a call pipelined on its own question ID, which
+// connections go on. What the peer is handed cannot be turned against this
+// side: the pool and dedicated mappings are sealed against its writes, the
+// doorbells it rings cannot block this side's threads, and every resource
+// it can make this side spend has a limit (Options.MaxConns,
+// MaxPeerMappings, MaxSocketBytes, MaxPeerPool, FrameTimeout,
+// HandshakeTimeout, counted from accept, and the others), whose breach ends
+// that connection with an error wrapping ErrLimit that names it. So does a call pipelined on its own question ID, which
 // would crash go-capnp v3.0.1-alpha.2. In the other direction, a call that
 // go-capnp pipelines on a question it has already finished (go-capnp #626)
 // is not sent: that call fails with ErrLateCall. docs/transport.md in the

@@ -16,10 +16,18 @@ import (
 // in-process pipe, with capnshm's checked stream transport.
 func ExampleNewStreamTransport() {
 	a, b := net.Pipe()
+	ta, err := rpc.NewStreamTransport(a)
+	if err != nil {
+		panic(err)
+	}
+	tb, err := rpc.NewStreamTransport(b)
+	if err != nil {
+		panic(err)
+	}
 	boot := echoproto.Echo_ServerToClient(&echoproto.Server{})
-	server := gorpc.NewConn(rpc.NewStreamTransport(a), &gorpc.Options{BootstrapClient: capnp.Client(boot)})
+	server := gorpc.NewConn(ta, &gorpc.Options{BootstrapClient: capnp.Client(boot)})
 	defer server.Close()
-	client := gorpc.NewConn(rpc.NewStreamTransport(b), nil)
+	client := gorpc.NewConn(tb, nil)
 	defer client.Close()
 
 	ctx := context.Background()

@@ -20,3 +20,23 @@ func PeerWaiting(t *Transport) bool {
 	defer t.outMu.Unlock()
 	return t.out.ConsumerWaiting()
 }
+
+// ServerConns returns how many connections s holds (negotiating or
+// served). Tests only.
+func ServerConns(s *Server) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// PeerRegionFDs returns the descriptors of the peer's regions t has mapped:
+// its pool first, then its dedicated mappings. They stay t's. Tests only.
+func PeerRegionFDs(t *Transport) []int {
+	fds := []int{int(t.peerPool.r.Handle())}
+	t.peerMu.Lock()
+	defer t.peerMu.Unlock()
+	for _, m := range t.peerMaps {
+		fds = append(fds, int(m.r.Handle()))
+	}
+	return fds
+}

@@ -36,7 +36,7 @@ func echoClientPeer(args []string) int {
 	if err != nil {
 		return peertest.Fail("%v", err)
 	}
-	tr, err := rpc.NewTransport(context.Background(), conn, rpc.Dialer, peerOptions(args))
+	tr, err := rpc.NewTransport(context.Background(), conn, rpc.Dialer, append(peerOptions(args), rpc.WithLogger(peerLogger()))...)
 	if err != nil {
 		return peertest.Fail("handshake: %v", err)
 	}
@@ -108,7 +108,7 @@ func (s *server) accept(conn *net.UnixConn) (*rpc.Transport, *gorpc.Conn) {
 	logger := slog.New(slog.NewTextHandler(s.logs, nil))
 	ctx, cancel := context.WithTimeout(s.t.Context(), 30*time.Second)
 	defer cancel()
-	tr, err := rpc.NewTransport(ctx, conn, rpc.Listener, &rpc.Options{Logger: logger})
+	tr, err := rpc.NewTransport(ctx, conn, rpc.Listener, rpc.WithLogger(logger))
 	if err != nil {
 		s.t.Fatalf("accept: %v", err)
 	}
@@ -273,7 +273,7 @@ func TestNoLeaks(t *testing.T) {
 // calling exhausts the server's pool; the server falls back (dedicated
 // mappings, then heap memory sent on the socket) and never deadlocks.
 func TestHeldResultsFallback(t *testing.T) {
-	c, _, p := dialPeer(t, nil, "pool=2097152", "maxded=-1")
+	c, _, p := dialPeer(t, nil, "pool=2097152", "maxded=0")
 	defer c.Boot.Release()
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
@@ -328,7 +328,7 @@ func TestOtherUserRefused(t *testing.T) {
 			go func() {
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
-				tr, err := rpc.NewTransport(ctx, dial, rpc.Dialer, &rpc.Options{AllowOtherUsers: allow})
+				tr, err := rpc.NewTransport(ctx, dial, rpc.Dialer, allowOthers(allow)...)
 				if err == nil {
 					tr.Close()
 				}
@@ -336,7 +336,7 @@ func TestOtherUserRefused(t *testing.T) {
 			}()
 			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 			defer cancel()
-			tr, err := rpc.NewTransport(ctx, listen, rpc.Listener, &rpc.Options{AllowOtherUsers: allow})
+			tr, err := rpc.NewTransport(ctx, listen, rpc.Listener, allowOthers(allow)...)
 			derr := <-errc
 			if allow {
 				if err != nil || derr != nil {
@@ -385,7 +385,7 @@ func foreignSocketPair(t *testing.T, uid int) (*net.UnixConn, *net.UnixConn) {
 // ErrTooLarge and the connection goes on; results larger than what the
 // client accepts end the connection with that error (nothing hangs).
 func TestOversizedMessage(t *testing.T) {
-	c, tr, _ := dialPeer(t, &rpc.Options{MaxMessage: 2 << 20}, "maxmsg=1048576")
+	c, tr, _ := dialPeer(t, []rpc.Option{rpc.WithMaxMessage(2 << 20)}, "maxmsg=1048576")
 	defer c.Boot.Release()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
@@ -413,4 +413,12 @@ func TestOversizedMessage(t *testing.T) {
 		t.Fatal("the connection did not end")
 	}
 	t.Logf("results: connection ended, transport: %v", tr.Err())
+}
+
+// allowOthers returns WithAllowOtherUsers when allow is set.
+func allowOthers(allow bool) []rpc.Option {
+	if allow {
+		return []rpc.Option{rpc.WithAllowOtherUsers()}
+	}
+	return nil
 }

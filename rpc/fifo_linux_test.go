@@ -18,7 +18,7 @@ import (
 func TestFIFOAcrossPaths(t *testing.T) {
 	// A 1 MiB pool (largest block 256 KiB) and no dedicated mappings:
 	// larger messages must fall back to the heap, hence the socket.
-	sender, receiver := transportPair(t, &rpc.Options{PoolSize: 1 << 20, MaxDedicated: -1})
+	sender, receiver := transportPair(t, rpc.WithPoolSize(1<<20), rpc.WithMaxDedicated(0))
 
 	const n = 3000
 	sizes := []int{0, 2000, 64 << 10, 300 << 10}
@@ -104,7 +104,7 @@ func TestFIFOAcrossPaths(t *testing.T) {
 // Each round races the doorbell's wake-up against the close.
 func TestLastMessagesBeforeClose(t *testing.T) {
 	for round := range 100 {
-		sender, receiver := transportPair(t, nil)
+		sender, receiver := transportPair(t)
 		got := make(chan error, 1)
 		go func() {
 			im, err := receiver.RecvMessage()

@@ -40,7 +40,15 @@ const DefaultStreamFlowWindow = 8 << 20
 // of two, the Returns this side builds for the peer's calls, and the one
 // message go-capnp builds before it asks the limiter), and
 // DefaultStreamFlowWindow on the stream transport.
-func WithFlowWindow(n int64) Option { return func(c *config) { c.flowWindow = n } }
+func WithFlowWindow(n int64) Option {
+	return func(c *config) {
+		if n <= 0 {
+			c.bad("WithFlowWindow(%d): want a positive number of bytes", n)
+			return
+		}
+		c.flowWindow = n
+	}
+}
 
 // FlowLimiter returns the connection's flow limiter, for the capabilities
 // that stream large calls over it:

@@ -130,7 +130,7 @@ func flowStream(ctx context.Context, c *rpc.Conn, boot echoproto.Echo, total int
 		tick := time.NewTicker(time.Millisecond)
 		defer tick.Stop()
 		for {
-			if h := heldBytes(c.Stats()); h > peak.Load() {
+			if h := heldBytes(c.Stats().Stats); h > peak.Load() {
 				peak.Store(h)
 			}
 			select {
@@ -163,7 +163,7 @@ func flowStream(ctx context.Context, c *rpc.Conn, boot echoproto.Echo, total int
 		run.err = pingErr
 	}
 	run.peakHeld = peak.Load()
-	run.stats = c.Stats()
+	run.stats = c.Stats().Stats
 	bytes1, count1, err := flowPushed(ctx, boot)
 	if run.err == nil {
 		run.err = err

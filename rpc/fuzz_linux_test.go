@@ -16,14 +16,14 @@ import (
 // pool whose first bytes hold a valid message: handleRecord can resolve
 // references into it, and nothing is ever sent.
 func fuzzTransport(pool *shm.Region) *Transport {
-	o := (&Options{Logger: slog.New(slog.DiscardHandler)}).withDefaults()
+	o := (&transportConfig{Logger: slog.New(slog.DiscardHandler)}).withDefaults()
 	t := &Transport{
 		opts:        o,
 		log:         o.Logger,
 		sent:        make(map[uint64]*outMsg),
 		kick:        make(chan struct{}, 1),
 		peerMaps:    make(map[uint32]*mapped),
-		sockMsgs:    make(map[uint64]*capnp.Message),
+		sockMsgs:    make(map[uint64]*sockMsg),
 		peerChanged: make(chan struct{}),
 		peerPool:    &mapped{r: pool},
 	}

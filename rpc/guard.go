@@ -1,6 +1,7 @@
 package rpc
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 
@@ -78,6 +79,12 @@ func checkIncoming(rm rpccp.Message) error {
 type refusedError struct{ reason string }
 
 func (e refusedError) Error() string { return e.reason }
+
+// refused reports whether err is (or wraps) a refusedError.
+func refused(err error) bool {
+	var r refusedError
+	return errors.As(err, &r)
+}
 
 // questionGuard follows the questions this side has finished, so that a
 // call pipelined on one is refused before it is sent, with ErrLateCall.

@@ -53,7 +53,7 @@ func TestLateCallNotSent(t *testing.T) {
 		pair func(t *testing.T) (client, server transport.Transport)
 	}{
 		{"shm", func(t *testing.T) (transport.Transport, transport.Transport) {
-			return transportPair(t, nil)
+			return transportPair(t)
 		}},
 		{"stream", func(t *testing.T) (transport.Transport, transport.Transport) {
 			mine, theirs := socketPair(t)
@@ -61,7 +61,12 @@ func TestLateCallNotSent(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			return rpc.NewStreamTransport(mine), rpc.NewStreamTransport(other)
+			a, err1 := rpc.NewStreamTransport(mine)
+			b, err2 := rpc.NewStreamTransport(other)
+			if err1 != nil || err2 != nil {
+				t.Fatal(err1, err2)
+			}
+			return a, b
 		}},
 	}
 	for _, tc := range cases {

@@ -27,11 +27,19 @@ func dialEstablish(ctx context.Context, a Addr, cfg *config) (established, error
 	if err != nil {
 		return established{}, err
 	}
-	return streamOver(raw, cfg), nil
+	return streamOver(raw, cfg, 0), nil
 }
 
 // acceptEstablish serves every connection with the stream transport on
 // Windows.
 func acceptEstablish(_ context.Context, raw net.Conn, _ Addr, cfg *config, _ *slog.Logger) (established, error) {
-	return streamOver(raw, cfg), nil
+	return streamOver(raw, cfg, 0), nil
 }
+
+// peerUID: Windows connections carry no user id here yet; only the total
+// connection limit applies.
+func peerUID(net.Conn) (int, bool) { return 0, false }
+
+// refuseAtAccept: the stream transport's clients would not understand a
+// reason, so they just see the connection close.
+func refuseAtAccept(net.Conn, Addr, string) {}

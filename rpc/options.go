@@ -1,8 +1,9 @@
 package rpc
 
 import (
-	"errors"
+	"fmt"
 	"log/slog"
+	"math"
 	"runtime"
 	"time"
 
@@ -27,59 +28,47 @@ func (s Side) String() string {
 	return "listener"
 }
 
-// Defaults for the zero fields of Options.
-const (
-	DefaultPoolSize     = 32 << 20
-	DefaultRingCapacity = 256 << 10
-	DefaultMaxMessage   = 4 << 30
-	DefaultInlineMax    = 1024
-	DefaultHandshake    = 10 * time.Second
-)
-
-// Options configure a Transport. The zero value (and a nil *Options) is
-// usable: every zero field takes its default.
-type Options struct {
-	// PoolSize is the size of this side's pool, where the messages it sends
-	// are built. Default DefaultPoolSize.
-	PoolSize int64
-	// RingCapacity is the data capacity of this side's outbound ring, a
-	// power of two. Default DefaultRingCapacity.
+// transportConfig is the shared-memory transport's part of a config. Its
+// zero fields take their defaults in withDefaults; the With... options set
+// them after checking each value.
+type transportConfig struct {
+	PoolSize     int64
 	RingCapacity int
-	// MaxMessage is the largest message this side accepts from the peer,
-	// and caps the read limit of every message. Default DefaultMaxMessage.
-	MaxMessage int64
-	// InlineMax: messages up to this many bytes are copied into the ring
-	// instead of being referenced, and copied out by the receiver, so they
-	// never pin the pool. Default DefaultInlineMax; negative disables.
+	MaxMessage   int64
+	// InlineMax: messages up to this many bytes are copied into the ring;
+	// negative disables.
 	InlineMax int
-	// MaxDedicated caps the bytes of dedicated mappings (segments too large
-	// for the pool, or overflow when it is exhausted). Zero: segalloc's
-	// default.
+	// MaxDedicated, MaxHeap, MappingCache: segalloc's caps (zero: its
+	// default; negative: none).
 	MaxDedicated int64
-	// MaxHeap caps the bytes of heap memory used when shared memory is
-	// exhausted (such messages are copied onto the socket). Zero:
-	// segalloc's default.
-	MaxHeap int64
-	// Strategy is how both rings wait. The zero value is ringbuf.Adaptive.
-	Strategy ringbuf.WaitStrategy
-	// SpinTime is how long the Adaptive strategy polls before it parks.
-	// Zero: ringbuf.DefaultSpinTime on machines with more than two CPUs,
-	// none (park at once) on smaller ones, where a spinning reader takes
-	// the CPU that the goroutines it waits for need. Negative: no spin.
-	SpinTime time.Duration
-	// AllowOtherUsers accepts a peer running as another user. By default
-	// the handshake refuses it.
-	AllowOtherUsers bool
-	// NoPrefault skips mapping every page of the pool up front.
-	NoPrefault bool
-	// HandshakeTimeout bounds the handshake. Default DefaultHandshake.
+	MaxHeap      int64
+	MappingCache int64
+	MappingIdle  time.Duration
+	Strategy     ringbuf.WaitStrategy
+	// SpinTime: zero picks by the machine, negative does not spin.
+	SpinTime         time.Duration
+	AllowOtherUsers  bool
+	NoPrefault       bool
 	HandshakeTimeout time.Duration
-	// Logger receives the transport's logs; nil discards them.
-	Logger *slog.Logger
+	Logger           *slog.Logger
+	// NoFallback: this side closes a connection whose handshake it
+	// refuses (FallbackRequire on a listener), and says so in its REFUSE.
+	NoFallback bool
+
+	// Limits on what one peer can make this side spend (see the With...
+	// options of the same names). Zero: the default; noLimit: none.
+	MaxConns            int
+	MaxConnsPerUser     int
+	MaxPeerMappings     int
+	MaxPeerMappingBytes int64
+	MaxSocketBytes      int64
+	MaxPeerPool         int64
+	MaxPeerRing         int
+	FrameTimeout        time.Duration
 }
 
-func (o *Options) withDefaults() Options {
-	var v Options
+func (o *transportConfig) withDefaults() transportConfig {
+	var v transportConfig
 	if o != nil {
 		v = *o
 	}
@@ -95,6 +84,12 @@ func (o *Options) withDefaults() Options {
 	if v.InlineMax == 0 {
 		v.InlineMax = DefaultInlineMax
 	}
+	if v.MappingCache == 0 {
+		v.MappingCache = DefaultMappingCache
+	}
+	if v.MappingIdle <= 0 {
+		v.MappingIdle = DefaultMappingIdle
+	}
 	if v.SpinTime == 0 {
 		v.SpinTime = defaultSpinTime()
 	}
@@ -104,7 +99,46 @@ func (o *Options) withDefaults() Options {
 	if v.Logger == nil {
 		v.Logger = slog.New(slog.DiscardHandler)
 	}
+	v.MaxConns = limitInt(v.MaxConns, DefaultMaxConns)
+	v.MaxConnsPerUser = limitInt(v.MaxConnsPerUser, DefaultMaxConnsPerUser)
+	v.MaxPeerMappings = limitInt(v.MaxPeerMappings, DefaultMaxPeerMappings)
+	v.MaxPeerMappingBytes = limit64(v.MaxPeerMappingBytes, DefaultMaxPeerMappingBytes)
+	v.MaxSocketBytes = limit64(v.MaxSocketBytes, DefaultMaxSocketBytes)
+	v.MaxPeerPool = limit64(v.MaxPeerPool, DefaultMaxPeerPool)
+	v.MaxPeerRing = limitInt(v.MaxPeerRing, DefaultMaxPeerRing)
+	if v.FrameTimeout <= 0 {
+		v.FrameTimeout = DefaultFrameTimeout
+	}
 	return v
+}
+
+// noLimit is a limit that is off, once defaults are applied.
+const noLimit = math.MaxInt64
+
+// limit64 resolves a limit: zero takes def, negative means none.
+func limit64(v, def int64) int64 {
+	switch {
+	case v == 0:
+		return def
+	case v < 0:
+		return noLimit
+	}
+	return v
+}
+
+func limitInt(v, def int) int { return int(limit64(int64(v), int64(def))) }
+
+// check rejects combinations of options that are each valid alone.
+func (o *transportConfig) check() error {
+	v := o.withDefaults()
+	if v.InlineMax > 0 {
+		// An inline record carries up to InlineMax bytes of segments plus
+		// its header; the ring must hold it.
+		if need := v.InlineMax + 64; need > ringbuf.MaxPayloadFor(v.RingCapacity) {
+			return fmt.Errorf("%w: WithInlineMax(%d) does not fit a ring of capacity %d (WithRingCapacity): its records hold at most %d bytes", ErrBadOption, v.InlineMax, v.RingCapacity, ringbuf.MaxPayloadFor(v.RingCapacity))
+		}
+	}
+	return nil
 }
 
 // defaultSpinTime picks Adaptive's spin for this machine: measured on two
@@ -117,29 +151,6 @@ func defaultSpinTime() time.Duration {
 	return ringbuf.DefaultSpinTime
 }
 
-// Errors of the transport, wrapped with details. Match them with errors.Is.
-var (
-	// ErrRefused: the peer refused the handshake (the error carries its
-	// reason), or this side refused the peer's.
-	ErrRefused = errors.New("capnshm: handshake refused")
-	// ErrProtocol: the peer broke the protocol (a corrupt ring, record or
-	// frame). The connection is aborted; the error names what was wrong.
-	ErrProtocol = errors.New("capnshm: protocol violation by the peer")
-	// ErrPeerGone: the peer closed the connection or died.
-	ErrPeerGone = errors.New("capnshm: peer disconnected")
-	// ErrClosed: the transport was closed.
-	ErrClosed = errors.New("capnshm: transport closed")
-	// ErrTooLarge: a message is larger than the receiver's MaxMessage.
-	ErrTooLarge = errors.New("capnshm: message too large")
-	// ErrLateCall: go-capnp v3.0.1-alpha.2 tried to send a call pipelined
-	// on a question it had already finished: a call on a pipelined
-	// capability that raced the Return resolving it (go-capnp #626). The
-	// transport does not send it, since the peer would abort the connection
-	// (or, if it is go-capnp and the call took the finished question's
-	// ID, crash); that call fails with this error, the connection goes on,
-	// and the same call made again goes to the resolved capability.
-	ErrLateCall = errors.New("capnshm: call pipelined on a finished question")
-	// ErrUnsupported: the shared-memory transport is not available on this
-	// system.
-	ErrUnsupported = errors.New("capnshm: shared-memory transport not supported on this system")
-)
+// refusal is the error of a handshake that ended with a REFUSE, sent or
+// received: the socket is at a frame boundary, and the stream transport
+// may run on it unless noF

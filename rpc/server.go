@@ -6,16 +6,23 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"time"
 
 	capnp "capnproto.org/go/capnp/v3"
-	capnprpc "capnproto.org/go/capnp/v3/rpc"
 )
 
 // ErrServerClosed is what Server.Serve and Server.Listen return once the
 // server is closed.
 var ErrServerClosed = errors.New("capnshm: server closed")
+
+// ErrAddrInUse: another process is serving the address (a unix socket
+// file that accepts connections, or a TCP port), or the path is taken by
+// something that is not a socket, which Listen never removes. A socket
+// file left by a server that died, on which nothing accepts, is not in
+// use: Listen takes it over.
+var ErrAddrInUse = errors.New("capnshm: address in use")
 
 // Server serves a bootstrap capability on one or more addresses. Each
 // accepted connection negotiates shared memory or the stream transport on
@@ -31,7 +38,8 @@ type Server struct {
 
 	mu        sync.Mutex
 	listeners []*listener
-	conns     map[*serverConn]struct{}
+	conns     map[*serverConn]struct{} // accepted, negotiating or served
+	perUser   map[int]int              // len(conns) by the clients' user id (unix sockets)
 	serving   bool
 	closed    bool
 	wg        sync.WaitGroup // accept loops and connections
@@ -45,24 +53,61 @@ type listener struct {
 
 // serverConn is one accepted connection.
 type serverConn struct {
-	raw net.Conn
-	rpc *capnprpc.Conn // set once negotiated; guarded by Server.mu
-	shm *Transport     // set with rpc on shared memory
+	raw      net.Conn
+	accepted time.Time // the handshake deadline counts from here
+	uid      int       // the client's user id, if hasUID
+	hasUID   bool      // a unix socket: counted in Server.perUser
+	conn     *Conn     // set once negotiated; guarded by Server.mu
 }
 
-// kill ends the connection from below: the transport stops, so that
-// nothing more is sent, then go-capnp's connection shuts down. (Closing
-// only the rpc.Conn would let go-capnp v3.0.1-alpha.2 send, while it shuts
-// down, the Return of a call cancelled by the shutdown without its
-// exception: the client would see an empty success.) The client sees the
-// connection end and its calls fail with disconnected errors.
-func (sc *serverConn) kill(c *capnprpc.Conn) {
-	if sc.shm != nil {
-		sc.shm.Close()
-	} else {
-		sc.raw.Close()
+// ConnState is a state of a server's connection, as WithConnState reports
+// it.
+type ConnState int
+
+const (
+	// StateNew: a connection was accepted; it is negotiating.
+	StateNew ConnState = iota
+	// StateActive: the connection is established (ConnInfo.Peer says on
+	// shared memory or on a socket, and who the peer is).
+	StateActive
+	// StateClosed: the connection ended, or was never established
+	// (ConnInfo.Err says why; ErrServerClosed when the server closed).
+	StateClosed
+)
+
+func (s ConnState) String() string {
+	switch s {
+	case StateNew:
+		return "new"
+	case StateActive:
+		return "active"
+	case StateClosed:
+		return "closed"
 	}
-	c.Close()
+	return fmt.Sprintf("ConnState(%d)", int(s))
+}
+
+// ConnInfo describes a server connection for WithConnState.
+type ConnInfo struct {
+	Peer Peer
+	// Conn is the connection, from StateActive on; nil for one that was
+	// never established.
+	Conn *Conn
+	// Err is why the connection ended (StateClosed).
+	Err error
+}
+
+// WithConnState sets a function a Server calls as each of its connections
+// changes state, as net/http's ConnState: accepted (StateNew), established
+// (StateActive), ended (StateClosed, with the reason). The calls for one
+// connection come in that order, from its own goroutine; f must not block.
+func WithConnState(f func(ConnInfo, ConnState)) Option { return func(c *config) { c.connState = f } }
+
+// notify reports a connection's state to WithConnState's function.
+func (c *config) notify(info ConnInfo, st ConnState) {
+	if c.connState != nil {
+		c.connState(info, st)
+	}
 }
 
 // Listen listens on addr (see ParseAddr) and returns a Server that serves
@@ -70,12 +115,17 @@ func (sc *serverConn) kill(c *capnprpc.Conn) {
 // reference bootstrap: the Server releases it when it closes (or at once
 // if Listen fails). More addresses can be added with Server.Listen.
 func Listen(addr string, bootstrap capnp.Client, opts ...Option) (*Server, error) {
-	cfg := newConfig(nil, opts)
+	cfg, err := newConfig(nil, opts)
+	if err != nil {
+		bootstrap.Release()
+		return nil, err
+	}
 	s := &Server{
-		boot:  bootstrap,
-		cfg:   cfg,
-		log:   cfg.logger,
-		conns: make(map[*serverConn]struct{}),
+		boot:    bootstrap,
+		cfg:     cfg,
+		log:     cfg.logger,
+		conns:   make(map[*serverConn]struct{}),
+		perUser: make(map[int]int),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -96,13 +146,18 @@ func (s *Server) Listen(addr string, opts ...Option) error {
 	if err != nil {
 		return err
 	}
-	cfg := newConfig(s.cfg, opts)
+	cfg, err := newConfig(s.cfg, opts)
+	if err != nil {
+		return err
+	}
 	if err := cfg.check(a); err != nil {
 		return err
 	}
-	network, address := a.Net()
-	l, err := net.Listen(network, address)
+	l, err := listenSocket(a)
 	if err != nil {
+		if errors.Is(err, ErrAddrInUse) {
+			return err
+		}
 		return fmt.Errorf("capnshm: listening on %s: %w", a, err)
 	}
 	if ul, ok := l.(*net.UnixListener); ok {
@@ -215,18 +270,46 @@ func (s *Server) accept(l *listener) {
 			continue
 		}
 		backoff = 0
-		sc := &serverConn{raw: raw}
+		sc := &serverConn{raw: raw, accepted: time.Now()}
+		sc.uid, sc.hasUID = peerUID(raw)
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
 			raw.Close()
 			return
 		}
+		if err := s.admitLocked(l.cfg, sc); err != nil {
+			s.mu.Unlock()
+			s.log.Warn("capnshm: connection refused", "addr", l.addr.String(), "remote", remoteName(raw), "err", err)
+			refuseAtAccept(raw, l.addr, err.Error())
+			raw.Close()
+			l.cfg.notify(ConnInfo{Peer: Peer{Addr: l.addr, Remote: remoteName(raw)}, Err: err}, StateClosed)
+			continue
+		}
 		s.conns[sc] = struct{}{}
+		if sc.hasUID {
+			s.perUser[sc.uid]++
+		}
 		s.wg.Add(1)
 		s.mu.Unlock()
 		go s.serveConn(l, sc)
 	}
+}
+
+// admitLocked applies the connection limits of cfg to a new connection sc
+// (WithMaxConns, WithMaxConnsPerUser): the connections held count those
+// still in their handshake. Called with s.mu held.
+func (s *Server) admitLocked(cfg *config, sc *serverConn) error {
+	o := cfg.opts.withDefaults()
+	if n := len(s.conns); n >= o.MaxConns {
+		return fmt.Errorf("%w: the server holds %d connections, its limit (WithMaxConns)", ErrLimit, n)
+	}
+	if sc.hasUID {
+		if n := s.perUser[sc.uid]; n >= o.MaxConnsPerUser {
+			return fmt.Errorf("%w: the server holds %d connections of user %d, its limit per user (WithMaxConnsPerUser)", ErrLimit, n, sc.uid)
+		}
+	}
+	return nil
 }
 
 // serveConn negotiates the transport of sc, serves it, and forgets it
@@ -236,29 +319,49 @@ func (s *Server) serveConn(l *listener, sc *serverConn) {
 	defer func() {
 		s.mu.Lock()
 		delete(s.conns, sc)
+		if sc.hasUID {
+			if s.perUser[sc.uid]--; s.perUser[sc.uid] == 0 {
+				delete(s.perUser, sc.uid)
+			}
+		}
 		s.mu.Unlock()
 	}()
 	log := s.log.With("addr", l.addr.String(), "remote", remoteName(sc.raw))
-	est, err := acceptEstablish(s.ctx, sc.raw, l.addr, l.cfg, log)
+	l.cfg.notify(ConnInfo{Peer: Peer{Addr: l.addr, Remote: remoteName(sc.raw)}}, StateNew)
+	// The handshake, whatever transport it ends in, counts from accept: a
+	// client that sends nothing (or not enough) holds a descriptor that
+	// long and no longer.
+	timeout := l.cfg.opts.withDefaults().HandshakeTimeout
+	hctx, cancel := context.WithDeadlineCause(s.ctx, sc.accepted.Add(timeout),
+		fmt.Errorf("capnshm: the client did not complete its handshake within %v of accept (WithHandshakeTimeout): %w", timeout, os.ErrDeadlineExceeded))
+	est, err := acceptEstablish(hctx, sc.raw, l.addr, l.cfg, log)
+	cancel()
 	if err != nil {
 		sc.raw.Close()
 		if s.ctx.Err() == nil {
 			log.Warn("capnshm: connection not established", "err", err)
+		} else {
+			err = ErrServerClosed
 		}
+		l.cfg.notify(ConnInfo{Peer: Peer{Addr: l.addr, Remote: remoteName(sc.raw)}, Err: err}, StateClosed)
 		return
 	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		est.tr.Close()
+		l.cfg.notify(ConnInfo{Peer: est.peer(l.addr), Err: ErrServerClosed}, StateClosed)
 		return
 	}
-	c := capnprpc.NewConn(est.tr, &capnprpc.Options{BootstrapClient: s.boot.AddRef(), Logger: rpcLogger(l.cfg)})
-	sc.rpc, sc.shm = c, est.shm
+	c := newConn(est.tr, l.cfg, s.boot.AddRef(), est.peer(l.addr))
+	c.addr = l.addr
+	sc.conn = c
 	s.mu.Unlock()
-	log.Debug("capnshm: connection established", "shared_memory", est.shm != nil)
+	log.Debug("capnshm: connection established", "shared_memory", c.SharedMemory())
+	l.cfg.notify(ConnInfo{Peer: c.Peer(), Conn: c}, StateActive)
 	<-c.Done()
-	log.Debug("capnshm: connection ended")
+	log.Debug("capnshm: connection ended", "reason", c.Err())
+	l.cfg.notify(ConnInfo{Peer: c.Peer(), Conn: c, Err: c.Err()}, StateClosed)
 }
 
 func remoteName(c net.Conn) string {
@@ -290,18 +393,18 @@ func (s *Server) Close() error {
 		conns = append(conns, sc)
 	}
 	s.mu.Unlock()
-	// Close the connections at once: each may wait a little (go-capnp's
-	// AbortTimeout) for a peer that does not read.
+	// Close the connections at once: each may wait a little for a peer
+	// that does not read.
 	var wg sync.WaitGroup
 	for _, sc := range conns {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			s.mu.Lock()
-			c := sc.rpc
+			c := sc.conn
 			s.mu.Unlock()
 			if c != nil {
-				sc.kill(c)
+				c.Close()
 			} else {
 				sc.raw.Close() // still negotiating (s.ctx ended too)
 			}

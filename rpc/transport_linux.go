@@ -27,7 +27,7 @@ import (
 // capnproto.org/go/capnp/v3/rpc/transport.Transport. Get one from
 // NewTransport on each end of a connected unix socket.
 type Transport struct {
-	opts Options
+	opts transportConfig
 	side Side
 	log  *slog.Logger
 	conn *net.UnixConn
@@ -50,6 +50,7 @@ type Transport struct {
 	outMu, recvMu     sync.Mutex
 	sockSeq           uint64 // guarded by outMu: socket messages sent
 	recvSeq           uint64 // guarded by recvMu: socket messages taken
+	frameSeq          uint64 // used by readSocket only: socket messages read
 	ctx               context.Context
 	cancel            context.CancelCauseFunc
 	closed            atomic.Bool
@@ -67,33 +68,52 @@ type Transport struct {
 	kick              chan struct{}
 	peerMu            sync.Mutex
 	peerMaps          map[uint32]*mapped
-	sockMsgs          map[uint64]*capnp.Message
-	peerChanged       chan struct{}
+	sockMsgs          map[uint64]*sockMsg
+	sockBytes         int64              // guarded by peerMu: payload bytes in sockMsgs
+	peerChanged       chan struct{}      // guarded by peerMu: closed when peerMaps or sockMsgs change
+	mapsLive          atomic.Int64       // the peer's dedicated mappings mapped here
+	mapBytesLive      atomic.Int64       // their bytes
+	aheadSince        time.Time          // used by RecvMessage only: since when the ring is idle with socket messages held
+	recvCtx           context.Context    // guarded by peerMu: what RecvMessage waits on while nothing is held
+	recvWake          context.CancelFunc // guarded by peerMu: ends recvCtx (a socket message arrived)
 	recvRec           wire.Msg
 	stats             counters
 }
 
 // mapped is a peer's region mapped read-only here, shared by the messages
-// that refer to it: unmapped when the last reference goes.
+// that refer to it: unmapped when the last reference goes. A dedicated
+// mapping counts against its transport's limits until then.
 type mapped struct {
 	r    *shm.Region
 	refs atomic.Int64
+	t    *Transport // for a dedicated mapping: whose limits it counts against
 }
 
 func (m *mapped) ref() { m.refs.Add(1) }
 func (m *mapped) unref() {
 	if m.refs.Add(-1) == 0 {
+		size := int64(m.r.Len())
 		m.r.Close()
+		if m.t != nil {
+			m.t.mapsLive.Add(-1)
+			m.t.mapBytesLive.Add(-size)
+		}
 	}
 }
 
 // NewTransport runs the handshake on conn, a connected unix socket, as side,
 // and returns a transport that carries messages through shared memory. conn
 // stays open for the transport's life (it detects the peer's death, carries
-// handles and fallback messages); the transport closes it. On error conn is
-// closed and everything made so far is released.
-func NewTransport(ctx context.Context, conn *net.UnixConn, side Side, opts *Options) (*Transport, error) {
-	t, _, err := newTransport(ctx, conn, side, opts)
+// handles and fallback messages); the transport closes it. On error
+// (including an invalid option, ErrBadOption) conn is closed and everything
+// made so far is released. The options that apply are listed under Option.
+func NewTransport(ctx context.Context, conn *net.UnixConn, side Side, opts ...Option) (*Transport, error) {
+	cfg, err := newConfig(nil, opts)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	t, _, err := newTransport(ctx, conn, side, &cfg.opts)
 	if err != nil {
 		conn.Close()
 		return nil, err
@@ -107,7 +127,7 @@ func NewTransport(ctx context.Context, conn *net.UnixConn, side Side, opts *Opti
 // (REFUSE received), or the dialer could not set up shared memory before
 // sending anything. conn is then positioned after the handshake's frames,
 // ready for a stream transport. On any other error conn is closed.
-func newTransport(ctx context.Context, conn *net.UnixConn, side Side, opts *Options) (t *Transport, fallbackOK bool, err error) {
+func newTransport(ctx context.Context, conn *net.UnixConn, side Side, opts *transportConfig) (t *Transport, fallbackOK bool, err error) {
 	o := opts.withDefaults()
 	t = &Transport{
 		opts:        o,
@@ -118,7 +138,7 @@ func newTransport(ctx context.Context, conn *net.UnixConn, side Side, opts *Opti
 		sent:        make(map[uint64]*outMsg),
 		kick:        make(chan struct{}, 1),
 		peerMaps:    make(map[uint32]*mapped),
-		sockMsgs:    make(map[uint64]*capnp.Message),
+		sockMsgs:    make(map[uint64]*sockMsg),
 		peerChanged: make(chan struct{}),
 	}
 	t.ctx, t.cancel = context.WithCancelCause(context.Background())
@@ -180,21 +200,21 @@ func (t *Transport) handshake(ctx context.Context) (fallbackOK bool, err error) 
 		if errors.Is(err, wire.ErrVersion) {
 			// A whole HELLO of another version: say so, so that the
 			// dialer can fall back.
-			return t.refuse(err.Error()), err
+			return t.refuse(0, err.Error(), err)
 		}
 		if err != nil {
 			return false, err
 		}
 		if err := t.checkPeer(peer); err != nil {
 			closeFDs(fds)
-			return t.refuse(err.Error()), err
+			return t.refuse(peer.MaxMessage, err.Error(), err)
 		}
 		if err := t.makeMine(); err != nil {
 			closeFDs(fds)
-			return t.refuse("listener could not set up shared memory"), err
+			return t.refuse(peer.MaxMessage, "listener could not set up shared memory", err)
 		}
 		if err := t.adoptPeer(peer, fds); err != nil {
-			return t.refuse(err.Error()), err
+			return t.refuse(peer.MaxMessage, err.Error(), err)
 		}
 		return false, t.sendHello()
 	}
@@ -206,8 +226,11 @@ func (t *Transport) handshake(ctx context.Context) (fallbackOK bool, err error) 
 	}
 	peer, fds, err := t.readHello()
 	if err != nil {
-		// A REFUSE frame was read whole: the stream is at a frame boundary.
-		return errors.Is(err, ErrRefused), err
+		// A REFUSE frame was read whole: the stream is at a frame
+		// boundary, and the stream transport follows unless the listener
+		// said it closes.
+		var rf *refusal
+		return errors.As(err, &rf) && !rf.noFallback, err
 	}
 	if err := t.checkPeer(peer); err != nil {
 		closeFDs(fds)
@@ -225,7 +248,10 @@ func closeFDs(fds []int) {
 // makeMine creates this side's pool, ring and doorbells.
 func (t *Transport) makeMine() error {
 	var err error
-	if t.myPool, err = shm.Create(t.opts.PoolSize, &shm.Options{Name: "capnshm-pool", Prefault: !t.opts.NoPrefault}); err != nil {
+	// The pool is written by this side only: sealed against the peer's
+	// writes once mapped here. The ring is shared read-write by design
+	// (the peer publishes its head and wake-up flags in it).
+	if t.myPool, err = shm.Create(t.opts.PoolSize, &shm.Options{Name: "capnshm-pool", Prefault: !t.opts.NoPrefault, PeerReadOnly: true}); err != nil {
 		return fmt.Errorf("capnshm: creating the pool: %w", err)
 	}
 	if t.myRing, err = shm.Create(int64(ringbuf.SizeFor(t.opts.RingCapacity)), &shm.Options{Name: "capnshm-ring", Prefault: true}); err != nil {
@@ -244,8 +270,11 @@ func (t *Transport) makeMine() error {
 	t.mapper = &mapper{t: t, regions: make(map[uint32]*shm.Region), announced: make(map[uint32]bool)}
 	if t.alloc, err = segalloc.New(t.myPool.Bytes(), segalloc.Options{
 		Mapper:       t.mapper,
+		MaxBlock:     poolMaxBlock(t.opts.PoolSize),
 		MaxDedicated: t.opts.MaxDedicated,
 		MaxHeap:      t.opts.MaxHeap,
+		MaxCached:    t.opts.MappingCache,
+		CacheIdle:    t.opts.MappingIdle,
 		// go-capnp v3.0.1-alpha.2 zeroes every object it allocates
 		// (message.go, alloc): zeroing freed memory too would clear each
 		// byte twice on the sender's side.
@@ -290,9 +319,13 @@ func (t *Transport) readHello() (wire.Hello, []int, error) {
 		closeFDs(fds)
 		r, err := wire.ParseRefuse(payload)
 		if err != nil {
-			return wire.Hello{}, nil, fmt.Errorf("%w: %v", ErrRefused, err)
+			return wire.Hello{}, nil, &refusal{err: fmt.Errorf("%w: %v", ErrRefused, err)}
 		}
-		return wire.Hello{}, nil, fmt.Errorf("%w by the peer: %s", ErrRefused, r.Reason)
+		return wire.Hello{}, nil, &refusal{
+			err:        fmt.Errorf("%w by the peer: %s", ErrRefused, r.Reason),
+			peerMax:    r.MaxMessage,
+			noFallback: r.Flags&wire.RefuseNoFallback != 0,
+		}
 	case wire.FrameHello:
 	default:
 		closeFDs(fds)
@@ -306,8 +339,13 @@ func (t *Transport) readHello() (wire.Hello, []int, error) {
 	return h, fds, nil
 }
 
-// refuse answers REFUSE with reason and reports whether it was sent.
-func (t *Transport) refuse(reason string) bool { return sendRefuse(t.fc, reason) == nil }
+// refuse answers REFUSE with reason, for err: it returns whether the
+// stream transport may follow (the REFUSE was sent and offers it) and err
+// as a refusal that knows the peer's limit (peerMax, from its HELLO).
+func (t *Transport) refuse(peerMax uint64, reason string, err error) (bool, error) {
+	sent := sendRefuse(t.fc, wire.Refuse{Reason: reason, Flags: t.opts.refuseFlags(), MaxMessage: uint64(t.opts.withDefaults().MaxMessage)}) == nil
+	return sent && !t.opts.NoFallback, &refusal{err: err, peerMax: peerMax, noFallback: t.opts.NoFallback}
+}
 
 // checkPeer applies the credential and size policy to the peer's hello.
 func (t *Transport) checkPeer(h wire.Hello) error {
@@ -316,15 +354,15 @@ func (t *Transport) checkPeer(h wire.Hello) error {
 		return fmt.Errorf("capnshm: reading the peer's credentials: %w", err)
 	}
 	if !t.opts.AllowOtherUsers && int(uid) != os.Getuid() {
-		return fmt.Errorf("%w: peer process %d runs as uid %d, this process as %d (Options.AllowOtherUsers permits it)", ErrRefused, pid, uid, os.Getuid())
+		return fmt.Errorf("%w: peer process %d runs as uid %d, this process as %d (WithAllowOtherUsers permits it)", ErrRefused, pid, uid, os.Getuid())
 	}
 	t.peerPID = int(pid)
 	t.peerMax = h.MaxMessage
-	if h.PoolSize > uint64(shm.DefaultMaxSize) {
-		return fmt.Errorf("%w: peer's pool of %d bytes is over the limit %d", ErrRefused, h.PoolSize, int64(shm.DefaultMaxSize))
+	if h.PoolSize > uint64(t.opts.MaxPeerPool) {
+		return fmt.Errorf("%w: %w: the peer's pool of %d bytes is over this side's limit of %d (WithMaxPeerPool)", ErrRefused, ErrLimit, h.PoolSize, t.opts.MaxPeerPool)
 	}
-	if h.RingSize > uint64(ringbuf.SizeFor(ringbuf.MaxCapacity)) {
-		return fmt.Errorf("%w: peer's ring of %d bytes is over the limit", ErrRefused, h.RingSize)
+	if maxRing := uint64(ringbuf.SizeFor(min(t.opts.MaxPeerRing, ringbuf.MaxCapacity))); h.RingSize > maxRing {
+		return fmt.Errorf("%w: %w: the peer's ring of %d bytes is over this side's limit of %d (WithMaxPeerRing, a capacity of %d)", ErrRefused, ErrLimit, h.RingSize, maxRing, min(t.opts.MaxPeerRing, ringbuf.MaxCapacity))
 	}
 	return nil
 }
@@ -336,14 +374,14 @@ func (t *Transport) adoptPeer(h wire.Hello, fds []int) error {
 		closeFDs(fds)
 		return fmt.Errorf("%w: hello carried %d handles, want 4", ErrProtocol, len(fds))
 	}
-	pool, err := shm.Open(shm.Handle(fds[0]), int64(h.PoolSize), shm.ReadOnly, nil)
+	pool, err := shm.Open(shm.Handle(fds[0]), int64(h.PoolSize), shm.ReadOnly, &shm.Options{MaxSize: t.opts.MaxPeerPool})
 	if err != nil {
 		closeFDs(fds[1:])
 		return fmt.Errorf("%w: the peer's pool: %w", ErrProtocol, err)
 	}
 	t.peerPool = &mapped{r: pool}
 	t.peerPool.ref()
-	if t.peerRing, err = shm.Open(shm.Handle(fds[1]), int64(h.RingSize), shm.ReadWrite, nil); err != nil {
+	if t.peerRing, err = shm.Open(shm.Handle(fds[1]), int64(h.RingSize), shm.ReadWrite, &shm.Options{MaxSize: int64(ringbuf.SizeFor(min(t.opts.MaxPeerRing, ringbuf.MaxCapacity)))}); err != nil {
 		closeFDs(fds[2:])
 		return fmt.Errorf("%w: the peer's ring: %w", ErrProtocol, err)
 	}
@@ -367,6 +405,9 @@ func (t *Transport) adoptPeer(h wire.Hello, fds []int) error {
 
 // PeerPID returns the process id of the peer, from its credentials.
 func (t *Transport) PeerPID() int { return t.peerPID }
+
+// PeerMaxMessage returns the largest message the peer accepts (its HELLO).
+func (t *Transport) PeerMaxMessage() uint64 { return t.peerMax }
 
 // Stats returns the transport's counters.
 func (t *Transport) Stats() Stats {
@@ -419,6 +460,17 @@ func (t *Transport) cause() error {
 		return err
 	}
 	return ErrClosed
+}
+
+// poolMaxBlock is the largest block of a pool of size bytes (a multiple of
+// PoolSizeUnit): the largest power of two that divides it, at most a quarter
+// of it and at most 16 MiB, as segalloc needs.
+func poolMaxBlock(size int64) int {
+	b := int64(16 << 20)
+	for b > 1<<10 && (size%b != 0 || b > size/4) {
+		b >>= 1
+	}
+	return int(b)
 }
 
 // ---- sending ----
@@ -589,7 +641,7 @@ func (t *Transport) claim(n int) ([]byte, error) {
 		b, err := t.out.Claim(n)
 		if !errors.Is(err, ringbuf.ErrFull) {
 			if err != nil {
-				return nil, fmt.Errorf("capnshm: outbound ring: %w", err)
+				return nil, t.claimError(err)
 			}
 			return b, nil
 		}
@@ -610,6 +662,20 @@ func (t *Transport) commit() error {
 		return t.ringError(err)
 	}
 	return nil
+}
+
+// claimError is what a failed claim (other than ErrFull) gives: a corrupt
+// outbound ring (the peer wrote an impossible head) ends the connection,
+// once, with ErrProtocol; a payload too large for the ring is the caller's
+// error alone.
+func (t *Transport) claimError(err error) error {
+	if errors.Is(err, ringbuf.ErrCorrupt) {
+		if t.ctx.Err() != nil {
+			return t.cause()
+		}
+		return t.ringError(err)
+	}
+	return fmt.Errorf("capnshm: outbound ring: %w", err)
 }
 
 // ringError turns an error from the outbound ring into the connection's end.
@@ -754,7 +820,11 @@ func (t *Transport) flushPendingLocked(wait bool) bool {
 		if wait {
 			return t.claim(n)
 		}
-		return t.out.Claim(n)
+		b, err := t.out.Claim(n)
+		if err != nil && !errors.Is(err, ringbuf.ErrFull) {
+			return nil, t.claimError(err)
+		}
+		return b, err
 	}
 	putBack := func() bool {
 		t.pendMu.Lock()
@@ -823,11 +893,14 @@ type inMsg struct {
 
 func (im *inMsg) Message() rpccp.Message { return im.rm }
 
-// Release gives the message's memory back to the peer.
+// Release gives the message's memory back to the peer, and releases the
+// capabilities go-capnp put in its cap table (the RPC layer relies on
+// Release for that, as the transport.IncomingMessage interface says).
 func (im *inMsg) Release() {
 	if im.released.Swap(true) {
 		return
 	}
+	im.msg.Release() // the cap table's clients; roArena's Release is a no-op
 	t := im.t
 	if im.id != 0 {
 		t.queueFree(im.id)
@@ -861,11 +934,18 @@ func (t *Transport) RecvMessage() (transport.IncomingMessage, error) {
 			if t.ctx.Err() != nil {
 				return nil, t.cause()
 			}
-			if err := t.in.Wait(t.ctx); err != nil && !t.peerGone() {
+			wctx, cancel, err := t.idleContext()
+			if err != nil {
+				return nil, t.recvFail(err)
+			}
+			err = t.in.Wait(wctx)
+			cancel()
+			if err != nil && !t.peerGone() && (t.ctx.Err() != nil || wctx.Err() == nil) {
 				return nil, t.recvFail(err)
 			}
 			continue
 		}
+		t.aheadSince = time.Time{}
 		if err != nil {
 			return nil, t.recvFail(err)
 		}
@@ -883,16 +963,48 @@ func (t *Transport) RecvMessage() (transport.IncomingMessage, error) {
 	}
 }
 
+// idleContext returns the context RecvMessage waits on when the ring is
+// empty: the transport's, or, while socket messages are held that no SOCK
+// record has taken, one that ends when they have waited WithFrameTimeout
+// since the ring went idle. A sender publishes the SOCK record right after
+// the frame, so by then it never will: the error says so.
+func (t *Transport) idleContext() (context.Context, context.CancelFunc, error) {
+	t.peerMu.Lock()
+	// Socket messages come numbered in order, and each is taken by the
+	// SOCK record of its number, in order: those held are the next ones.
+	var oldest uint64
+	if len(t.sockMsgs) > 0 {
+		oldest = t.recvSeq + 1
+	}
+	if oldest == 0 {
+		// Nothing held: wait until the ring has something, or a socket
+		// message arrives (the reader cancels recvCtx), which starts the
+		// clock. The context lives until then, so that the doorbell's
+		// wait does not register a new one each time.
+		if t.recvCtx == nil || t.recvCtx.Err() != nil {
+			t.recvCtx, t.recvWake = context.WithCancel(t.ctx)
+		}
+		ctx := t.recvCtx
+		t.peerMu.Unlock()
+		t.aheadSince = time.Time{}
+		return ctx, func() {}, nil
+	}
+	t.peerMu.Unlock()
+	if t.aheadSince.IsZero() {
+		t.aheadSince = time.Now()
+	}
+	left := t.opts.FrameTimeout - time.Since(t.aheadSince)
+	if left <= 0 {
+		return nil, nil, fmt.Errorf("%w: socket message %d arrived, and the ring has been idle for %v without the SOCK record that takes it (WithFrameTimeout)", ErrProtocol, oldest, t.opts.FrameTimeout)
+	}
+	ctx, cancel := context.WithTimeout(t.ctx, left)
+	return ctx, cancel, nil
+}
+
 // peerGone reports whether the connection ended because the peer closed it
 // or died, rather than by Close or a fault found here.
 func (t *Transport) peerGone() bool {
 	return t.ctx.Err() != nil && errors.Is(context.Cause(t.ctx), ErrPeerGone)
-}
-
-// refused reports whether err is (or wraps) a refusedError.
-func refused(err error) bool {
-	var r refusedError
-	return errors.As(err, &r)
 }
 
 // recvFail ends the connection because of err met while receiving; a
@@ -1033,7 +1145,7 @@ func (t *Transport) recvByReference(rec []byte) (*inMsg, error) {
 		}
 		total += s.Length
 		if total > uint64(t.opts.MaxMessage) {
-			return fail(fmt.Errorf("%w: message %d is over %d bytes (Options.MaxMessage)", ErrTooLarge, m.ID, t.opts.MaxMessage))
+			return fail(fmt.Errorf("%w: message %d is over %d bytes (WithMaxMessage)", ErrTooLarge, m.ID, t.opts.MaxMessage))
 		}
 		segs[i] = b[s.Offset : s.Offset+s.Length : s.Offset+s.Length]
 		region.ref()
@@ -1055,17 +1167,55 @@ func locName(loc uint32) string {
 // peerMapping waits until the socket reader has mapped the peer's
 // dedicated mapping id (the peer sends it before any record that uses it).
 func (t *Transport) peerMapping(id uint32) (*mapped, error) {
+	var m *mapped
+	err := t.awaitFrame(func() bool {
+		m = t.peerMaps[id]
+		return m != nil
+	}, func() string {
+		return fmt.Sprintf("a MSG record names dedicated mapping %d, which the peer never sent", id)
+	})
+	return m, err
+}
+
+// awaitFrame waits until ready, called with peerMu held, reports that the
+// socket reader has received what a record depends on. It fails the wait
+// (the caller ends the connection) with ErrProtocol and what() when
+// nothing at all has arrived on the socket for WithFrameTimeout: the
+// peer writes a frame before the record that refers to it, so a frame that
+// does not come was never sent. A large frame still arriving restarts the
+// clock.
+func (t *Transport) awaitFrame(ready func() bool, what func() string) error {
+	var timer *time.Timer
+	var seen uint64
 	for {
 		t.peerMu.Lock()
-		m, ch := t.peerMaps[id], t.peerChanged
+		ok, ch := ready(), t.peerChanged
 		t.peerMu.Unlock()
-		if m != nil {
-			return m, nil
+		if ok {
+			if timer != nil {
+				timer.Stop()
+			}
+			return nil
+		}
+		if t.ctx.Err() != nil {
+			return t.cause()
+		}
+		if timer == nil {
+			seen = t.fc.BytesRead()
+			timer = time.NewTimer(t.opts.FrameTimeout)
+			defer timer.Stop()
 		}
 		select {
 		case <-ch:
 		case <-t.ctx.Done():
-			return nil, t.cause()
+			return t.cause()
+		case <-timer.C:
+			if now := t.fc.BytesRead(); now != seen {
+				seen = now
+				timer.Reset(t.opts.FrameTimeout)
+				continue
+			}
+			return fmt.Errorf("%w: %s: nothing arrived on the socket for %v (WithFrameTimeout)", ErrProtocol, what(), t.opts.FrameTimeout)
 		}
 	}
 }
@@ -1099,38 +1249,67 @@ func (t *Transport) recvFromSocket(rec []byte) (*inMsg, error) {
 		return nil, fmt.Errorf("%w: socket message %d announced, expected %d", ErrProtocol, seq, t.recvSeq+1)
 	}
 	t.recvSeq = seq
-	for {
-		t.peerMu.Lock()
-		msg, ch := t.sockMsgs[seq], t.peerChanged
+	var msg *sockMsg
+	err = t.awaitFrame(func() bool {
+		msg = t.sockMsgs[seq]
+		if msg == nil {
+			return false
+		}
 		delete(t.sockMsgs, seq)
-		t.peerMu.Unlock()
-		if msg != nil {
-			rm, err := readRoot(msg)
-			if err != nil {
-				return nil, fmt.Errorf("%w: socket message: %w", ErrProtocol, err)
-			}
-			size, _ := msg.TotalSize()
-			t.stats.bytesReceived.Add(size)
-			t.stats.bytesCopied.Add(size)
-			t.liveIn.Add(1)
-			return &inMsg{t: t, msg: msg, rm: rm}, nil
-		}
-		select {
-		case <-ch:
-		case <-t.ctx.Done():
-			return nil, t.cause()
-		}
+		t.sockBytes -= msg.size
+		// The reader may be waiting for room.
+		close(t.peerChanged)
+		t.peerChanged = make(chan struct{})
+		return true
+	}, func() string {
+		return fmt.Sprintf("a SOCK record announces socket message %d, which the peer never sent", seq)
+	})
+	if err != nil {
+		return nil, err
 	}
+	rm, err := readRoot(msg.msg)
+	if err != nil {
+		return nil, fmt.Errorf("%w: socket message: %w", ErrProtocol, err)
+	}
+	size, _ := msg.msg.TotalSize()
+	t.stats.bytesReceived.Add(size)
+	t.stats.bytesCopied.Add(size)
+	t.liveIn.Add(1)
+	return &inMsg{t: t, msg: msg.msg, rm: rm}, nil
 }
+
+// sockMsg is a socket message received ahead of the SOCK record that takes
+// it.
+type sockMsg struct {
+	msg  *capnp.Message
+	size int64 // what it counts against WithMaxSocketBytes
+}
+
+// sockMsgOverhead is what a held socket message counts against
+// WithMaxSocketBytes beyond its payload: the message and map entry
+// that hold it, so that many tiny messages are bounded too.
+const sockMsgOverhead = 1 << 10
 
 // readSocket reads frames from the rendezvous socket: the peer's dedicated
 // mappings and fallback messages. EOF means the peer is gone.
 func (t *Transport) readSocket() {
 	defer t.wg.Done()
 	for {
-		hdr, payload, fds, err := t.fc.ReadFrame(int(min(t.opts.MaxMessage, 1<<31-1)))
+		hdr, fds, err := t.fc.ReadHeader(int(min(t.opts.MaxMessage, 1<<31-1)))
+		if err == nil && hdr.Type == wire.FrameMsg {
+			err = t.admit(int64(hdr.Length) + sockMsgOverhead)
+		}
+		var payload []byte
+		if err == nil {
+			payload, err = t.fc.ReadPayload(hdr)
+		}
 		if err != nil {
-			if t.closed.Load() {
+			closeFDs(fds)
+			if t.closed.Load() || t.ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, wire.ErrMalformed) {
+				t.fail(fmt.Errorf("%w: %w", ErrProtocol, err))
 				return
 			}
 			t.fail(fmt.Errorf("%w: %w", ErrPeerGone, err))
@@ -1139,6 +1318,27 @@ func (t *Transport) readSocket() {
 		if err := t.handleFrame(hdr, payload, fds); err != nil {
 			t.fail(err)
 			return
+		}
+	}
+}
+
+// admit waits until the socket messages held ahead of the ring leave room
+// for n more bytes (WithMaxSocketBytes; one message alone may be
+// larger), so that a peer cannot pile them up here: the socket is not read
+// meanwhile, which holds an honest sender back until its SOCK records are
+// taken (they are ahead of anything else it is waiting for).
+func (t *Transport) admit(n int64) error {
+	for {
+		t.peerMu.Lock()
+		held, ch := t.sockBytes, t.peerChanged
+		t.peerMu.Unlock()
+		if held == 0 || held+n <= t.opts.MaxSocketBytes {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-t.ctx.Done():
+			return t.cause()
 		}
 	}
 }
@@ -1154,13 +1354,23 @@ func (t *Transport) handleFrame(hdr wire.FrameHeader, payload []byte, fds []int)
 		}
 		if size > uint64(t.opts.MaxMessage)+1<<20 {
 			closeFDs(fds)
-			return fmt.Errorf("%w: dedicated mapping %d of %d bytes is over Options.MaxMessage", ErrTooLarge, id, size)
+			return fmt.Errorf("%w: dedicated mapping %d of %d bytes is over the largest message accepted (WithMaxMessage)", ErrTooLarge, id, size)
+		}
+		if n := t.mapsLive.Load(); n >= int64(t.opts.MaxPeerMappings) {
+			closeFDs(fds)
+			return fmt.Errorf("%w: dedicated mapping %d would be the peer's %d-th mapped here; the limit is %d (WithMaxPeerMappings)", ErrLimit, id, n+1, t.opts.MaxPeerMappings)
+		}
+		if b := t.mapBytesLive.Load(); b+int64(size) > t.opts.MaxPeerMappingBytes {
+			closeFDs(fds)
+			return fmt.Errorf("%w: dedicated mapping %d of %d bytes would bring the peer's mappings here to %d bytes; the limit is %d (WithMaxPeerMappingBytes)", ErrLimit, id, size, b+int64(size), t.opts.MaxPeerMappingBytes)
 		}
 		r, err := shm.Open(shm.Handle(fds[0]), int64(size), shm.ReadOnly, nil)
 		if err != nil {
 			return fmt.Errorf("%w: dedicated mapping %d: %w", ErrProtocol, id, err)
 		}
-		m := &mapped{r: r}
+		t.mapsLive.Add(1)
+		t.mapBytesLive.Add(int64(size))
+		m := &mapped{r: r, t: t}
 		m.ref()
 		t.peerMu.Lock()
 		dup := t.peerMaps[id] != nil
@@ -1177,13 +1387,22 @@ func (t *Transport) handleFrame(hdr wire.FrameHeader, payload []byte, fds []int)
 		return nil
 	case wire.FrameMsg:
 		closeFDs(fds)
+		if hdr.Seq != t.frameSeq+1 {
+			return fmt.Errorf("%w: socket message %d, expected %d (they are numbered in order)", ErrProtocol, hdr.Seq, t.frameSeq+1)
+		}
+		t.frameSeq = hdr.Seq
 		msg, err := capnp.Unmarshal(payload)
 		if err != nil {
 			return fmt.Errorf("%w: socket message %d: %w", ErrProtocol, hdr.Seq, err)
 		}
 		msg.TraverseLimit = t.readLimit(len(payload))
 		t.peerMu.Lock()
-		t.sockMsgs[hdr.Seq] = msg
+		m := &sockMsg{msg: msg, size: int64(len(payload)) + sockMsgOverhead}
+		t.sockMsgs[hdr.Seq] = m
+		t.sockBytes += m.size
+		if t.recvWake != nil {
+			t.recvWake() // RecvMessage starts the clock for its record
+		}
 		close(t.peerChanged)
 		t.peerChanged = make(chan struct{})
 		t.peerMu.Unlock()
@@ -1206,6 +1425,10 @@ func (t *Transport) Close() error {
 	t.closeOnce.Do(func() {
 		t.closed.Store(true)
 		t.cancel(ErrClosed)
+		// A peer that does not read cannot hold Close: the deadline ends
+		// any socket write under way (a Send's frame, which holds the
+		// frame lock BYE needs) and the BYE itself.
+		_ = t.conn.SetWriteDeadline(time.Now().Add(byeTimeout))
 		_ = t.fc.WriteFrame(wire.FrameBye, 0, nil, nil)
 		t.conn.CloseRead()
 		t.conn.Close()
@@ -1235,6 +1458,10 @@ func (t *Transport) Close() error {
 	return t.closeErr
 }
 
+// byeTimeout bounds how long Close tries to tell the peer (BYE) before it
+// closes the socket regardless.
+const byeTimeout = 250 * time.Millisecond
+
 // maybeFinalize unmaps this side's memory once the transport is closed and
 // go-capnp has released every message it built here.
 func (t *Transport) maybeFinalize() {
@@ -1254,6 +1481,7 @@ func (t *Transport) maybeFinalize() {
 type mapper struct {
 	t         *Transport
 	mu        sync.Mutex
+	making    int // Map calls under way
 	next      uint32
 	regions   map[uint32]*shm.Region
 	announced map[uint32]bool
@@ -1267,13 +1495,29 @@ type mapping struct {
 func (m *mapping) ID() uint32    { return m.id }
 func (m *mapping) Bytes() []byte { return m.r.Bytes() }
 
+// maxMappings caps this side's dedicated mappings alive at once: a quarter
+// of DefaultMaxPeerMappings, so that a peer with the default limit never
+// sees too many, even with UNMAP records still on their way. Beyond it
+// segalloc falls back to the heap (and the socket).
+const maxMappings = DefaultMaxPeerMappings / 4
+
 func (mp *mapper) Map(size int) (segalloc.Mapping, error) {
-	r, err := shm.Create(int64(size), &shm.Options{Name: "capnshm-dedicated", Prefault: true})
+	mp.mu.Lock()
+	n := len(mp.regions) + mp.making
+	if n >= maxMappings {
+		mp.mu.Unlock()
+		return nil, fmt.Errorf("capnshm: %d dedicated mappings alive, the most this side keeps", n)
+	}
+	mp.making++
+	mp.mu.Unlock()
+	// Written by this side only: sealed against the peer's writes.
+	r, err := shm.Create(int64(size), &shm.Options{Name: "capnshm-dedicated", Prefault: true, PeerReadOnly: true})
+	mp.mu.Lock()
+	defer mp.mu.Unlock()
+	mp.making--
 	if err != nil {
 		return nil, err
 	}
-	mp.mu.Lock()
-	defer mp.mu.Unlock()
 	mp.next++
 	mp.regions[mp.next] = r
 	return &mapping{id: mp.next, r: r}, nil

@@ -61,14 +61,14 @@ func echoServerPeer(args []string) int {
 	if err != nil {
 		return peertest.Fail("%v", err)
 	}
-	opts := peerOptions(args)
-	tr, err := rpc.NewTransport(context.Background(), conn, rpc.Listener, opts)
+	logger := peerLogger()
+	tr, err := rpc.NewTransport(context.Background(), conn, rpc.Listener, append(peerOptions(args), rpc.WithLogger(logger))...)
 	if err != nil {
 		peertest.Say("handshake failed: %v", err)
 		return 0
 	}
 	boot := echoproto.Echo_ServerToClient(&echoproto.Server{})
-	c := gorpc.NewConn(tr, &gorpc.Options{BootstrapClient: capnp.Client(boot), Logger: opts.Logger})
+	c := gorpc.NewConn(tr, &gorpc.Options{BootstrapClient: capnp.Client(boot), Logger: logger})
 	peertest.Say("serving")
 	in := peertest.Stdin()
 	for in.Scan() {
@@ -92,7 +92,7 @@ func echoServerPeer(args []string) int {
 // transportPair returns the two ends of a connection in this process: the
 // dialer with dialOpts, the listener with defaults. Both close at the end
 // of the test.
-func transportPair(t *testing.T, dialOpts *rpc.Options) (dialer, listener *rpc.Transport) {
+func transportPair(t *testing.T, dialOpts ...rpc.Option) (dialer, listener *rpc.Transport) {
 	t.Helper()
 	mine, theirs := socketPair(t)
 	other, err := unixConn(theirs)
@@ -107,10 +107,10 @@ func transportPair(t *testing.T, dialOpts *rpc.Options) (dialer, listener *rpc.T
 	}
 	lc := make(chan result, 1)
 	go func() {
-		tr, err := rpc.NewTransport(ctx, other, rpc.Listener, nil)
+		tr, err := rpc.NewTransport(ctx, other, rpc.Listener)
 		lc <- result{tr, err}
 	}()
-	dialer, err = rpc.NewTransport(ctx, mine, rpc.Dialer, dialOpts)
+	dialer, err = rpc.NewTransport(ctx, mine, rpc.Dialer, dialOpts...)
 	l := <-lc
 	if err != nil {
 		t.Fatalf("dialer: %v", err)
@@ -123,30 +123,36 @@ func transportPair(t *testing.T, dialOpts *rpc.Options) (dialer, listener *rpc.T
 	return dialer, l.tr
 }
 
-func peerOptions(args []string) *rpc.Options {
-	o := &rpc.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+// peerLogger logs a peer's warnings and faults to its stderr.
+func peerLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// peerOptions turns a peer's "name=value" arguments into options.
+func peerOptions(args []string) []rpc.Option {
+	var o []rpc.Option
 	for _, a := range args {
 		k, v, _ := strings.Cut(a, "=")
 		var n int64
 		fmt.Sscan(v, &n)
 		switch k {
 		case "pool":
-			o.PoolSize = n
+			o = append(o, rpc.WithPoolSize(n))
 		case "inline":
-			o.InlineMax = int(n)
+			o = append(o, rpc.WithInlineMax(int(n)))
 		case "maxmsg":
-			o.MaxMessage = n
+			o = append(o, rpc.WithMaxMessage(n))
 		case "maxded":
-			o.MaxDedicated = n
+			o = append(o, rpc.WithMaxDedicated(n))
 		case "maxheap":
-			o.MaxHeap = n
+			o = append(o, rpc.WithMaxHeap(n))
 		}
 	}
 	return o
 }
 
 // dialPeer starts an echo server process and connects to it.
-func dialPeer(t *testing.T, opts *rpc.Options, peerArgs ...string) (*conformance.Conn, *rpc.Transport, *peertest.Peer) {
+func dialPeer(t *testing.T, opts []rpc.Option, peerArgs ...string) (*conformance.Conn, *rpc.Transport, *peertest.Peer) {
 	t.Helper()
 	mine, theirs := socketPair(t)
 	p := peertest.Start(t, "echo-server", []uintptr{uintptr(theirs)}, peerArgs...)
@@ -158,13 +164,7 @@ func dialPeer(t *testing.T, opts *rpc.Options, peerArgs ...string) (*conformance
 	})
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	if opts == nil {
-		opts = &rpc.Options{}
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	}
-	tr, err := rpc.NewTransport(ctx, mine, rpc.Dialer, opts)
+	tr, err := rpc.NewTransport(ctx, mine, rpc.Dialer, append([]rpc.Option{rpc.WithLogger(peerLogger())}, opts...)...)
 	if err != nil {
 		t.Fatalf("handshake: %v; peer: %s", err, p.Stderr())
 	}

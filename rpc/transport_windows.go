@@ -14,8 +14,11 @@ import (
 type Transport struct{}
 
 // NewTransport returns ErrUnsupported on Windows.
-func NewTransport(ctx context.Context, conn *net.UnixConn, side Side, opts *Options) (*Transport, error) {
-	_ = opts.withDefaults()
+func NewTransport(ctx context.Context, conn *net.UnixConn, side Side, opts ...Option) (*Transport, error) {
+	conn.Close()
+	if _, err := newConfig(nil, opts); err != nil {
+		return nil, err
+	}
 	return nil, fmt.Errorf("%w: the Windows rendezvous (named pipes and DuplicateHandle) is not built yet", ErrUnsupported)
 }
 

@@ -7,6 +7,7 @@ import (
 	"math/bits"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 )
 
@@ -69,6 +70,11 @@ type Options struct {
 	// MaxCached caps the bytes of idle dedicated mappings kept for reuse.
 	// Zero: 256 MiB. Negative: none are kept.
 	MaxCached int64
+	// CacheIdle unmaps a cached mapping that has not been reused for this
+	// long, so that an idle connection gives back the memory of its last
+	// large message (in both processes: the peer unmaps what this side
+	// unmaps). Zero: kept until evicted or Close.
+	CacheIdle time.Duration
 	// MaxHeap caps the bytes of heap fallback segments alive. Zero: 256 MiB.
 	// Negative: no heap fallback.
 	MaxHeap int64
@@ -97,6 +103,7 @@ type Stats struct {
 	MappingsInUse       int64 // dedicated mappings held by arenas
 	MappingBytesLive    int64 // bytes of MappingsLive
 	MappingBytesCached  int64 // bytes of idle, zeroed mappings kept for reuse
+	MappingsTrimmed     int64 // cached mappings unmapped after CacheIdle unused
 	MappingAllocs       int64 // segments allocated in dedicated mappings
 	MappingForOversized int64 // of MappingAllocs, segments larger than MaxBlock
 
@@ -154,6 +161,7 @@ type Allocator struct {
 	mapper   Mapper
 	maxDed   int64
 	maxCache int64
+	idle     time.Duration // CacheIdle
 	maxHeap  int64
 	noScrub  bool
 
@@ -164,9 +172,11 @@ type Allocator struct {
 	work     sync.Cond // the scrubber waits here for dirty items
 	drained  sync.Cond // broadcast when nothing is dirty or being zeroed
 	b        buddy
-	dirtyMap []mapItem // released mappings waiting to be zeroed, oldest first
-	cache    []Mapping // zeroed idle mappings, oldest first
-	busy     int       // items being zeroed outside mu
+	dirtyMap []mapItem   // released mappings waiting to be zeroed, oldest first
+	cache    []cached    // zeroed idle mappings, oldest first
+	trim     *time.Timer // fires trimIdle; made on first use
+	trimSet  bool        // trim is armed (a timer early for the oldest is fine)
+	busy     int         // items being zeroed outside mu
 	closed   bool
 	st       Stats // all but the three counters below
 
@@ -174,6 +184,12 @@ type Allocator struct {
 	arenasAlive  atomic.Int64
 	arenasShared atomic.Int64
 	refErrors    atomic.Int64
+}
+
+// cached is an idle mapping in the cache and when it went there.
+type cached struct {
+	m     Mapping
+	since time.Time
 }
 
 // mapItem is a dirty mapping and the bytes of it to zero.
@@ -245,6 +261,7 @@ func newAllocator(pool []byte, opts Options) (*Allocator, error) {
 		mapper:   opts.Mapper,
 		maxDed:   limit(opts.MaxDedicated, defaultMaxDedicated),
 		maxCache: limit(opts.MaxCached, defaultMaxCached),
+		idle:     max(opts.CacheIdle, 0),
 		maxHeap:  limit(opts.MaxHeap, defaultMaxHeap),
 		noScrub:  opts.NoScrub,
 		done:     make(chan struct{}),
@@ -326,8 +343,13 @@ func (a *Allocator) Close() error {
 	}
 	a.closed = true
 	var drop []Mapping
-	drop = append(drop, a.cache...)
+	for _, c := range a.cache {
+		drop = append(drop, c.m)
+	}
 	a.cache = nil
+	if a.trim != nil {
+		a.trim.Stop()
+	}
 	a.st.MappingBytesCached = 0
 	for _, it := range a.dirtyMap {
 		drop = append(drop, it.m)
@@ -469,15 +491,59 @@ func (a *Allocator) cacheLocked(m Mapping, clean bool) []Mapping {
 	for len(a.cache) > 0 && a.st.MappingBytesCached+size > a.maxCache {
 		drop = append(drop, a.evictLocked())
 	}
-	a.cache = append(a.cache, m)
+	a.cache = append(a.cache, cached{m: m, since: time.Now()})
 	a.st.MappingBytesCached += size
+	a.armTrimLocked()
 	return drop
+}
+
+// armTrimLocked arms the trim timer for the oldest cached mapping, unless
+// it is armed already, the cache is empty or idle trimming is off. A timer
+// armed for a mapping that has since left the cache fires early, finds
+// nothing old enough and re-arms: cheaper than re-arming on every reuse.
+func (a *Allocator) armTrimLocked() {
+	if a.idle <= 0 || len(a.cache) == 0 || a.closed || a.trimSet {
+		return
+	}
+	d := max(a.idle-time.Since(a.cache[0].since), 0)
+	a.trimSet = true
+	if a.trim == nil {
+		a.trim = time.AfterFunc(d, a.trimIdle)
+	} else {
+		a.trim.Reset(d)
+	}
+}
+
+// trimIdle unmaps the cached mappings idle for CacheIdle, then re-arms the
+// timer for the next one. It runs on the timer's goroutine.
+func (a *Allocator) trimIdle() {
+	a.mu.Lock()
+	a.trimSet = false
+	if a.closed {
+		a.mu.Unlock()
+		return
+	}
+	var drop []Mapping
+	for len(a.cache) > 0 && time.Since(a.cache[0].since) >= a.idle {
+		drop = append(drop, a.evictLocked())
+		a.st.MappingsTrimmed++
+	}
+	a.armTrimLocked()
+	a.busy++ // waitScrubbed waits for these Unmaps too
+	a.mu.Unlock()
+	for _, m := range drop {
+		a.mapper.Unmap(m)
+	}
+	a.mu.Lock()
+	a.busy--
+	a.signalDrainedLocked()
+	a.mu.Unlock()
 }
 
 // evictLocked removes the oldest cached mapping and returns it for unmapping.
 func (a *Allocator) evictLocked() Mapping {
-	m := a.cache[0]
-	a.cache[0] = nil
+	m := a.cache[0].m
+	a.cache[0] = cached{}
 	a.cache = a.cache[1:]
 	a.st.MappingBytesCached -= int64(len(m.Bytes()))
 	a.forgetMappingLocked(m)
@@ -663,8 +729,8 @@ func (a *Allocator) mapLocked(size int) (seg segment, ok bool, err error) {
 		return segment{}, false, nil
 	}
 	fits := func(m Mapping) bool { n := len(m.Bytes()); return n >= size && n/2 <= size }
-	for j, m := range a.cache {
-		if fits(m) {
+	for j, c := range a.cache {
+		if m := c.m; fits(m) {
 			a.cache = append(a.cache[:j], a.cache[j+1:]...)
 			a.st.MappingBytesCached -= int64(len(m.Bytes()))
 			a.st.MappingsReused++

@@ -907,3 +907,33 @@ func TestAppendSegments(t *testing.T) {
 		t.Fatalf("AppendSegments allocates %v times with room in the buffer", n)
 	}
 }
+
+// TestCacheIdleTrim: a cached mapping unused for CacheIdle is given back to
+// the Mapper, while the allocator stays open (before CacheIdle existed it
+// stayed mapped until Close).
+func TestCacheIdleTrim(t *testing.T) {
+	mm := newMemMapper()
+	mm.gate, mm.entered = make(chan struct{}), make(chan struct{})
+	close(mm.gate)
+	a, _ := newTestAlloc(t, 64*kib, Options{MaxBlock: 16 * kib, Mapper: mm, CacheIdle: 10 * time.Millisecond})
+	ar := a.NewArena()
+	mustAlloc(t, ar, 100*kib)
+	ar.Release()
+	select {
+	case <-mm.entered:
+	case <-time.After(time.Minute):
+		t.Fatal("the idle cached mapping was never unmapped")
+	}
+	a.waitScrubbed()
+	st := a.Stats()
+	if st.MappingsTrimmed != 1 || st.MappingsLive != 0 || st.MappingBytesCached != 0 {
+		t.Errorf("after trim: trimmed %d live %d cached %d; want 1, 0, 0", st.MappingsTrimmed, st.MappingsLive, st.MappingBytesCached)
+	}
+	mm.check(t, 0)
+	// The allocator still makes mappings.
+	ar = a.NewArena()
+	if s := mustAlloc(t, ar, 100*kib); s.Loc == LocHeap || s.Loc == LocPool {
+		t.Fatalf("after trim: loc %v, want a dedicated mapping", s.Loc)
+	}
+	ar.Release()
+}

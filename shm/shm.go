@@ -13,19 +13,48 @@
 //	             +----------->  memfd (Linux)  <--------+
 //	                            pagefile section (Windows)
 //
-// Linux: memfd_create(MFD_CLOEXEC|MFD_ALLOW_SEALING), ftruncate to n, then
-// sealed with F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_SEAL. Open refuses a
-// descriptor that is not sealed that way or whose size is not n, so a peer
-// can never shrink a region under us and turn our reads into SIGBUS. The
-// descriptor travels over a unix socket with SendHandles and RecvHandles
-// (SCM_RIGHTS).
+// Linux: memfd_create(MFD_CLOEXEC|MFD_ALLOW_SEALING), ftruncate to n, mapped
+// read-write here, then sealed with F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_SEAL.
+// Open refuses a descriptor that is not sealed that way or whose size is not
+// n, so a peer can never shrink a region under us and turn our reads into
+// SIGBUS. The descriptor travels over a unix socket with SendHandles and
+// RecvHandles (SCM_RIGHTS).
+//
+// A descriptor handed to a peer is the same open file description as ours,
+// opened read-write, and its holder can reopen it read-write through
+// /proc/self/fd: handing over a read-only descriptor would not stop a peer
+// from writing. Options.PeerReadOnly does: Create then also adds
+// F_SEAL_FUTURE_WRITE (Linux 5.1) after this process has mapped the region,
+// and from then on write(2), pwrite(2), new writable shared mappings and
+// mprotect(PROT_WRITE) of a read-only one fail for everybody (EPERM or
+// EACCES), while the mapping Create made keeps working:
+//
+//	memfd_create -> ftruncate(n) -> mmap(PROT_READ|PROT_WRITE)  (ours)
+//	             -> F_ADD_SEALS(SHRINK|GROW|FUTURE_WRITE|SEAL)
+//	             -> hand the descriptor over: the peer can map it read-only
+//
+// A region both sides write (a ring) is created without PeerReadOnly and
+// opened ReadWrite: its owner and its peer share it read-write by design, and
+// whoever reads it treats every byte as untrusted. Open does not require
+// F_SEAL_FUTURE_WRITE on a peer's region: the owner writes its own memory
+// anyway (the seal protects the owner from its peer, not the reverse), so a
+// region opened ReadOnly is read as memory its owner may change at any time;
+// Open(ReadWrite) of a region sealed that way fails with ErrWriteSealed.
+//
+// The seals protect against what a peer can do with the descriptor. A peer
+// that may ptrace this process (the same user where kernel.yama.ptrace_scope
+// is 0 or absent, unless this process made itself non-dumpable with
+// prctl(PR_SET_DUMPABLE, 0)) can write its memory directly (process_vm_writev,
+// /proc/PID/mem) and is outside what any seal can stop.
 //
 // Windows: a pagefile-backed section (CreateFileMapping on
 // INVALID_HANDLE_VALUE) of n bytes, handed to the peer with DuplicateTo; a
 // section cannot shrink, and a view larger than the section is refused.
 //
 // A region opened ReadOnly is mapped without write permission: a write
-// through it faults, so a peer cannot scribble on memory it does not own.
+// through it faults. With Options.PeerReadOnly (below) the peer cannot get
+// write access any other way either, so it cannot scribble on memory it does
+// not own.
 // Options.Prefault maps every page before Create or Open returns, so the
 // first message does not pay page faults.
 //
@@ -76,6 +105,12 @@ type Options struct {
 	// MaxSize caps the size Create and Open accept; zero means
 	// DefaultMaxSize.
 	MaxSize int64
+	// PeerReadOnly (Create only) makes the region writable through this
+	// process's own mapping only: Linux seals it with F_SEAL_FUTURE_WRITE
+	// once mapped, so that nobody who gets the handle can write it or map
+	// it writable. Create fails, wrapping ErrWriteSealed, on a system that
+	// cannot do it (Linux before 5.1, Windows).
+	PeerReadOnly bool
 }
 
 func (o *Options) maxSize() int64 {
@@ -86,6 +121,8 @@ func (o *Options) maxSize() int64 {
 }
 
 func (o *Options) prefault() bool { return o != nil && o.Prefault }
+
+func (o *Options) peerReadOnly() bool { return o != nil && o.PeerReadOnly }
 
 // Errors that Create, Open and Close return, wrapped with details. Match them
 // with errors.Is.
@@ -101,6 +138,10 @@ var (
 	// ErrNotSealed: (Linux) the memfd lacks the seals that make its size
 	// fixed, so its owner could shrink it under us.
 	ErrNotSealed = errors.New("shm: memfd is not sealed against resizing")
+	// ErrWriteSealed: (Linux) Open(ReadWrite) of a region its owner made
+	// read-only for its peers (Options.PeerReadOnly, F_SEAL_FUTURE_WRITE), or
+	// Create with PeerReadOnly on a system that cannot seal writes.
+	ErrWriteSealed = errors.New("shm: region is sealed against writes by its peers")
 	// ErrClosed: the region was already closed.
 	ErrClosed = errors.New("shm: region closed")
 	// ErrHandoff: handles sent with a payload arrived damaged: a different

@@ -17,7 +17,9 @@ type Handle int
 // creator, can shrink or grow it or remove the seals.
 const requiredSeals = unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL
 
-// Create makes a new sealed memfd of size bytes and maps it read-write.
+// Create makes a new sealed memfd of size bytes and maps it read-write. The
+// mapping is made before the seals, so that with opts.PeerReadOnly
+// (F_SEAL_FUTURE_WRITE) it is the only writable one there will ever be.
 func Create(size int64, opts *Options) (*Region, error) {
 	if err := checkSize(size, opts); err != nil {
 		return nil, err
@@ -30,14 +32,22 @@ func Create(size int64, opts *Options) (*Region, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("shm: sizing memfd to %d bytes: %w", size, err)
 	}
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, requiredSeals); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("shm: sealing memfd: %w", err)
-	}
 	r, err := mapFD(fd, int(size), ReadWrite, opts)
 	if err != nil {
 		unix.Close(fd)
 		return nil, err
+	}
+	seals := requiredSeals
+	if opts.peerReadOnly() {
+		seals |= unix.F_SEAL_FUTURE_WRITE
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, seals); err != nil {
+		r.Close()
+		if opts.peerReadOnly() && errors.Is(err, unix.EINVAL) {
+			// Kernels before 5.1 do not know F_SEAL_FUTURE_WRITE.
+			return nil, fmt.Errorf("%w: this kernel cannot seal a memfd against future writes (F_SEAL_FUTURE_WRITE, Linux 5.1): %v", ErrWriteSealed, err)
+		}
+		return nil, fmt.Errorf("shm: sealing memfd: %w", err)
 	}
 	return r, nil
 }
@@ -79,6 +89,9 @@ func openFD(fd int, size int64, mode Mode, opts *Options) (*Region, error) {
 	}
 	if st.Size != size {
 		return nil, fmt.Errorf("%w: memfd is %d bytes, peer announced %d", ErrInvalidSize, st.Size, size)
+	}
+	if mode == ReadWrite && seals&(unix.F_SEAL_WRITE|unix.F_SEAL_FUTURE_WRITE) != 0 {
+		return nil, fmt.Errorf("%w: descriptor %d has seals %#x, which forbid mapping it %v", ErrWriteSealed, fd, seals, mode)
 	}
 	return mapFD(fd, int(size), mode, opts)
 }

@@ -48,6 +48,11 @@ func Create(size int64, opts *Options) (*Region, error) {
 	if err := checkSize(size, opts); err != nil {
 		return nil, err
 	}
+	if opts.peerReadOnly() {
+		// DuplicateTo hands over the handle's own access: a read-only
+		// handle for the peer is not built yet.
+		return nil, fmt.Errorf("%w: Options.PeerReadOnly is not implemented on Windows", ErrWriteSealed)
+	}
 	h, err := windows.CreateFileMapping(windows.InvalidHandle, nil, pageReadWriteProtectFlags,
 		uint32(uint64(size)>>32), uint32(size), nil)
 	if err != nil {

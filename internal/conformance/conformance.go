@@ -25,8 +25,11 @@ import (
 type Conn struct {
 	// Boot is the server's bootstrap capability; the suite releases it.
 	Boot echoproto.Echo
-	// RPC is the client's connection.
-	RPC *rpc.Conn
+	// RPC is the client's connection: capnshm's Conn or go-capnp's.
+	RPC interface {
+		Close() error
+		Done() <-chan struct{}
+	}
 	// CloseServer closes the connection from the server's side.
 	CloseServer func() error
 }

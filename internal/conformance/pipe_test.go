@@ -22,8 +22,8 @@ func TestStreamTransport(t *testing.T) {
 		Dial: func(t *testing.T) *conformance.Conn {
 			a, b := net.Pipe()
 			boot := echoproto.Echo_ServerToClient(&echoproto.Server{})
-			server := rpc.NewConn(capnshm.NewStreamTransport(a), &rpc.Options{BootstrapClient: capnp.Client(boot)})
-			client := rpc.NewConn(capnshm.NewStreamTransport(b), nil)
+			server := rpc.NewConn(stream(t, a), &rpc.Options{BootstrapClient: capnp.Client(boot)})
+			client := rpc.NewConn(stream(t, b), nil)
 			t.Cleanup(func() { client.Close(); server.Close() })
 			return &conformance.Conn{
 				Boot: echoproto.Bootstrap(t.Context(), client),
@@ -39,4 +39,39 @@ func TestStreamTransport(t *testing.T) {
 		},
 		Sizes: []int{0, 1, 1 << 20},
 	})
+}
+
+// TestEngineOverPipe runs the suite on capnshm's engine, both ends in this
+// process over an in-process pipe.
+func TestEngineOverPipe(t *testing.T) {
+	conformance.Run(t, conformance.Env{
+		Dial: func(t *testing.T) *conformance.Conn {
+			a, b := net.Pipe()
+			boot := echoproto.Echo_ServerToClient(&echoproto.Server{})
+			server, err := capnshm.NewConn(stream(t, a), capnp.Client(boot))
+			if err != nil {
+				t.Fatal(err)
+			}
+			client, err := capnshm.NewConn(stream(t, b), capnp.Client{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { client.Close(); server.Close() })
+			return &conformance.Conn{
+				Boot:        echoproto.Echo(client.Bootstrap(t.Context())),
+				RPC:         client,
+				CloseServer: server.Close,
+			}
+		},
+		Sizes: []int{0, 1, 1 << 20},
+	})
+}
+
+// stream returns capnshm's stream transport on c.
+func stream(t *testing.T, c net.Conn) *capnshm.StreamTransport {
+	st, err := capnshm.NewStreamTransport(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }

@@ -44,6 +44,34 @@ interface Echo {
   fillChunks @11 (chunkSize :UInt64, count :UInt32, seed :UInt8) -> (chunks :List(Data));
   # fill for results over 512 MiB: count chunks, each filled as fill
   # fills (byte i of the whole is (seed + i*7) mod 256).
+
+  liveObjects @12 () -> (count :Int64);
+  # How many capabilities this server made (counters from counter and
+  # self) are still alive, i.e. not yet released by every holder: the
+  # test that received capabilities are released.
+
+  reflect @13 (callback :Callback) -> (callback :Callback);
+  # Returns the capability it was given: calls pipelined on the result
+  # reach the caller's own object through this server (a tail call).
+
+  open @14 (name :Text) -> (session :Session);
+  # A session named name: for pipelining two levels deep.
+
+  add @15 (counter :Counter, delta :Int64) -> (value :Int64);
+  # Adds delta to the counter it was given and returns its value.
+
+  promise @16 (start :Int64) -> (counter :Counter);
+  # A promise of a new counter, resolved by the next resolvePromises: the
+  # server exports a promise, then sends Resolve.
+
+  resolvePromises @17 () -> (resolved :UInt32);
+  # Resolves every promise made by promise so far.
+}
+
+interface Session {
+  name @0 () -> (name :Text);
+  sub @1 () -> (session :Session);
+  # A session named this one's name plus "/sub".
 }
 
 interface Counter {

@@ -255,6 +255,126 @@ func (c Echo) FillChunks(ctx context.Context, params func(Echo_fillChunks_Params
 
 }
 
+func (c Echo) LiveObjects(ctx context.Context, params func(Echo_liveObjects_Params) error) (Echo_liveObjects_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xd9d5ed0b94bfe9ce,
+			MethodID:      12,
+			InterfaceName: "echo.capnp:Echo",
+			MethodName:    "liveObjects",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 0}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Echo_liveObjects_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Echo_liveObjects_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c Echo) Reflect(ctx context.Context, params func(Echo_reflect_Params) error) (Echo_reflect_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xd9d5ed0b94bfe9ce,
+			MethodID:      13,
+			InterfaceName: "echo.capnp:Echo",
+			MethodName:    "reflect",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 1}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Echo_reflect_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Echo_reflect_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c Echo) Open(ctx context.Context, params func(Echo_open_Params) error) (Echo_open_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xd9d5ed0b94bfe9ce,
+			MethodID:      14,
+			InterfaceName: "echo.capnp:Echo",
+			MethodName:    "open",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 1}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Echo_open_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Echo_open_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c Echo) Add(ctx context.Context, params func(Echo_add_Params) error) (Echo_add_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xd9d5ed0b94bfe9ce,
+			MethodID:      15,
+			InterfaceName: "echo.capnp:Echo",
+			MethodName:    "add",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 8, PointerCount: 1}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Echo_add_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Echo_add_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c Echo) Promise(ctx context.Context, params func(Echo_promise_Params) error) (Echo_promise_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xd9d5ed0b94bfe9ce,
+			MethodID:      16,
+			InterfaceName: "echo.capnp:Echo",
+			MethodName:    "promise",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 8, PointerCount: 0}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Echo_promise_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Echo_promise_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c Echo) ResolvePromises(ctx context.Context, params func(Echo_resolvePromises_Params) error) (Echo_resolvePromises_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xd9d5ed0b94bfe9ce,
+			MethodID:      17,
+			InterfaceName: "echo.capnp:Echo",
+			MethodName:    "resolvePromises",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 0}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Echo_resolvePromises_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Echo_resolvePromises_Results_Future{Future: ans.Future()}, release
+
+}
+
 func (c Echo) WaitStreaming() error {
 	return capnp.Client(c).WaitStreaming()
 }
@@ -351,6 +471,18 @@ type Echo_Server interface {
 	SumChunks(context.Context, Echo_sumChunks) error
 
 	FillChunks(context.Context, Echo_fillChunks) error
+
+	LiveObjects(context.Context, Echo_liveObjects) error
+
+	Reflect(context.Context, Echo_reflect) error
+
+	Open(context.Context, Echo_open) error
+
+	Add(context.Context, Echo_add) error
+
+	Promise(context.Context, Echo_promise) error
+
+	ResolvePromises(context.Context, Echo_resolvePromises) error
 }
 
 // Echo_NewServer creates a new Server from an implementation of Echo_Server.
@@ -369,7 +501,7 @@ func Echo_ServerToClient(s Echo_Server) Echo {
 // This can be used to create a more complicated Server.
 func Echo_Methods(methods []server.Method, s Echo_Server) []server.Method {
 	if cap(methods) == 0 {
-		methods = make([]server.Method, 0, 12)
+		methods = make([]server.Method, 0, 18)
 	}
 
 	methods = append(methods, server.Method{
@@ -513,6 +645,78 @@ func Echo_Methods(methods []server.Method, s Echo_Server) []server.Method {
 		},
 		Impl: func(ctx context.Context, call *server.Call) error {
 			return s.FillChunks(ctx, Echo_fillChunks{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xd9d5ed0b94bfe9ce,
+			MethodID:      12,
+			InterfaceName: "echo.capnp:Echo",
+			MethodName:    "liveObjects",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.LiveObjects(ctx, Echo_liveObjects{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xd9d5ed0b94bfe9ce,
+			MethodID:      13,
+			InterfaceName: "echo.capnp:Echo",
+			MethodName:    "reflect",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Reflect(ctx, Echo_reflect{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xd9d5ed0b94bfe9ce,
+			MethodID:      14,
+			InterfaceName: "echo.capnp:Echo",
+			MethodName:    "open",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Open(ctx, Echo_open{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xd9d5ed0b94bfe9ce,
+			MethodID:      15,
+			InterfaceName: "echo.capnp:Echo",
+			MethodName:    "add",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Add(ctx, Echo_add{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xd9d5ed0b94bfe9ce,
+			MethodID:      16,
+			InterfaceName: "echo.capnp:Echo",
+			MethodName:    "promise",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Promise(ctx, Echo_promise{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xd9d5ed0b94bfe9ce,
+			MethodID:      17,
+			InterfaceName: "echo.capnp:Echo",
+			MethodName:    "resolvePromises",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.ResolvePromises(ctx, Echo_resolvePromises{call})
 		},
 	})
 
@@ -721,6 +925,108 @@ func (c Echo_fillChunks) Args() Echo_fillChunks_Params {
 func (c Echo_fillChunks) AllocResults() (Echo_fillChunks_Results, error) {
 	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
 	return Echo_fillChunks_Results(r), err
+}
+
+// Echo_liveObjects holds the state for a server call to Echo.liveObjects.
+// See server.Call for documentation.
+type Echo_liveObjects struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Echo_liveObjects) Args() Echo_liveObjects_Params {
+	return Echo_liveObjects_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Echo_liveObjects) AllocResults() (Echo_liveObjects_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Echo_liveObjects_Results(r), err
+}
+
+// Echo_reflect holds the state for a server call to Echo.reflect.
+// See server.Call for documentation.
+type Echo_reflect struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Echo_reflect) Args() Echo_reflect_Params {
+	return Echo_reflect_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Echo_reflect) AllocResults() (Echo_reflect_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Echo_reflect_Results(r), err
+}
+
+// Echo_open holds the state for a server call to Echo.open.
+// See server.Call for documentation.
+type Echo_open struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Echo_open) Args() Echo_open_Params {
+	return Echo_open_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Echo_open) AllocResults() (Echo_open_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Echo_open_Results(r), err
+}
+
+// Echo_add holds the state for a server call to Echo.add.
+// See server.Call for documentation.
+type Echo_add struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Echo_add) Args() Echo_add_Params {
+	return Echo_add_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Echo_add) AllocResults() (Echo_add_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Echo_add_Results(r), err
+}
+
+// Echo_promise holds the state for a server call to Echo.promise.
+// See server.Call for documentation.
+type Echo_promise struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Echo_promise) Args() Echo_promise_Params {
+	return Echo_promise_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Echo_promise) AllocResults() (Echo_promise_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Echo_promise_Results(r), err
+}
+
+// Echo_resolvePromises holds the state for a server call to Echo.resolvePromises.
+// See server.Call for documentation.
+type Echo_resolvePromises struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Echo_resolvePromises) Args() Echo_resolvePromises_Params {
+	return Echo_resolvePromises_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Echo_resolvePromises) AllocResults() (Echo_resolvePromises_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Echo_resolvePromises_Results(r), err
 }
 
 // Echo_List is a list of Echo.
@@ -2495,6 +2801,1448 @@ func (f Echo_fillChunks_Results_Future) Struct() (Echo_fillChunks_Results, error
 	return Echo_fillChunks_Results(p.Struct()), err
 }
 
+type Echo_liveObjects_Params capnp.Struct
+
+// Echo_liveObjects_Params_TypeID is the unique identifier for the type Echo_liveObjects_Params.
+const Echo_liveObjects_Params_TypeID = 0x9407f34e049c718e
+
+func NewEcho_liveObjects_Params(s *capnp.Segment) (Echo_liveObjects_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Echo_liveObjects_Params(st), err
+}
+
+func NewRootEcho_liveObjects_Params(s *capnp.Segment) (Echo_liveObjects_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Echo_liveObjects_Params(st), err
+}
+
+func ReadRootEcho_liveObjects_Params(msg *capnp.Message) (Echo_liveObjects_Params, error) {
+	root, err := msg.Root()
+	return Echo_liveObjects_Params(root.Struct()), err
+}
+
+func (s Echo_liveObjects_Params) String() string {
+	str, _ := text.Marshal(0x9407f34e049c718e, capnp.Struct(s))
+	return str
+}
+
+func (s Echo_liveObjects_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Echo_liveObjects_Params) DecodeFromPtr(p capnp.Ptr) Echo_liveObjects_Params {
+	return Echo_liveObjects_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Echo_liveObjects_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Echo_liveObjects_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Echo_liveObjects_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Echo_liveObjects_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+
+// Echo_liveObjects_Params_List is a list of Echo_liveObjects_Params.
+type Echo_liveObjects_Params_List = capnp.StructList[Echo_liveObjects_Params]
+
+// NewEcho_liveObjects_Params creates a new list of Echo_liveObjects_Params.
+func NewEcho_liveObjects_Params_List(s *capnp.Segment, sz int32) (Echo_liveObjects_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0}, sz)
+	return capnp.StructList[Echo_liveObjects_Params](l), err
+}
+
+// Echo_liveObjects_Params_Future is a wrapper for a Echo_liveObjects_Params promised by a client call.
+type Echo_liveObjects_Params_Future struct{ *capnp.Future }
+
+func (f Echo_liveObjects_Params_Future) Struct() (Echo_liveObjects_Params, error) {
+	p, err := f.Future.Ptr()
+	return Echo_liveObjects_Params(p.Struct()), err
+}
+
+type Echo_liveObjects_Results capnp.Struct
+
+// Echo_liveObjects_Results_TypeID is the unique identifier for the type Echo_liveObjects_Results.
+const Echo_liveObjects_Results_TypeID = 0xb1262bc4f802ebbd
+
+func NewEcho_liveObjects_Results(s *capnp.Segment) (Echo_liveObjects_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Echo_liveObjects_Results(st), err
+}
+
+func NewRootEcho_liveObjects_Results(s *capnp.Segment) (Echo_liveObjects_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Echo_liveObjects_Results(st), err
+}
+
+func ReadRootEcho_liveObjects_Results(msg *capnp.Message) (Echo_liveObjects_Results, error) {
+	root, err := msg.Root()
+	return Echo_liveObjects_Results(root.Struct()), err
+}
+
+func (s Echo_liveObjects_Results) String() string {
+	str, _ := text.Marshal(0xb1262bc4f802ebbd, capnp.Struct(s))
+	return str
+}
+
+func (s Echo_liveObjects_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Echo_liveObjects_Results) DecodeFromPtr(p capnp.Ptr) Echo_liveObjects_Results {
+	return Echo_liveObjects_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Echo_liveObjects_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Echo_liveObjects_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Echo_liveObjects_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Echo_liveObjects_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Echo_liveObjects_Results) Count() int64 {
+	return int64(capnp.Struct(s).Uint64(0))
+}
+
+func (s Echo_liveObjects_Results) SetCount(v int64) {
+	capnp.Struct(s).SetUint64(0, uint64(v))
+}
+
+// Echo_liveObjects_Results_List is a list of Echo_liveObjects_Results.
+type Echo_liveObjects_Results_List = capnp.StructList[Echo_liveObjects_Results]
+
+// NewEcho_liveObjects_Results creates a new list of Echo_liveObjects_Results.
+func NewEcho_liveObjects_Results_List(s *capnp.Segment, sz int32) (Echo_liveObjects_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0}, sz)
+	return capnp.StructList[Echo_liveObjects_Results](l), err
+}
+
+// Echo_liveObjects_Results_Future is a wrapper for a Echo_liveObjects_Results promised by a client call.
+type Echo_liveObjects_Results_Future struct{ *capnp.Future }
+
+func (f Echo_liveObjects_Results_Future) Struct() (Echo_liveObjects_Results, error) {
+	p, err := f.Future.Ptr()
+	return Echo_liveObjects_Results(p.Struct()), err
+}
+
+type Echo_reflect_Params capnp.Struct
+
+// Echo_reflect_Params_TypeID is the unique identifier for the type Echo_reflect_Params.
+const Echo_reflect_Params_TypeID = 0xba47d025d0664a62
+
+func NewEcho_reflect_Params(s *capnp.Segment) (Echo_reflect_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Echo_reflect_Params(st), err
+}
+
+func NewRootEcho_reflect_Params(s *capnp.Segment) (Echo_reflect_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Echo_reflect_Params(st), err
+}
+
+func ReadRootEcho_reflect_Params(msg *capnp.Message) (Echo_reflect_Params, error) {
+	root, err := msg.Root()
+	return Echo_reflect_Params(root.Struct()), err
+}
+
+func (s Echo_reflect_Params) String() string {
+	str, _ := text.Marshal(0xba47d025d0664a62, capnp.Struct(s))
+	return str
+}
+
+func (s Echo_reflect_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Echo_reflect_Params) DecodeFromPtr(p capnp.Ptr) Echo_reflect_Params {
+	return Echo_reflect_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Echo_reflect_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Echo_reflect_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Echo_reflect_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Echo_reflect_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Echo_reflect_Params) Callback() Callback {
+	p, _ := capnp.Struct(s).Ptr(0)
+	return Callback(p.Interface().Client())
+}
+
+func (s Echo_reflect_Params) HasCallback() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Echo_reflect_Params) SetCallback(v Callback) error {
+	if !v.IsValid() {
+		return capnp.Struct(s).SetPtr(0, capnp.Ptr{})
+	}
+	seg := s.Segment()
+	in := capnp.NewInterface(seg, seg.Message().CapTable().Add(capnp.Client(v)))
+	return capnp.Struct(s).SetPtr(0, in.ToPtr())
+}
+
+// Echo_reflect_Params_List is a list of Echo_reflect_Params.
+type Echo_reflect_Params_List = capnp.StructList[Echo_reflect_Params]
+
+// NewEcho_reflect_Params creates a new list of Echo_reflect_Params.
+func NewEcho_reflect_Params_List(s *capnp.Segment, sz int32) (Echo_reflect_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Echo_reflect_Params](l), err
+}
+
+// Echo_reflect_Params_Future is a wrapper for a Echo_reflect_Params promised by a client call.
+type Echo_reflect_Params_Future struct{ *capnp.Future }
+
+func (f Echo_reflect_Params_Future) Struct() (Echo_reflect_Params, error) {
+	p, err := f.Future.Ptr()
+	return Echo_reflect_Params(p.Struct()), err
+}
+func (p Echo_reflect_Params_Future) Callback() Callback {
+	return Callback(p.Future.Field(0, nil).Client())
+}
+
+type Echo_reflect_Results capnp.Struct
+
+// Echo_reflect_Results_TypeID is the unique identifier for the type Echo_reflect_Results.
+const Echo_reflect_Results_TypeID = 0xf0fc0f205f6521e0
+
+func NewEcho_reflect_Results(s *capnp.Segment) (Echo_reflect_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Echo_reflect_Results(st), err
+}
+
+func NewRootEcho_reflect_Results(s *capnp.Segment) (Echo_reflect_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Echo_reflect_Results(st), err
+}
+
+func ReadRootEcho_reflect_Results(msg *capnp.Message) (Echo_reflect_Results, error) {
+	root, err := msg.Root()
+	return Echo_reflect_Results(root.Struct()), err
+}
+
+func (s Echo_reflect_Results) String() string {
+	str, _ := text.Marshal(0xf0fc0f205f6521e0, capnp.Struct(s))
+	return str
+}
+
+func (s Echo_reflect_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Echo_reflect_Results) DecodeFromPtr(p capnp.Ptr) Echo_reflect_Results {
+	return Echo_reflect_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Echo_reflect_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Echo_reflect_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Echo_reflect_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Echo_reflect_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Echo_reflect_Results) Callback() Callback {
+	p, _ := capnp.Struct(s).Ptr(0)
+	return Callback(p.Interface().Client())
+}
+
+func (s Echo_reflect_Results) HasCallback() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Echo_reflect_Results) SetCallback(v Callback) error {
+	if !v.IsValid() {
+		return capnp.Struct(s).SetPtr(0, capnp.Ptr{})
+	}
+	seg := s.Segment()
+	in := capnp.NewInterface(seg, seg.Message().CapTable().Add(capnp.Client(v)))
+	return capnp.Struct(s).SetPtr(0, in.ToPtr())
+}
+
+// Echo_reflect_Results_List is a list of Echo_reflect_Results.
+type Echo_reflect_Results_List = capnp.StructList[Echo_reflect_Results]
+
+// NewEcho_reflect_Results creates a new list of Echo_reflect_Results.
+func NewEcho_reflect_Results_List(s *capnp.Segment, sz int32) (Echo_reflect_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Echo_reflect_Results](l), err
+}
+
+// Echo_reflect_Results_Future is a wrapper for a Echo_reflect_Results promised by a client call.
+type Echo_reflect_Results_Future struct{ *capnp.Future }
+
+func (f Echo_reflect_Results_Future) Struct() (Echo_reflect_Results, error) {
+	p, err := f.Future.Ptr()
+	return Echo_reflect_Results(p.Struct()), err
+}
+func (p Echo_reflect_Results_Future) Callback() Callback {
+	return Callback(p.Future.Field(0, nil).Client())
+}
+
+type Echo_open_Params capnp.Struct
+
+// Echo_open_Params_TypeID is the unique identifier for the type Echo_open_Params.
+const Echo_open_Params_TypeID = 0xad19106bac757ebb
+
+func NewEcho_open_Params(s *capnp.Segment) (Echo_open_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Echo_open_Params(st), err
+}
+
+func NewRootEcho_open_Params(s *capnp.Segment) (Echo_open_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Echo_open_Params(st), err
+}
+
+func ReadRootEcho_open_Params(msg *capnp.Message) (Echo_open_Params, error) {
+	root, err := msg.Root()
+	return Echo_open_Params(root.Struct()), err
+}
+
+func (s Echo_open_Params) String() string {
+	str, _ := text.Marshal(0xad19106bac757ebb, capnp.Struct(s))
+	return str
+}
+
+func (s Echo_open_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Echo_open_Params) DecodeFromPtr(p capnp.Ptr) Echo_open_Params {
+	return Echo_open_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Echo_open_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Echo_open_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Echo_open_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Echo_open_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Echo_open_Params) Name() (string, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s Echo_open_Params) HasName() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Echo_open_Params) NameBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s Echo_open_Params) SetName(v string) error {
+	return capnp.Struct(s).SetText(0, v)
+}
+
+// Echo_open_Params_List is a list of Echo_open_Params.
+type Echo_open_Params_List = capnp.StructList[Echo_open_Params]
+
+// NewEcho_open_Params creates a new list of Echo_open_Params.
+func NewEcho_open_Params_List(s *capnp.Segment, sz int32) (Echo_open_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Echo_open_Params](l), err
+}
+
+// Echo_open_Params_Future is a wrapper for a Echo_open_Params promised by a client call.
+type Echo_open_Params_Future struct{ *capnp.Future }
+
+func (f Echo_open_Params_Future) Struct() (Echo_open_Params, error) {
+	p, err := f.Future.Ptr()
+	return Echo_open_Params(p.Struct()), err
+}
+
+type Echo_open_Results capnp.Struct
+
+// Echo_open_Results_TypeID is the unique identifier for the type Echo_open_Results.
+const Echo_open_Results_TypeID = 0xdb26a2f27250dd6f
+
+func NewEcho_open_Results(s *capnp.Segment) (Echo_open_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Echo_open_Results(st), err
+}
+
+func NewRootEcho_open_Results(s *capnp.Segment) (Echo_open_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Echo_open_Results(st), err
+}
+
+func ReadRootEcho_open_Results(msg *capnp.Message) (Echo_open_Results, error) {
+	root, err := msg.Root()
+	return Echo_open_Results(root.Struct()), err
+}
+
+func (s Echo_open_Results) String() string {
+	str, _ := text.Marshal(0xdb26a2f27250dd6f, capnp.Struct(s))
+	return str
+}
+
+func (s Echo_open_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Echo_open_Results) DecodeFromPtr(p capnp.Ptr) Echo_open_Results {
+	return Echo_open_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Echo_open_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Echo_open_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Echo_open_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Echo_open_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Echo_open_Results) Session() Session {
+	p, _ := capnp.Struct(s).Ptr(0)
+	return Session(p.Interface().Client())
+}
+
+func (s Echo_open_Results) HasSession() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Echo_open_Results) SetSession(v Session) error {
+	if !v.IsValid() {
+		return capnp.Struct(s).SetPtr(0, capnp.Ptr{})
+	}
+	seg := s.Segment()
+	in := capnp.NewInterface(seg, seg.Message().CapTable().Add(capnp.Client(v)))
+	return capnp.Struct(s).SetPtr(0, in.ToPtr())
+}
+
+// Echo_open_Results_List is a list of Echo_open_Results.
+type Echo_open_Results_List = capnp.StructList[Echo_open_Results]
+
+// NewEcho_open_Results creates a new list of Echo_open_Results.
+func NewEcho_open_Results_List(s *capnp.Segment, sz int32) (Echo_open_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Echo_open_Results](l), err
+}
+
+// Echo_open_Results_Future is a wrapper for a Echo_open_Results promised by a client call.
+type Echo_open_Results_Future struct{ *capnp.Future }
+
+func (f Echo_open_Results_Future) Struct() (Echo_open_Results, error) {
+	p, err := f.Future.Ptr()
+	return Echo_open_Results(p.Struct()), err
+}
+func (p Echo_open_Results_Future) Session() Session {
+	return Session(p.Future.Field(0, nil).Client())
+}
+
+type Echo_add_Params capnp.Struct
+
+// Echo_add_Params_TypeID is the unique identifier for the type Echo_add_Params.
+const Echo_add_Params_TypeID = 0x9dccb4928a8f0dc6
+
+func NewEcho_add_Params(s *capnp.Segment) (Echo_add_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1})
+	return Echo_add_Params(st), err
+}
+
+func NewRootEcho_add_Params(s *capnp.Segment) (Echo_add_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1})
+	return Echo_add_Params(st), err
+}
+
+func ReadRootEcho_add_Params(msg *capnp.Message) (Echo_add_Params, error) {
+	root, err := msg.Root()
+	return Echo_add_Params(root.Struct()), err
+}
+
+func (s Echo_add_Params) String() string {
+	str, _ := text.Marshal(0x9dccb4928a8f0dc6, capnp.Struct(s))
+	return str
+}
+
+func (s Echo_add_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Echo_add_Params) DecodeFromPtr(p capnp.Ptr) Echo_add_Params {
+	return Echo_add_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Echo_add_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Echo_add_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Echo_add_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Echo_add_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Echo_add_Params) Counter() Counter {
+	p, _ := capnp.Struct(s).Ptr(0)
+	return Counter(p.Interface().Client())
+}
+
+func (s Echo_add_Params) HasCounter() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Echo_add_Params) SetCounter(v Counter) error {
+	if !v.IsValid() {
+		return capnp.Struct(s).SetPtr(0, capnp.Ptr{})
+	}
+	seg := s.Segment()
+	in := capnp.NewInterface(seg, seg.Message().CapTable().Add(capnp.Client(v)))
+	return capnp.Struct(s).SetPtr(0, in.ToPtr())
+}
+
+func (s Echo_add_Params) Delta() int64 {
+	return int64(capnp.Struct(s).Uint64(0))
+}
+
+func (s Echo_add_Params) SetDelta(v int64) {
+	capnp.Struct(s).SetUint64(0, uint64(v))
+}
+
+// Echo_add_Params_List is a list of Echo_add_Params.
+type Echo_add_Params_List = capnp.StructList[Echo_add_Params]
+
+// NewEcho_add_Params creates a new list of Echo_add_Params.
+func NewEcho_add_Params_List(s *capnp.Segment, sz int32) (Echo_add_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1}, sz)
+	return capnp.StructList[Echo_add_Params](l), err
+}
+
+// Echo_add_Params_Future is a wrapper for a Echo_add_Params promised by a client call.
+type Echo_add_Params_Future struct{ *capnp.Future }
+
+func (f Echo_add_Params_Future) Struct() (Echo_add_Params, error) {
+	p, err := f.Future.Ptr()
+	return Echo_add_Params(p.Struct()), err
+}
+func (p Echo_add_Params_Future) Counter() Counter {
+	return Counter(p.Future.Field(0, nil).Client())
+}
+
+type Echo_add_Results capnp.Struct
+
+// Echo_add_Results_TypeID is the unique identifier for the type Echo_add_Results.
+const Echo_add_Results_TypeID = 0x93f13c9d79a34d34
+
+func NewEcho_add_Results(s *capnp.Segment) (Echo_add_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Echo_add_Results(st), err
+}
+
+func NewRootEcho_add_Results(s *capnp.Segment) (Echo_add_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Echo_add_Results(st), err
+}
+
+func ReadRootEcho_add_Results(msg *capnp.Message) (Echo_add_Results, error) {
+	root, err := msg.Root()
+	return Echo_add_Results(root.Struct()), err
+}
+
+func (s Echo_add_Results) String() string {
+	str, _ := text.Marshal(0x93f13c9d79a34d34, capnp.Struct(s))
+	return str
+}
+
+func (s Echo_add_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Echo_add_Results) DecodeFromPtr(p capnp.Ptr) Echo_add_Results {
+	return Echo_add_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Echo_add_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Echo_add_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Echo_add_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Echo_add_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Echo_add_Results) Value() int64 {
+	return int64(capnp.Struct(s).Uint64(0))
+}
+
+func (s Echo_add_Results) SetValue(v int64) {
+	capnp.Struct(s).SetUint64(0, uint64(v))
+}
+
+// Echo_add_Results_List is a list of Echo_add_Results.
+type Echo_add_Results_List = capnp.StructList[Echo_add_Results]
+
+// NewEcho_add_Results creates a new list of Echo_add_Results.
+func NewEcho_add_Results_List(s *capnp.Segment, sz int32) (Echo_add_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0}, sz)
+	return capnp.StructList[Echo_add_Results](l), err
+}
+
+// Echo_add_Results_Future is a wrapper for a Echo_add_Results promised by a client call.
+type Echo_add_Results_Future struct{ *capnp.Future }
+
+func (f Echo_add_Results_Future) Struct() (Echo_add_Results, error) {
+	p, err := f.Future.Ptr()
+	return Echo_add_Results(p.Struct()), err
+}
+
+type Echo_promise_Params capnp.Struct
+
+// Echo_promise_Params_TypeID is the unique identifier for the type Echo_promise_Params.
+const Echo_promise_Params_TypeID = 0x9205c8ce4e46ba96
+
+func NewEcho_promise_Params(s *capnp.Segment) (Echo_promise_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Echo_promise_Params(st), err
+}
+
+func NewRootEcho_promise_Params(s *capnp.Segment) (Echo_promise_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Echo_promise_Params(st), err
+}
+
+func ReadRootEcho_promise_Params(msg *capnp.Message) (Echo_promise_Params, error) {
+	root, err := msg.Root()
+	return Echo_promise_Params(root.Struct()), err
+}
+
+func (s Echo_promise_Params) String() string {
+	str, _ := text.Marshal(0x9205c8ce4e46ba96, capnp.Struct(s))
+	return str
+}
+
+func (s Echo_promise_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Echo_promise_Params) DecodeFromPtr(p capnp.Ptr) Echo_promise_Params {
+	return Echo_promise_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Echo_promise_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Echo_promise_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Echo_promise_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Echo_promise_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Echo_promise_Params) Start() int64 {
+	return int64(capnp.Struct(s).Uint64(0))
+}
+
+func (s Echo_promise_Params) SetStart(v int64) {
+	capnp.Struct(s).SetUint64(0, uint64(v))
+}
+
+// Echo_promise_Params_List is a list of Echo_promise_Params.
+type Echo_promise_Params_List = capnp.StructList[Echo_promise_Params]
+
+// NewEcho_promise_Params creates a new list of Echo_promise_Params.
+func NewEcho_promise_Params_List(s *capnp.Segment, sz int32) (Echo_promise_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0}, sz)
+	return capnp.StructList[Echo_promise_Params](l), err
+}
+
+// Echo_promise_Params_Future is a wrapper for a Echo_promise_Params promised by a client call.
+type Echo_promise_Params_Future struct{ *capnp.Future }
+
+func (f Echo_promise_Params_Future) Struct() (Echo_promise_Params, error) {
+	p, err := f.Future.Ptr()
+	return Echo_promise_Params(p.Struct()), err
+}
+
+type Echo_promise_Results capnp.Struct
+
+// Echo_promise_Results_TypeID is the unique identifier for the type Echo_promise_Results.
+const Echo_promise_Results_TypeID = 0xa292efc2e825a6c0
+
+func NewEcho_promise_Results(s *capnp.Segment) (Echo_promise_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Echo_promise_Results(st), err
+}
+
+func NewRootEcho_promise_Results(s *capnp.Segment) (Echo_promise_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Echo_promise_Results(st), err
+}
+
+func ReadRootEcho_promise_Results(msg *capnp.Message) (Echo_promise_Results, error) {
+	root, err := msg.Root()
+	return Echo_promise_Results(root.Struct()), err
+}
+
+func (s Echo_promise_Results) String() string {
+	str, _ := text.Marshal(0xa292efc2e825a6c0, capnp.Struct(s))
+	return str
+}
+
+func (s Echo_promise_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Echo_promise_Results) DecodeFromPtr(p capnp.Ptr) Echo_promise_Results {
+	return Echo_promise_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Echo_promise_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Echo_promise_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Echo_promise_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Echo_promise_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Echo_promise_Results) Counter() Counter {
+	p, _ := capnp.Struct(s).Ptr(0)
+	return Counter(p.Interface().Client())
+}
+
+func (s Echo_promise_Results) HasCounter() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Echo_promise_Results) SetCounter(v Counter) error {
+	if !v.IsValid() {
+		return capnp.Struct(s).SetPtr(0, capnp.Ptr{})
+	}
+	seg := s.Segment()
+	in := capnp.NewInterface(seg, seg.Message().CapTable().Add(capnp.Client(v)))
+	return capnp.Struct(s).SetPtr(0, in.ToPtr())
+}
+
+// Echo_promise_Results_List is a list of Echo_promise_Results.
+type Echo_promise_Results_List = capnp.StructList[Echo_promise_Results]
+
+// NewEcho_promise_Results creates a new list of Echo_promise_Results.
+func NewEcho_promise_Results_List(s *capnp.Segment, sz int32) (Echo_promise_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Echo_promise_Results](l), err
+}
+
+// Echo_promise_Results_Future is a wrapper for a Echo_promise_Results promised by a client call.
+type Echo_promise_Results_Future struct{ *capnp.Future }
+
+func (f Echo_promise_Results_Future) Struct() (Echo_promise_Results, error) {
+	p, err := f.Future.Ptr()
+	return Echo_promise_Results(p.Struct()), err
+}
+func (p Echo_promise_Results_Future) Counter() Counter {
+	return Counter(p.Future.Field(0, nil).Client())
+}
+
+type Echo_resolvePromises_Params capnp.Struct
+
+// Echo_resolvePromises_Params_TypeID is the unique identifier for the type Echo_resolvePromises_Params.
+const Echo_resolvePromises_Params_TypeID = 0xf39393fb16f5d427
+
+func NewEcho_resolvePromises_Params(s *capnp.Segment) (Echo_resolvePromises_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Echo_resolvePromises_Params(st), err
+}
+
+func NewRootEcho_resolvePromises_Params(s *capnp.Segment) (Echo_resolvePromises_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Echo_resolvePromises_Params(st), err
+}
+
+func ReadRootEcho_resolvePromises_Params(msg *capnp.Message) (Echo_resolvePromises_Params, error) {
+	root, err := msg.Root()
+	return Echo_resolvePromises_Params(root.Struct()), err
+}
+
+func (s Echo_resolvePromises_Params) String() string {
+	str, _ := text.Marshal(0xf39393fb16f5d427, capnp.Struct(s))
+	return str
+}
+
+func (s Echo_resolvePromises_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Echo_resolvePromises_Params) DecodeFromPtr(p capnp.Ptr) Echo_resolvePromises_Params {
+	return Echo_resolvePromises_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Echo_resolvePromises_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Echo_resolvePromises_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Echo_resolvePromises_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Echo_resolvePromises_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+
+// Echo_resolvePromises_Params_List is a list of Echo_resolvePromises_Params.
+type Echo_resolvePromises_Params_List = capnp.StructList[Echo_resolvePromises_Params]
+
+// NewEcho_resolvePromises_Params creates a new list of Echo_resolvePromises_Params.
+func NewEcho_resolvePromises_Params_List(s *capnp.Segment, sz int32) (Echo_resolvePromises_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0}, sz)
+	return capnp.StructList[Echo_resolvePromises_Params](l), err
+}
+
+// Echo_resolvePromises_Params_Future is a wrapper for a Echo_resolvePromises_Params promised by a client call.
+type Echo_resolvePromises_Params_Future struct{ *capnp.Future }
+
+func (f Echo_resolvePromises_Params_Future) Struct() (Echo_resolvePromises_Params, error) {
+	p, err := f.Future.Ptr()
+	return Echo_resolvePromises_Params(p.Struct()), err
+}
+
+type Echo_resolvePromises_Results capnp.Struct
+
+// Echo_resolvePromises_Results_TypeID is the unique identifier for the type Echo_resolvePromises_Results.
+const Echo_resolvePromises_Results_TypeID = 0xc04bd0b3a931d5a2
+
+func NewEcho_resolvePromises_Results(s *capnp.Segment) (Echo_resolvePromises_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Echo_resolvePromises_Results(st), err
+}
+
+func NewRootEcho_resolvePromises_Results(s *capnp.Segment) (Echo_resolvePromises_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Echo_resolvePromises_Results(st), err
+}
+
+func ReadRootEcho_resolvePromises_Results(msg *capnp.Message) (Echo_resolvePromises_Results, error) {
+	root, err := msg.Root()
+	return Echo_resolvePromises_Results(root.Struct()), err
+}
+
+func (s Echo_resolvePromises_Results) String() string {
+	str, _ := text.Marshal(0xc04bd0b3a931d5a2, capnp.Struct(s))
+	return str
+}
+
+func (s Echo_resolvePromises_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Echo_resolvePromises_Results) DecodeFromPtr(p capnp.Ptr) Echo_resolvePromises_Results {
+	return Echo_resolvePromises_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Echo_resolvePromises_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Echo_resolvePromises_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Echo_resolvePromises_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Echo_resolvePromises_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Echo_resolvePromises_Results) Resolved() uint32 {
+	return capnp.Struct(s).Uint32(0)
+}
+
+func (s Echo_resolvePromises_Results) SetResolved(v uint32) {
+	capnp.Struct(s).SetUint32(0, v)
+}
+
+// Echo_resolvePromises_Results_List is a list of Echo_resolvePromises_Results.
+type Echo_resolvePromises_Results_List = capnp.StructList[Echo_resolvePromises_Results]
+
+// NewEcho_resolvePromises_Results creates a new list of Echo_resolvePromises_Results.
+func NewEcho_resolvePromises_Results_List(s *capnp.Segment, sz int32) (Echo_resolvePromises_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0}, sz)
+	return capnp.StructList[Echo_resolvePromises_Results](l), err
+}
+
+// Echo_resolvePromises_Results_Future is a wrapper for a Echo_resolvePromises_Results promised by a client call.
+type Echo_resolvePromises_Results_Future struct{ *capnp.Future }
+
+func (f Echo_resolvePromises_Results_Future) Struct() (Echo_resolvePromises_Results, error) {
+	p, err := f.Future.Ptr()
+	return Echo_resolvePromises_Results(p.Struct()), err
+}
+
+type Session capnp.Client
+
+// Session_TypeID is the unique identifier for the type Session.
+const Session_TypeID = 0x82f7d62fc66a8043
+
+func (c Session) Name(ctx context.Context, params func(Session_name_Params) error) (Session_name_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0x82f7d62fc66a8043,
+			MethodID:      0,
+			InterfaceName: "echo.capnp:Session",
+			MethodName:    "name",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 0}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Session_name_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Session_name_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c Session) Sub(ctx context.Context, params func(Session_sub_Params) error) (Session_sub_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0x82f7d62fc66a8043,
+			MethodID:      1,
+			InterfaceName: "echo.capnp:Session",
+			MethodName:    "sub",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 0}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Session_sub_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Session_sub_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c Session) WaitStreaming() error {
+	return capnp.Client(c).WaitStreaming()
+}
+
+// String returns a string that identifies this capability for debugging
+// purposes.  Its format should not be depended on: in particular, it
+// should not be used to compare clients.  Use IsSame to compare clients
+// for equality.
+func (c Session) String() string {
+	return "Session(" + capnp.Client(c).String() + ")"
+}
+
+// AddRef creates a new Client that refers to the same capability as c.
+// If c is nil or has resolved to null, then AddRef returns nil.
+func (c Session) AddRef() Session {
+	return Session(capnp.Client(c).AddRef())
+}
+
+// Release releases a capability reference.  If this is the last
+// reference to the capability, then the underlying resources associated
+// with the capability will be released.
+//
+// Release will panic if c has already been released, but not if c is
+// nil or resolved to null.
+func (c Session) Release() {
+	capnp.Client(c).Release()
+}
+
+// Resolve blocks until the capability is fully resolved or the Context
+// expires.
+func (c Session) Resolve(ctx context.Context) error {
+	return capnp.Client(c).Resolve(ctx)
+}
+
+func (c Session) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Client(c).EncodeAsPtr(seg)
+}
+
+func (Session) DecodeFromPtr(p capnp.Ptr) Session {
+	return Session(capnp.Client{}.DecodeFromPtr(p))
+}
+
+// IsValid reports whether c is a valid reference to a capability.
+// A reference is invalid if it is nil, has resolved to null, or has
+// been released.
+func (c Session) IsValid() bool {
+	return capnp.Client(c).IsValid()
+}
+
+// IsSame reports whether c and other refer to a capability created by the
+// same call to NewClient.  This can return false negatives if c or other
+// are not fully resolved: use Resolve if this is an issue.  If either
+// c or other are released, then IsSame panics.
+func (c Session) IsSame(other Session) bool {
+	return capnp.Client(c).IsSame(capnp.Client(other))
+}
+
+// Update the flowcontrol.FlowLimiter used to manage flow control for
+// this client. This affects all future calls, but not calls already
+// waiting to send. Passing nil sets the value to flowcontrol.NopLimiter,
+// which is also the default.
+func (c Session) SetFlowLimiter(lim fc.FlowLimiter) {
+	capnp.Client(c).SetFlowLimiter(lim)
+}
+
+// Get the current flowcontrol.FlowLimiter used to manage flow control
+// for this client.
+func (c Session) GetFlowLimiter() fc.FlowLimiter {
+	return capnp.Client(c).GetFlowLimiter()
+}
+
+// A Session_Server is a Session with a local implementation.
+type Session_Server interface {
+	Name(context.Context, Session_name) error
+
+	Sub(context.Context, Session_sub) error
+}
+
+// Session_NewServer creates a new Server from an implementation of Session_Server.
+func Session_NewServer(s Session_Server) *server.Server {
+	c, _ := s.(server.Shutdowner)
+	return server.New(Session_Methods(nil, s), s, c)
+}
+
+// Session_ServerToClient creates a new Client from an implementation of Session_Server.
+// The caller is responsible for calling Release on the returned Client.
+func Session_ServerToClient(s Session_Server) Session {
+	return Session(capnp.NewClient(Session_NewServer(s)))
+}
+
+// Session_Methods appends Methods to a slice that invoke the methods on s.
+// This can be used to create a more complicated Server.
+func Session_Methods(methods []server.Method, s Session_Server) []server.Method {
+	if cap(methods) == 0 {
+		methods = make([]server.Method, 0, 2)
+	}
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0x82f7d62fc66a8043,
+			MethodID:      0,
+			InterfaceName: "echo.capnp:Session",
+			MethodName:    "name",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Name(ctx, Session_name{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0x82f7d62fc66a8043,
+			MethodID:      1,
+			InterfaceName: "echo.capnp:Session",
+			MethodName:    "sub",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Sub(ctx, Session_sub{call})
+		},
+	})
+
+	return methods
+}
+
+// Session_name holds the state for a server call to Session.name.
+// See server.Call for documentation.
+type Session_name struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Session_name) Args() Session_name_Params {
+	return Session_name_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Session_name) AllocResults() (Session_name_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Session_name_Results(r), err
+}
+
+// Session_sub holds the state for a server call to Session.sub.
+// See server.Call for documentation.
+type Session_sub struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Session_sub) Args() Session_sub_Params {
+	return Session_sub_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Session_sub) AllocResults() (Session_sub_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Session_sub_Results(r), err
+}
+
+// Session_List is a list of Session.
+type Session_List = capnp.CapList[Session]
+
+// NewSession_List creates a new list of Session.
+func NewSession_List(s *capnp.Segment, sz int32) (Session_List, error) {
+	l, err := capnp.NewPointerList(s, sz)
+	return capnp.CapList[Session](l), err
+}
+
+type Session_name_Params capnp.Struct
+
+// Session_name_Params_TypeID is the unique identifier for the type Session_name_Params.
+const Session_name_Params_TypeID = 0xc12b44ba14f142b2
+
+func NewSession_name_Params(s *capnp.Segment) (Session_name_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Session_name_Params(st), err
+}
+
+func NewRootSession_name_Params(s *capnp.Segment) (Session_name_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Session_name_Params(st), err
+}
+
+func ReadRootSession_name_Params(msg *capnp.Message) (Session_name_Params, error) {
+	root, err := msg.Root()
+	return Session_name_Params(root.Struct()), err
+}
+
+func (s Session_name_Params) String() string {
+	str, _ := text.Marshal(0xc12b44ba14f142b2, capnp.Struct(s))
+	return str
+}
+
+func (s Session_name_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Session_name_Params) DecodeFromPtr(p capnp.Ptr) Session_name_Params {
+	return Session_name_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Session_name_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Session_name_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Session_name_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Session_name_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+
+// Session_name_Params_List is a list of Session_name_Params.
+type Session_name_Params_List = capnp.StructList[Session_name_Params]
+
+// NewSession_name_Params creates a new list of Session_name_Params.
+func NewSession_name_Params_List(s *capnp.Segment, sz int32) (Session_name_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0}, sz)
+	return capnp.StructList[Session_name_Params](l), err
+}
+
+// Session_name_Params_Future is a wrapper for a Session_name_Params promised by a client call.
+type Session_name_Params_Future struct{ *capnp.Future }
+
+func (f Session_name_Params_Future) Struct() (Session_name_Params, error) {
+	p, err := f.Future.Ptr()
+	return Session_name_Params(p.Struct()), err
+}
+
+type Session_name_Results capnp.Struct
+
+// Session_name_Results_TypeID is the unique identifier for the type Session_name_Results.
+const Session_name_Results_TypeID = 0x9762245ecfd1eafa
+
+func NewSession_name_Results(s *capnp.Segment) (Session_name_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Session_name_Results(st), err
+}
+
+func NewRootSession_name_Results(s *capnp.Segment) (Session_name_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Session_name_Results(st), err
+}
+
+func ReadRootSession_name_Results(msg *capnp.Message) (Session_name_Results, error) {
+	root, err := msg.Root()
+	return Session_name_Results(root.Struct()), err
+}
+
+func (s Session_name_Results) String() string {
+	str, _ := text.Marshal(0x9762245ecfd1eafa, capnp.Struct(s))
+	return str
+}
+
+func (s Session_name_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Session_name_Results) DecodeFromPtr(p capnp.Ptr) Session_name_Results {
+	return Session_name_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Session_name_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Session_name_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Session_name_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Session_name_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Session_name_Results) Name() (string, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s Session_name_Results) HasName() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Session_name_Results) NameBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s Session_name_Results) SetName(v string) error {
+	return capnp.Struct(s).SetText(0, v)
+}
+
+// Session_name_Results_List is a list of Session_name_Results.
+type Session_name_Results_List = capnp.StructList[Session_name_Results]
+
+// NewSession_name_Results creates a new list of Session_name_Results.
+func NewSession_name_Results_List(s *capnp.Segment, sz int32) (Session_name_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Session_name_Results](l), err
+}
+
+// Session_name_Results_Future is a wrapper for a Session_name_Results promised by a client call.
+type Session_name_Results_Future struct{ *capnp.Future }
+
+func (f Session_name_Results_Future) Struct() (Session_name_Results, error) {
+	p, err := f.Future.Ptr()
+	return Session_name_Results(p.Struct()), err
+}
+
+type Session_sub_Params capnp.Struct
+
+// Session_sub_Params_TypeID is the unique identifier for the type Session_sub_Params.
+const Session_sub_Params_TypeID = 0xe90f811563215c75
+
+func NewSession_sub_Params(s *capnp.Segment) (Session_sub_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Session_sub_Params(st), err
+}
+
+func NewRootSession_sub_Params(s *capnp.Segment) (Session_sub_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Session_sub_Params(st), err
+}
+
+func ReadRootSession_sub_Params(msg *capnp.Message) (Session_sub_Params, error) {
+	root, err := msg.Root()
+	return Session_sub_Params(root.Struct()), err
+}
+
+func (s Session_sub_Params) String() string {
+	str, _ := text.Marshal(0xe90f811563215c75, capnp.Struct(s))
+	return str
+}
+
+func (s Session_sub_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Session_sub_Params) DecodeFromPtr(p capnp.Ptr) Session_sub_Params {
+	return Session_sub_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Session_sub_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Session_sub_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Session_sub_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Session_sub_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+
+// Session_sub_Params_List is a list of Session_sub_Params.
+type Session_sub_Params_List = capnp.StructList[Session_sub_Params]
+
+// NewSession_sub_Params creates a new list of Session_sub_Params.
+func NewSession_sub_Params_List(s *capnp.Segment, sz int32) (Session_sub_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0}, sz)
+	return capnp.StructList[Session_sub_Params](l), err
+}
+
+// Session_sub_Params_Future is a wrapper for a Session_sub_Params promised by a client call.
+type Session_sub_Params_Future struct{ *capnp.Future }
+
+func (f Session_sub_Params_Future) Struct() (Session_sub_Params, error) {
+	p, err := f.Future.Ptr()
+	return Session_sub_Params(p.Struct()), err
+}
+
+type Session_sub_Results capnp.Struct
+
+// Session_sub_Results_TypeID is the unique identifier for the type Session_sub_Results.
+const Session_sub_Results_TypeID = 0x8e12e886208e8a6b
+
+func NewSession_sub_Results(s *capnp.Segment) (Session_sub_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Session_sub_Results(st), err
+}
+
+func NewRootSession_sub_Results(s *capnp.Segment) (Session_sub_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Session_sub_Results(st), err
+}
+
+func ReadRootSession_sub_Results(msg *capnp.Message) (Session_sub_Results, error) {
+	root, err := msg.Root()
+	return Session_sub_Results(root.Struct()), err
+}
+
+func (s Session_sub_Results) String() string {
+	str, _ := text.Marshal(0x8e12e886208e8a6b, capnp.Struct(s))
+	return str
+}
+
+func (s Session_sub_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Session_sub_Results) DecodeFromPtr(p capnp.Ptr) Session_sub_Results {
+	return Session_sub_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Session_sub_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Session_sub_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Session_sub_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Session_sub_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Session_sub_Results) Session() Session {
+	p, _ := capnp.Struct(s).Ptr(0)
+	return Session(p.Interface().Client())
+}
+
+func (s Session_sub_Results) HasSession() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Session_sub_Results) SetSession(v Session) error {
+	if !v.IsValid() {
+		return capnp.Struct(s).SetPtr(0, capnp.Ptr{})
+	}
+	seg := s.Segment()
+	in := capnp.NewInterface(seg, seg.Message().CapTable().Add(capnp.Client(v)))
+	return capnp.Struct(s).SetPtr(0, in.ToPtr())
+}
+
+// Session_sub_Results_List is a list of Session_sub_Results.
+type Session_sub_Results_List = capnp.StructList[Session_sub_Results]
+
+// NewSession_sub_Results creates a new list of Session_sub_Results.
+func NewSession_sub_Results_List(s *capnp.Segment, sz int32) (Session_sub_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Session_sub_Results](l), err
+}
+
+// Session_sub_Results_Future is a wrapper for a Session_sub_Results promised by a client call.
+type Session_sub_Results_Future struct{ *capnp.Future }
+
+func (f Session_sub_Results_Future) Struct() (Session_sub_Results, error) {
+	p, err := f.Future.Ptr()
+	return Session_sub_Results(p.Struct()), err
+}
+func (p Session_sub_Results_Future) Session() Session {
+	return Session(p.Future.Field(0, nil).Client())
+}
+
 type Counter capnp.Client
 
 // Counter_TypeID is the unique identifier for the type Counter.
@@ -3494,135 +5242,190 @@ func (f Callback_call_Results_Future) Struct() (Callback_call_Results, error) {
 	return Callback_call_Results(p.Struct()), err
 }
 
-const schema_a06fa95ce5be4ed0 = "x\xda\xacW}l[W\x15?\xe7=;\xf7\xd9\xb1" +
-	"\xe3^^\xd7i\xa0\x12\xa5s\x97%JC\x9b\x10i" +
-	"\x8d\x90\xec&\x8bF\xa6f\xf8\xa5\x0c50>^\xec" +
-	"\x97\xc4\xe4\xd9N\xfc\xeceD\x94\x86\x8fi\xab\xaa\x86" +
-	"\x0d6\xa0\x03\x01\x05:\x08\xb4\x94H\xad(\x1f-m" +
-	"!\xb4%*\x10P\x85\x02*R\x8a\xa2*\x11A4" +
-	"m\x91Z\x04F\xf7\xda\xf7\xf9%\xb1[\x11\xed\xbf\xe4" +
-	"\x9d{\xcf9\xf7w\xce\xf9\x9d\x9f\xb7/\xb9\xc2\xae\x1d" +
-	"\xfe\x91*\x90\xb4\xef\xb9+r\x7f\x9f\x1e\xbb\xf3\xe1\xf0" +
-	"Kc@+\xe5\xdc\xef\x9f9;\xff\xdcD\xea\x9b\x00" +
-	"\xa8\xd6\x90o\xa9u\x84\x00\xa8[\xc9Sj\x17\xfb+" +
-	"7\xf9\xa9\x9e\xda\xce\x87\x9f\xf8\x1c\xd0\x0d\x08\xe0b\xc6" +
-	"\x16\xb2\x08\xae\xdc\xcb\xd1\xf7\xb57\xec\xfe\xb1\xd3\xf0\x08" +
-	"\xb9\x0e\xae\\&x+\xf5p(\xfeb\xde\xe0Ff" +
-	"\xf9O\xc5\x9f\x01U$!\xc0\xdc\xd9\xfd\xbb\x0e\x98\xc1" +
-	"s\x07ASQ\xdc\xac!\xf7\x00\xd5\xad\xdc\xfe\\\xe5" +
-	"\x81\x1f}\xe5vb\xdcy\xbf\x83\\\x07T;\xb9\xdd" +
-	"\xf3\xef=\xf1\xaf\xbd\xf0\xae/;\xef\xc7\xf9\xfd\x04\xb7" +
-	"O|r`\xbc\xa5!\xfdu\xc7\xfd\xe6C\xe4\xed\x08" +
-	"\xa8\xbe\xce\x0f\xbc\xba\xe9\x9d?\xab\xfc\xef\xd6#\x8e\xcc" +
-	"\xa7\xc82\xb8r\xf3\xd3sUo\xa6\x16\xbe\xed\x8c<" +
-	"\xc1#\x1f\xe7\x17;F\xb1\xf17_u\xfd\xc0\x19\xf9" +
-	"\x0aY\x06Tg\xb8=a}\xe0\xb1\x17>\xdep\xdc" +
-	"y\xff&Y\x04T\xefp\xfbSg\xeb\xbe\xf4\xfc\xd8" +
-	"\xdd\x1f\x02U\xed\xcc\x1eR$\x96\xd9#\x0a;\xf0\xb7" +
-	"[\xbf;\xd29q\xe3\x84#\xb3\x9d\x0a\x03{\xf1\xc4" +
-	"\xc7.\x9d\x1f\xae\x9a\xcc\xdf\xe4\x86\xcd\xca=p\xe5\xf6" +
-	"\xcc\xbc\xfc\x11\xd7\x8d\x9d\x93\xa0m@\xa9`A\x85\xa5" +
-	"\xecVF\x00sK\xc3s\xbeZ\xfc\xd0)\x87\xbdY" +
-	"W\xde\xc6B\xc6\xf9\x01\xefh\x80\x9e\xd9Ws\xda\x09" +
-	"\x06\x0fyj\xd3\xa3\xde^\xf9\xfb?\x07m\xa3xl" +
-	"\xf3D>\xd9\xe3<\xd9E\x9fw\xf73\x17\xd2\x17\xd6" +
-	"\xb4\xd1\x15\xe5\x0d\xf5\xaa\xc2<\xcd(\x17\xd5N\x0fk" +
-	"\xa3k#U\x07k3\x1b~\xc5\xf2\x10qvxX" +
-	"\xd1Z<\xcc\xd9\xd0T\xe7\xf2fwj\xba`\xcfc" +
-	"\xf3\xac\x87\x87\xeb\xf1\xb0D\xc7\xa5\xcf/\xdd8zp" +
-	"\xda\xe1\xa1\xf9'\x1e/;p\x9e\xbbx\xfc\xc9w|" +
-	"\xf7\x1b\x8f\x1d\x9eq\xa2?\xe7aP\xccs{\xbb\xff" +
-	"\xe4\xd4\xde\xc4\x9b\x7fp\xbc\xd4\xedee\x7f\xe5\xa5\x93" +
-	"\xbf\xfc\xe9\xbe\xa3\x7ftb\xb4\xe0\xe1\x18\xdd\xf4\x9c\x00" +
-	"\xcc\xfd\xfa\xd8\xb1\xdbS\x7f\xf9\xc2\xac\x13\x8aC^\x1e" +
-	"\xfau/s\xfd\xd9\xf7\xd4~\xe7\xf4\xae\xd7f\x9d-" +
-	"w*\x7f\xe0\x0c?\xf0\xdb\x85_\xbcV\xb9tuv" +
-	"\x0dVK\xde\xcf\xa87\xbd\xec\xfc\x92\x97\xc8\xea\xac\x8f" +
-	"\x81\xb5\xa9\xb5~\xfc\x95g/\xfc\xd5Y\xd4\xf3>\x06" +
-	"\xd6\x94\x8fA\xb1w\xfaO\xd7\\\xdb\x8e\xcc;\xba\xa1" +
-	"\xc6\xcf^\xf2\xc5\x81Gk\xff\xd5\x12_p^t\xfb" +
-	"\x19\x04\x1e?\xbb\xf8\xe9K]\xcb\xa1\x8b\xb7\xfe\xe9\x84" +
-	"\xc8\xf0\xb3\x06\x8d\xfbY\x9a\xff\xb8\\\xd96vi\xff" +
-	"m\xe7;\x0e\xf8y\x11\x0e\xf9C\xd0\x933\xa2\x03\xa9" +
-	"\xc6\xa8>\x84\xc9\xa1\xd6v\xdd4{\x89\x1e\x1d\x8c " +
-	"j.\xd9\x0d`\xf7\x0c\x0a\xc4(\xad\x07\x89\xbaI " +
-	"\xaa\x9bf\x18#\x88\xb6\x0b)9\xd4\xda\xc1\xfe\xee5" +
-	"S\xd1\xc1`D\x0f\xa4\xf5\x84\xb5\xd6<\x14O\xf6\x07" +
-	"#z\x9a\x94\xb4Z\xd9\x043\xear\xc2\xd2\\\xb2\x0b" +
-	"\xc0\x85\x00\xd4_\x0f\xa0)2j\x1b%\x0c\xc4\xf4\x8c" +
-	"\x8e~\x90\xd0\x0f+\xa3\xb7\xa7\xb2\xc9\x8c\x91n\xd4c" +
-	"\xb1`w\xc8\xb0\xb2ff\x85\x93\xa6\xa2\x93\xea\xe7u" +
-	"3k\xa0\x1b$tC\x897\xb0\x0f\"\xc9u\xe7\xd1" +
-	"od\xd6\x99\x87,\xf2\xe8\x8b\x9bf\xfb@69h" +
-	"\x05\xbb\x99#y\xa5\xa7\xd6\x82\xa7\xa0\x84\xa1(?\x86" +
-	"U\x80\x11\x19y^U\xa5^6\x94\xb5\x06\x8cX0" +
-	"R\xad\x97.O\x9f\x1e7K\xbd\xbc\xb5\x98t(m" +
-	"\xe8V*\x89>\x90\xd0w\x9f\x1a\x14b\x94{z\xcc" +
-	"03\xfa\x03J\xd0mX\x81\xd5\xf0=\xb0\x06\xb2#" +
-	"\x0f\xcb0\xfb\xf2\xd0e,pzi+z\xd9\x1f\xcd" +
-	"\x1fFZ\xe4@@\xa4\xa5\xb2\xe2\xf0\x88\xacJ\xbe\x9c" +
-	"G\x0cE\xca\xc1\x1b7\x8b\xf0*v:u\xecQA" +
-	"\x19\xb5\xed\x12RT8-\xd1m\xec\xe3\xe32j\xef" +
-	"\x960`\xc5G\x0d\xf4\x80\x84\x1e\xc0\x80e\x181\xac" +
-	"\x00\x09+J5\x8d\x95M8{&\x83+\"mq" +
-	"F\xc2B\xa4\xd6b$be\x13\"P\xc84\x92\xfd" +
-	"\x99\x01\xf1o\x99a^\x03\x87,\xd8D\x8f\x0e62" +
-	"\xa6\x08\xe6\xe1\x80\xffo\x0aP\xa0*\x1bi\xc6I>" +
-	"\xceIbi\xa3\xd0\x1dT\xdb\x02\x12\xed X$R" +
-	"\x14\x9a\x82\xeed\xb6m\x04%{\xe5\xa2\xd8\xda\xb4\x86" +
-	"q\xd9C\x84\xe8\xb1X\x18I\xbf\x91\x093d\xcd\xbe" +
-	"2\xbcV\xe8\x12Q\xdbro\xb12z:S~\xa2" +
-	"\x19\x1cm:'\xc8<$\x8e\xd2<]\xac\x82\xa8\xcc" +
-	"\x0e\xe6\xbaAF\xed\x09\x09s\xd1\x02\xa6\x00\x80\xb4(" +
-	"\xfb\xf2\xbd\xfa *\xb1\x03\x8bi\x80\xf2\xe3\xcd\xbb\xa6" +
-	"\xecd2\x0aY79:VD\xb7Qm\xad\xe9\x9b" +
-	"\xd5\xb4\xc7aBK\xf3\xd9q:\xba\x01\xb4'e\xd4" +
-	"\"\xac\x83\xa5<N]\x0c\xa7\xf7\xca\xa8\xbd_B*" +
-	"\xf96\xb2uI5\x96\xd1n\x19\xb5\xbd\x0c<\xe6o" +
-	"O|\x14\xd0\x9e\xa3j^RT@B\xe5~S\xb5" +
-	"\xb2\x97\xd7\x8b_\x89\xf9,\xf4\x00\xac\x8f\xd3\xb1\xe0\x10" +
-	"\xd8pl\xe7\xc3!D<\x0a\x19\xa8\x0ec=H\xaa" +
-	"\x81l<\x84\x12G!l\xd5\x1en\xedB6 B" +
-	"\xe7\xa3P\x1d\xea.\xdc\x02\x92\xda\x82\x04e[\x98\xa2" +
-	"\xd0\x1cj\x1d\xbf\xbb\x19\x09\xbal\xad\x86\xc9\xc9s#" +
-	"\xcdo|\xf4\xb0J\xb9\xd5\x8d\x04\xdd\xb6@G!\x84" +
-	"\xe8\xddV\x90\xe8\x12\xc1\x0a[\xa3\xa3\xd0\xcat\x8e\x8d" +
-	"\xe5U\x82\xc4\xfe\xad\x82B\xea\xd1\xcbM \xd13\x04" +
-	"\x15[\x80\xa2\xd08t\xb2\x0d$z\x94\xa0\xc7\x16\x9f" +
-	"(4&=\xfc4H\xf4U\x82^[\xda\xa1P\xd2" +
-	"\xf4\xc5n\x90\xe8>\x82\x95\xb6pD\xf1\x93\x83\x0e\x7f" +
-	"\x10$\x1a'\x01\xc6sa\x0c0\xe4\xc3\x9c!\xc3\x18" +
-	"`M\x1a\xc6\x00\x9b\x860\x86\xf2{\x95}\xd6\xe3f" +
-	"\x18\xaby\x8b\x87\xed\xdd\x12\xceOo[~z\xc3\x98" +
-	"\x13M\x00h\x851'\x1a\x1e\xe4A\xab\x0c\xfd\x14\x16" +
-	"\xb7-(\x1c\xbc\xd1T\x8a\xd2\x9b\x8adR\xdd\xfb\x89" +
-	"\x8ca\xad\xea\xfaR\x9c\xeeT.e\x15\x02\x93hl" +
-	"\x06\xc8\xaa,\xde\xd2\xc5\xc2\xf7\xe4\xba\xb7\xff\x0a\xbe^" +
-	"\xf7\xf6\xff_\x00\x00\x00\xff\xff:6\xfc!"
+const schema_a06fa95ce5be4ed0 = "x\xda\xb4X}pTW\x15\xbf\xe7\xbd\x0d/\xd9\xdd" +
+	"\xb7\x8f\x97\x0bT\xea`\x0a\xdd\x90\x92\x02mH\x99)" +
+	"\x992Y\x12\"\x05\xf9\xc8\x03u@\xa1\xf5\xed\xe6\x85" +
+	",y\xbb\x9b\xec\xdb\x85\xc2H\x03h\xa5\x94iZ\xbe" +
+	"Z\xc1V\x85Z\x9c(\x88(\x8c-\xb5\x08XZ*" +
+	"\xb6%jub'\x8e\xad\x93\xa1\xc1\xa2\xf2\xe5\x07\x15" +
+	"\xd7\xb9\xf7\xed}{7y\xdbH\xd4\xff\xde\xee9\xf7" +
+	"\xdcs~\xe7\xfb\xde=F\x0ay\xaa\xe4E\xa3\x90\xa0" +
+	"}P4\"\xf3\xc1\xd9\x0d\xd7V\x846o@\xaaO" +
+	"\xcc\x9c[x\xbcoyW\xe2\x9b\x08\x01\x96\xbd\xfb\xf0" +
+	"h\xaf\x84\x10V\xbds\xf0\x0c\xf2\x95\xa9\xdf\xb0\xea\xd5" +
+	"\xbb~\xfd\xb7M\x83\x98\xc7{\xf7\xe0I\x94\xb9\xdc\xbb" +
+	"\x19\xa7)\xf3\xe1\x87\x97U\xcc\xbd\xe5\xde/#u$" +
+	" \xe4!\xc4\x15\xde\x0b\xc8\x93y4\xb2\xa8~\xf2\xfc" +
+	"\x1f\xf1\x84Y\xde\xf7\x90'\x93\x0a^I\xdcR\x1b}" +
+	"\xc4&\x14\x81-\xef\xb7\x08\xf0$o-\x82\xcc\xf1\x8e" +
+	"Y[\xcc\xe0\x89\xadH\xc3\xc0N\xce\xf5^G\x80\x17" +
+	"Pz\xebc\x9d\xb7}\xe5\xfd\xd2N\xa4b\xe7|\x8c" +
+	"\xd2\xdb)}\xb9o\xcb\xf7\xbfz5\xd6\xc9\xcb\xdf\xe6" +
+	"}\x0f\x01\xdeE\xe9O\x1d\xfb\xe4\xc27\xcf\x14mG" +
+	"\xdaHG\xfeQz\xfeEJ\xbfg\xc1sk\x9f\xbd" +
+	"\xef\xd2\x0e\x9e\xdeC\xcf\xf7Rzg\xfb3\x9e\x85W" +
+	"\xa4\x9d9\xc3\xaaoxo\x05\xe4\xc9\x94|\xb8$\xfa" +
+	"\xccCw=\xcdk\xdeG%\xf7\xd3\x93\xd7/t\xbf" +
+	"\xf5@0\xfc4\xa7yu\x89O\x00\xe2\x07\x1fax" +
+	"U~\xe2\xb1\xedG~\xfel\xf6j[\xf7)>\x82" +
+	"M\x95o\x0d\x82L\xd7\x17[:\xa7ON~\x9d\xb3" +
+	"\xad\xfaq\xdf\xadD\xc2.*a\xdb\x98O\xbc\xe4\xfb" +
+	"W\xf9^\x0e\xf5\xd3\xbe\xcb\xc8\x939\xb1\xbf\xfc\xfdS" +
+	"\x7f\xde\xbe\x8f?\xd9e\xdf}\x90\x9e\xec;\xfbn`" +
+	"\x7f\xa2\xff9\x1e\xb67|\xc4\xecnJoX\x07S" +
+	"\x7f\xf65\xcfwy\xe3.\xf9.#\xc0\xd7(\xfd\xa5" +
+	"\x87\xd3\x07ZG\x8e=\xc8\x9f\x1f\xed'\xe7\xc7\xfa\x09" +
+	"=f}v\xe2C\xab&\xe7\xd1g\xf8/ \xc03" +
+	")}\xce\xf1IO\xad\xde\xf0\x8f\xef\xf1\xe0\xac\xf0S" +
+	"\x05u\xca\xf0\x87+o\xed\x9d\xdbu\xfe\x10g\xdaF" +
+	"?\x89\xb4\x0b\x87\xbep\xe6d{\xe0\xb0}\x92\x12\x0c" +
+	"\xffu\xe4\xc9\xbc\xfcG\xe1\xef\xaf\xdc9\xf10\xe7\xc9" +
+	"\xea\xb9\xfe\x09D\xa4FE.\xe9~\xf4\x01\xcf\xf9\x19" +
+	"\x94A\xc8\x1em\xa7:\xa7\xfd\x04\xee\x8b\xed\xef\xfa+" +
+	"\xe0\xf3G9zu\xb7\xbf\x94\x08\xe8\xa1\x0c\xdeu\x8a" +
+	"\xfa\xf2\xfa\xf1/p:M\x97\x89N\xe1y\xcd\xe7\xca" +
+	"\xcf\xcd9\xc6[;V&\xa10N&7\x1f\x1ds" +
+	"\xbb7,~\xe7\xc7H\x1b\xe5\xa86K\xa6\xd66P" +
+	"\x86}oWu\xfd\xf0\xdc\xa7N\xf0\xba\x1br\x1da" +
+	"\x88Q\x86\x1f\xd4]\x1aul\xf6\x9d'9\xab\xb7\xc9" +
+	"\xc4\xea\x0b~\xef\xfc\x85\xa7\x92\xa7\x06\xa5oZ\xde\x83" +
+	"\xd7\xcb\x84q\xad\xfc\x1a\xbeD\xbe2\xbdk\x02[+" +
+	"R#_\xc9\x0bv\xaag/\xbd\xa5\xed\xf4\xdc\xcb\xe3" +
+	"\x8a\x12g\xf9\x88\xac\xbea+\x0a\x01\x02A\xa7\xf0\xc4" +
+	"\xc5\xf3\xcfo=\xcb+\xaa\x07\xbc\x84!\x1a \"\xee" +
+	"\x98\xfd\xf1o\x7fc\xe2\xeen\x1e\x8a-\x01\x02\xf2\xe3" +
+	"\x94^/\x1f9\xbd4\xb6\xff\x17\x1c\x86\x07\x03$d" +
+	"\x9f\xdc|\xe4\xa7\xc7\xd6?\xffK\x1e\xfdm\x01\x8a\xfe" +
+	"\xee\xc0!\x92.\x07\x0e\\=\xfd\xce\xf6\x1e\x1e\xc4\xe9" +
+	"\x0a\xbdz\xa6BD\x7f\xe9\xbe\x8ao\xbd0kg\x0f" +
+	"\x1f\xf4+l\x06\x832\xbc\xd9\xff\x93\x9d\xbe\x8bo\xf7" +
+	"\x0c\xc2j\x97\xb2\x09\xefV\x08\xff.e\xb3\x07\xaf-" +
+	"%`%z\x1b\x93\x97\xf7M|\x87\xb7D/%!" +
+	"l\x94\x12icj*;\x9f\xfc\xcc\xa9\xdf\xf1\xe1\xf4" +
+	"H)\x01sK)\x81j\xe9\xd9\xdf\xf4z\xa6\xec\xed" +
+	"\xe3\\\xd6WJ,M/\x1f\x1f\x19\xbdQ\xe9\xe7\x08" +
+	"\xafS\xc2\x8e\x96\xdb+\xfe:=\xda\xcfK<XJ" +
+	"\xb0;L%n<\xb3\xe0r\xedkW\xfe\xc2k$" +
+	"c\xa2\x91\x8a\x89F\xbf\x1fo<x\x9b\xf2O\x9e^" +
+	"]\x85\xa9\xf7\xa6S\x86\x8a_]\x1b\xf3\xe1\x8e\x1dW" +
+	"\xb8b\xb6\x0c\xd7\x90b\xf6\xa7\xd7}u\x1b\xcet\\" +
+	"\xe5\x8f\xce\xb2\x8f6\xe0Z\xb4,cDZ\x12S#" +
+	"z\x1b\xc4\xdbj\xeau\xd3\x0cKz\xa4\xb5\x11@\xf3" +
+	"\x88E\x089\x11\x0e\xccK\xaaZ\x89\x04\xb5HR\"" +
+	"\xbai\x86\xa0\x11 O\xc4\x12\xc3\xb2\xa2b\"N$" +
+	"\x14S\x09,\xc2\x81\xd5M\xb5\x8aH(\x97\x00\x1c\xc4" +
+	"\x80u\x03u\xec\x04$\xa8\xb2\xa4\xc4\xf5\x98\x11\x02\xc9" +
+	"J\x87\xf3\xef\x10\xe2m5\x0d\xe4;l&\"\xad\xc1" +
+	"F]I\xea1k0\xb9-\x1a_\x19l\xd4\x93\x92" +
+	"+\xd5J\xc7\x08Q\x17c\x96\xe6\x11=\x08y\x00!" +
+	"U\xaeDH+\x16A\x1b%\x80\xd2\xa4\xa7t\x90\x91" +
+	"\x002\xca\xbf\xbd>\x91\x8e\xa7\x8c\xe4T\xbd\xa9)\xb8" +
+	"\xb8\xd6\xb0\xd2f*O\xc8\xb4\x9c\x90\xb2\xd5\xba\x996" +
+	"\xa0\x08\x09P4@\x0a\xc5)\x11\x9fj\xa5\xc3\xaeR" +
+	"\xearR:,\x9b\x17\xd4\\OG\x00*rA\x85" +
+	"\xfc\xc1\xcc\xbei\xcbl\xe0\x92\x89X\xd42\x82\xb5\x04" +
+	"\x9fXA\xcb\xac\x94\x9eL\xb9ZF\xa5Pp\x0c+" +
+	"-\xdd48\"\x13aFW\x1b\x8b\xc2\xab\x8cH\xca" +
+	"b\xber\xf5\xc3J#5L?\x88\x9c\x1fH\xbcQ" +
+	"\x8d\xcd\x94\x85\x0a!G\x98\xc0\x8f\x04\xf0\x17\xb2\x99\x05" +
+	"U\xb1#`\x12\xf1dP\x04\xedn\x01\x00h\x85S" +
+	"\xa7\x10\xdd\xee\x10A\xbbG\x80\x8e\x88m\x07\xa8\xb9\x92" +
+	"o{\xb7\xac\xc90Sza\x80\x9a\xa3\xa6Y\xdf\x92" +
+	"\x8e\xb7Z\xb6\xe2b\xbe\xfd5Y\xc5\x83\x02\xd4F(" +
+	"\x1b\x04\x104\x8a@}\x1fp\xf5}\xdaj1\x9a\x82" +
+	"\x8dez^R\x89\x03c\xc3\x0d'>`\x0b\x9a4" +
+	"\xf8\xcaf=j\xba\x05lMN\\m\xd2\xd0\xadD" +
+	"\xdc\x15x>\x19\xb3j\x17\x8a\x01w4\x1dE\x12m" +
+	"F|\xa8\xcc\xf9h\xff\xd3\xdc[lX\xca\xc0H\x1c" +
+	"2\xf9D\xce\x12\xcb0\x9b\xff\xe7\x003\xad\\\xb1\xa3" +
+	"7f\xd3\xfd\xa3\xd3p\xa8\x8c\xa6j\x15\x86\x98\x04\xac" +
+	"\x031\x97!\x95\xb9\x0cQ\xa18\x9b\"\x95\xb9\x14Q" +
+	"\xac\xe8:\x03J\x90\x00%\x08\x14\xcb0\x9a`\x04\x12" +
+	"`\x84[RX\xe9\x18\x9f\x13)\xc8\xbbi\x02\x7f\x13" +
+	"K\xc6\x9a\xdcM\x92\x95\x8e\xb1\x8bjM#\xbe2\xd5" +
+	"\xc2~\x16h1\xae\xc8Rr\xd2h6\x8dH\xca\xad" +
+	"\x90\xceCH\xf3\x8b\xa0}L\x80\x0ci\xa3a=\xd2" +
+	"\x8a\x10\x025\xb7\xe1\x0dp\xa7\xc8\xba\xb3\x1ei\x9dJ" +
+	"\x8e\x04m\xa9\xe8\xe6*\x9e'\xa7\x9c\x950W\x1b\x8d" +
+	"vB[\xae\x01\xc7k\x99\xe5o\"Z\x16#\x01\x8a" +
+	"\x0b\xb43ZF\x07\xc6\x12\xb0`\x13\x8d$\x99\x0b\xfc" +
+	"t.`\x9b\x08\xb0MQ\xd5H\xefo s\x01\x1b" +
+	"\xb1\x80\xedb\xea\x0cB\x9b\"\x81\xe0\xec\x09\xc0V\x0d" +
+	"u<\x99'FK\x92\xde\xd4\x14\x02i\xa5\x91\x0a\x91" +
+	"(1\x9b\x0bL\x0e\xd9\xe4\x19^\x87s\x02\x8d8\xa1" +
+	"N\xa7#\x88\xed\x08.\xcc\xe6\xe5\"\x8aEY\x15\x11" +
+	"=Y\x04\xed\xde\xa1|>T_t.f>C\x85" +
+	"\xeb&\xcd\x80\x82\xf9H\xca\xfd\x7f7,\xd8C\xd8b" +
+	"\xa3\xcc\xca\xcb\x01\xb7\x16Ea\x02K\xf3;\xf74," +
+	"FH\x9b-\x82\xd6H\xb2Q\xb0qZ@p\xba_" +
+	"\x04\xed\xd3\x02\xa8\x82\x7f\x14\x99\x97U\x8dh4_\x04" +
+	"m)\x01\x8f\xc8[\x12]\x87\xc0\xa9\x09\xd9\xc2\x93\x0d" +
+	"\xcc\xc2\x15\"?\x83\x86\x8b\x9fK\xad\xc9\xc6\x00\x1a^" +
+	"\xff\x85\xac@D\x92\xe3~\x9a\x1c\xec\xd9\x05\xd8j\x8a" +
+	"\xab\x84J$\xe0r\x81\xa4\x07{\x1b\x01\xb6\x8d\xe3\xb1" +
+	"\x94*\x0b$A\xd8\xcb\x0c\xb0\xb5\x03\x830\x01\x09\xf8" +
+	"\x1aH :\xcb2\xb0\xa5\x03\xf7\x039\xdb\x0b\x12x" +
+	"\x9c-\x0f\xe2\x87O\xac\xa9\xde\xf3\xe0n\xdcM\xa9\xa7" +
+	"A\x82\"\xe7Y\x02\xd8\x8a\x84_\x84\x1a$\xe0\x83 " +
+	"\xc1\x08\xe7\xe9\x01\xd8\x8a\x8f\xf7\xd2\xb3\xbb@\x02\xc9y" +
+	"a\x02\xb6(\xe2-0\x0d\x09x=HP\xec,\xb0" +
+	"\xc0\xf6\x15\xdc\x0euH\xc0\x06HP\xe2\xac\xaf\xc0\xb6" +
+	"T\xbc\x0c\xe6!\x01k \x81\xd7Y\x0f\x81\xed\xf9\xb8" +
+	"\x01\x16#\x01\xcf\x04\x09|\xce\xfa\x09\xec\xd1\x05W\xc1" +
+	"\xe7\x90\x80'\x81\x04~\xe7\x15\x08\xd8#\x03\x1e\x07a" +
+	"$\xe0\xd1 \x81\xec\xac\xff\xc0\x160\\B\xb4Ro" +
+	"H\x10p^J\x80\xed\x93\xea%R\x87\xfa$P\x9c" +
+	"\x17 `\xafPj\x0f\xa9_oH0\xd2y\xb8\x02" +
+	"\xf6\x96\xa3\x9e$2\x8fJ\xa0:{\x1c\xb0w\x03\xb5" +
+	"k\x13\x12\xd4\xbd\x92B\x9aM\x08\x14\x122t-\x8a" +
+	"\x85@!\xd9\x15\x02\x85\xa4q\x08j\xed\xe1\x8d\xfc\xad" +
+	"G\xcd\x10\x94\xd1\xdc\x0c9\xb3B\xc8.;uv\xd9" +
+	"\x09A\x86E/\x02+\x04\x19\x96\xa9Hl%?Y" +
+	"\xd7GR$e\x85\xa0#\xdb\xccB\xa0\x909)\x04" +
+	"v\xad\xed\xc8\x0e\x84!\xa7A4B\xb6\xa3\xa0\x02\xc5" +
+	"\x97\x8eYnC\xd20\x17\x9e\xec\xc8\xea,\x00\\\x15" +
+	"\x9e\xe6\xd6\xec\xb9\xc9\xbb,\xbc6eX\x03j\x88[" +
+	"\xb7\xe77\x8d\x81\xb3\xf1\xc0]\xce\x8d\xee\xac\x9c\xce\xfc" +
+	"\xf4\xff\x1aI\xe8\x845\xec\x114ol\x19j\"\xf8" +
+	"\xcf\xe7\x16\xd7\x81\xa3\xe0\xbc\xc9\xba\xf3\xb0G\xe0\x7f\x07" +
+	"\x00\x00\xff\xff\x98\xb5\"\x99"
 
 func RegisterSchema(reg *schemas.Registry) {
 	reg.Register(&schemas.Schema{
 		String: schema_a06fa95ce5be4ed0,
 		Nodes: []uint64{
 			0x8087405df580cbec,
+			0x82f7d62fc66a8043,
 			0x8438174927597eb1,
 			0x84b74c2c434f6388,
 			0x85693f176ff32474,
 			0x8bc0246c89417fbe,
+			0x8e12e886208e8a6b,
 			0x8e6df498b0890b5c,
+			0x9205c8ce4e46ba96,
+			0x93f13c9d79a34d34,
+			0x9407f34e049c718e,
 			0x972f789c6953fb09,
+			0x9762245ecfd1eafa,
+			0x9dccb4928a8f0dc6,
 			0x9e722c358e687ca9,
 			0xa125fe0bbb1e1691,
+			0xa292efc2e825a6c0,
 			0xa3e96fa60ee1cbe5,
 			0xab049bca2e017a45,
+			0xad19106bac757ebb,
 			0xad2c6a782656736d,
 			0xaef980769629be47,
 			0xafe7a949a1cff3e3,
 			0xb10e71c1c860afea,
+			0xb1262bc4f802ebbd,
 			0xb139e7045e88d153,
 			0xb55b01270ce171ed,
 			0xb8217dbd110f7a0a,
+			0xba47d025d0664a62,
 			0xbcaa03620a2316b5,
+			0xc04bd0b3a931d5a2,
+			0xc12b44ba14f142b2,
 			0xc272c24e4c0a0cea,
 			0xc41074278b0e77dd,
 			0xcb6f051df249c570,
@@ -3633,10 +5436,14 @@ func RegisterSchema(reg *schemas.Registry) {
 			0xd992dbc5f4acacc6,
 			0xd99441b8a4273c83,
 			0xd9d5ed0b94bfe9ce,
+			0xdb26a2f27250dd6f,
 			0xdec255908e2a3a16,
 			0xe5a12d04ddd7cb58,
+			0xe90f811563215c75,
 			0xe96935f627236893,
 			0xf0f3c73ff24dc881,
+			0xf0fc0f205f6521e0,
+			0xf39393fb16f5d427,
 			0xf47fc880420bc9ee,
 		},
 		Compressed: true,

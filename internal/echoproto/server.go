@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	capnp "capnproto.org/go/capnp/v3"
@@ -44,6 +45,24 @@ func NewData(seg *capnp.Segment, n int) (capnp.Ptr, []byte, error) {
 type Server struct {
 	pushedBytes atomic.Uint64
 	pushedCount atomic.Uint64
+	live        atomic.Int64 // counter capabilities not yet shut down
+
+	mu       sync.Mutex
+	promises []func() // fulfil the promises of Promise
+}
+
+// Live returns the number of capabilities the server made that are still
+// alive (what liveObjects answers).
+func (s *Server) Live() int64 { return s.live.Load() }
+
+// LiveObjects answers with Server.Live.
+func (s *Server) LiveObjects(_ context.Context, call Echo_liveObjects) error {
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	res.SetCount(s.Live())
+	return nil
 }
 
 // Ping does nothing.
@@ -144,9 +163,9 @@ func (s *Server) Counter(_ context.Context, call Echo_counter) error {
 	if err != nil {
 		return err
 	}
-	c := &counter{}
+	c := &counter{srv: s}
 	c.value.Store(call.Args().Start())
-	return res.SetCounter(Counter_ServerToClient(c))
+	return res.SetCounter(c.client())
 }
 
 // CallBack calls the client's callback and returns its answer plus one.
@@ -222,7 +241,115 @@ func (s *Server) FillChunks(_ context.Context, call Echo_fillChunks) error {
 	return nil
 }
 
-type counter struct{ value atomic.Int64 }
+// Reflect returns the callback it was given.
+func (s *Server) Reflect(_ context.Context, call Echo_reflect) error {
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	return res.SetCallback(call.Args().Callback().AddRef())
+}
+
+// Open returns a session named name.
+func (s *Server) Open(_ context.Context, call Echo_open) error {
+	name, err := call.Args().Name()
+	if err != nil {
+		return err
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	return res.SetSession(Session_ServerToClient(session(name)))
+}
+
+// Add adds delta to the counter it was given.
+func (s *Server) Add(ctx context.Context, call Echo_add) error {
+	c := call.Args().Counter()
+	delta := call.Args().Delta()
+	f, release := c.Add(ctx, func(p Counter_add_Params) error {
+		p.SetDelta(delta)
+		return nil
+	})
+	defer release()
+	r, err := f.Struct()
+	if err != nil {
+		return err
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	res.SetValue(r.Value())
+	return nil
+}
+
+// Promise returns a promise of a new counter, fulfilled once the call has
+// returned.
+func (s *Server) Promise(_ context.Context, call Echo_promise) error {
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	p, r := capnp.NewLocalPromise[Counter]()
+	c := &counter{srv: s}
+	c.value.Store(call.Args().Start())
+	s.mu.Lock()
+	s.promises = append(s.promises, func() { r.Fulfill(c.client()) })
+	s.mu.Unlock()
+	return res.SetCounter(p)
+}
+
+// ResolvePromises fulfils the promises made by Promise.
+func (s *Server) ResolvePromises(_ context.Context, call Echo_resolvePromises) error {
+	s.mu.Lock()
+	ps := s.promises
+	s.promises = nil
+	s.mu.Unlock()
+	for _, f := range ps {
+		f()
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	res.SetResolved(uint32(len(ps)))
+	return nil
+}
+
+// session is a Session; its name is what it answers.
+type session string
+
+func (s session) Name(_ context.Context, call Session_name) error {
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	return res.SetName(string(s))
+}
+
+func (s session) Sub(_ context.Context, call Session_sub) error {
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	return res.SetSession(Session_ServerToClient(s + "/sub"))
+}
+
+type counter struct {
+	value atomic.Int64
+	srv   *Server
+}
+
+// client returns a new capability for c, counted live until its last
+// reference is released (go-capnp then calls Shutdown).
+func (c *counter) client() Counter {
+	c.srv.live.Add(1)
+	return Counter_ServerToClient(c)
+}
+
+// Shutdown is called once per capability made by client.
+func (c *counter) Shutdown() { c.srv.live.Add(-1) }
 
 func (c *counter) Add(_ context.Context, call Counter_add) error {
 	res, err := call.AllocResults()
@@ -247,5 +374,5 @@ func (c *counter) Self(_ context.Context, call Counter_self) error {
 	if err != nil {
 		return err
 	}
-	return res.SetCounter(Counter_ServerToClient(c))
+	return res.SetCounter(c.client())
 }

@@ -86,6 +86,8 @@
 //
 //	type        fds  payload
 //	1 HELLO      4   Hello, exactly HelloSize; fds: pool, ring, data bell, space bell
+//	                 (the pool sealed against the receiver's writes; each bell
+//	                 the write end of a pipe or a unix datagram socket)
 //	2 REFUSE     0   Refuse, RefuseHeaderSize..+MaxRefuseReason
 //	3 MAP        1   Mapping, exactly MappingSize; fd: the mapping
 //	4 MSG        0   Cap'n Proto message, unpacked stream framing:
@@ -118,13 +120,20 @@
 // ParseHello checks the magic, then the version (another one gives
 // ErrVersion, whatever follows), then the rest.
 //
-//	REFUSE payload (8 + n bytes, n <= MaxRefuseReason)
+//	REFUSE payload (8 + n bytes, or 24 + n with the tail; n <= MaxRefuseReason)
 //	+--------+------+--------------------------------------------------+
 //	|      0 |    4 | magic "CSHM"                                     |
 //	|      4 |    2 | version the refusing side speaks                 |
 //	|      6 |    2 | n: reason length                                 |
 //	|      8 |    n | reason, UTF-8                                    |
+//	|    8+n |    4 | tail: flags (RefuseNoFallback: no stream follows)|
+//	|   12+n |    4 | tail: pad, zero                                  |
+//	|   16+n |    8 | tail: largest message the refusing side accepts  |
+//	|        |      | on the stream transport that follows (0: unsaid) |
 //	+--------+------+--------------------------------------------------+
+//
+// The tail is optional (a REFUSE without it says neither), so that the
+// REFUSE layout stays readable by every version.
 //
 // On Linux, PeerCred reads the peer's uid, gid and pid from the socket
 // (SO_PEERCRED), which the peer cannot forge.

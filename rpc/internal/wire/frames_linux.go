@@ -7,6 +7,7 @@ import (
 	"math"
 	"net"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -17,9 +18,10 @@ import (
 const recvFDRoom = 2 * MaxFrameFDs
 
 // payloadChunk bounds the first allocation for a payload: larger payloads
-// grow as their bytes arrive, so a peer announcing a large frame and
-// sending nothing does not make us allocate it.
-const payloadChunk = 1 << 20
+// grow (doubling) as their bytes arrive, so a peer announcing a large frame
+// and sending nothing does not make us allocate it, and the buffer is never
+// more than twice what arrived.
+const payloadChunk = 64 << 10
 
 // FrameConn sends and receives frames, with descriptors, over a connected
 // SOCK_STREAM unix socket. Writers may call WriteFrame from several
@@ -36,7 +38,14 @@ type FrameConn struct {
 
 	rhdr [FrameHeaderSize]byte
 	roob []byte
+	read atomic.Uint64 // bytes received, for BytesRead
 }
+
+// BytesRead returns how many bytes ReadFrame (or ReadHeader and
+// ReadPayload) has received so far, headers and partial payloads included:
+// a caller waiting for a frame tells a slow frame from none with it. It may
+// be called from any goroutine.
+func (fc *FrameConn) BytesRead() uint64 { return fc.read.Load() }
 
 // NewFrameConn returns a FrameConn over c. It does not own c: closing c
 // is the caller's job (and makes pending reads and writes fail).
@@ -98,10 +107,27 @@ func (fc *FrameConn) WriteFrame(typ FrameType, seq uint64, payload []byte, fds [
 // io.EOF (unwrapped); closing it inside a frame gives an error wrapping
 // io.ErrUnexpectedEOF. Bad frames give errors wrapping ErrMalformed.
 func (fc *FrameConn) ReadFrame(maxPayload int) (FrameHeader, []byte, []int, error) {
-	var fds []int
-	fail := func(err error) (FrameHeader, []byte, []int, error) {
+	h, fds, err := fc.ReadHeader(maxPayload)
+	if err != nil {
+		return FrameHeader{}, nil, nil, err
+	}
+	payload, err := fc.ReadPayload(h)
+	if err != nil {
 		closeFDs(fds)
 		return FrameHeader{}, nil, nil, err
+	}
+	return h, payload, fds, nil
+}
+
+// ReadHeader reads and checks one frame header, as ReadFrame does, and
+// returns it with the descriptors that came with it (the caller owns them;
+// nil when none). The caller then reads the payload with ReadPayload (even
+// an empty one), after deciding whether it has room for h.Length bytes.
+func (fc *FrameConn) ReadHeader(maxPayload int) (FrameHeader, []int, error) {
+	var fds []int
+	fail := func(err error) (FrameHeader, []int, error) {
+		closeFDs(fds)
+		return FrameHeader{}, nil, err
 	}
 	got := 0
 	for got < FrameHeaderSize {
@@ -111,7 +137,7 @@ func (fc *FrameConn) ReadFrame(maxPayload int) (FrameHeader, []byte, []int, erro
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				if got == 0 && len(fds) == 0 {
-					return FrameHeader{}, nil, nil, io.EOF
+					return FrameHeader{}, nil, io.EOF
 				}
 				return fail(fmt.Errorf("wire: connection closed after %d of %d frame header bytes: %w", got, FrameHeaderSize, io.ErrUnexpectedEOF))
 			}
@@ -128,12 +154,21 @@ func (fc *FrameConn) ReadFrame(maxPayload int) (FrameHeader, []byte, []int, erro
 	if len(fds) != int(h.NFDs) {
 		return fail(malformed("frame header", "%v frame with %d descriptors received, header says %d", h.Type, len(fds), h.NFDs))
 	}
+	return h, nilIfEmpty(fds), nil
+}
+
+// ReadPayload reads the payload of the frame whose header ReadHeader just
+// returned: a new slice the caller owns, nil when empty. The buffer grows
+// as bytes arrive. Descriptors attached to payload bytes are closed and
+// refused (ErrMalformed).
+func (fc *FrameConn) ReadPayload(h FrameHeader) ([]byte, error) {
+	fail := func(err error) ([]byte, error) { return nil, err }
 	length := int(h.Length)
 	if length == 0 {
-		return h, nil, nilIfEmpty(fds), nil
+		return nil, nil
 	}
 	buf := make([]byte, min(length, payloadChunk))
-	got = 0
+	got := 0
 	for got < length {
 		if got == len(buf) {
 			nb := make([]byte, min(length, 2*len(buf)))
@@ -153,7 +188,7 @@ func (fc *FrameConn) ReadFrame(maxPayload int) (FrameHeader, []byte, []int, erro
 			return fail(fmt.Errorf("wire: reading %v payload: %w", h.Type, err))
 		}
 	}
-	return h, buf, nilIfEmpty(fds), nil
+	return buf, nil
 }
 
 // recv reads once into b with recvmsg and returns the byte count and the
@@ -161,6 +196,9 @@ func (fc *FrameConn) ReadFrame(maxPayload int) (FrameHeader, []byte, []int, erro
 // that the caller closes them. End of stream is an error wrapping io.EOF.
 func (fc *FrameConn) recv(b []byte) (int, []int, error) {
 	n, oobn, flags, _, err := fc.c.ReadMsgUnix(b, fc.roob)
+	if n > 0 {
+		fc.read.Add(uint64(n))
+	}
 	var fds []int
 	if oobn > 0 {
 		var perr error

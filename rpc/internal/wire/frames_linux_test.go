@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -412,4 +413,33 @@ func ExampleFrameConn() {
 	h, payload, _, err := r.ReadFrame(1 << 20)
 	fmt.Println(h.Type, h.Seq, len(payload), err)
 	// Output: MSG 1 16 <nil>
+}
+
+// TestFrameConnGrowsAsBytesArrive: a frame that announces 1 GiB and brings
+// 100 bytes costs about the first chunk, not the announced size; the split
+// reads (ReadHeader, then ReadPayload) see the same frame, and BytesRead
+// counts what arrived.
+func TestFrameConnGrowsAsBytesArrive(t *testing.T) {
+	a, b := socketpair(t)
+	r := NewFrameConn(b)
+	sendRaw(t, a, rawHeader(FrameMsg, 0, 1<<30, 1))
+	sendRaw(t, a, make([]byte, 100))
+	a.CloseWrite()
+	h, fds, err := r.ReadHeader(1 << 30)
+	if err != nil || fds != nil || h.Length != 1<<30 {
+		t.Fatalf("ReadHeader = %+v, %v, %v", h, fds, err)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err = r.ReadPayload(h)
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, io.ErrUnexpectedEOF) || !strings.Contains(err.Error(), "after 100 of 1073741824") {
+		t.Fatalf("ReadPayload = %v, want unexpected EOF after 100 bytes", err)
+	}
+	if n := after.TotalAlloc - before.TotalAlloc; n > 2*payloadChunk {
+		t.Fatalf("reading 100 bytes of an announced 1 GiB allocated %d bytes", n)
+	}
+	if got := r.BytesRead(); got != FrameHeaderSize+100 {
+		t.Fatalf("BytesRead = %d, want %d", got, FrameHeaderSize+100)
+	}
 }

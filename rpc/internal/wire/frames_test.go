@@ -234,6 +234,9 @@ func TestRefuse(t *testing.T) {
 		{Version: Version},
 		{Version: 3, Reason: "uid 1001 is not allowed"},
 		{Version: Version, Reason: strings.Repeat("é", MaxRefuseReason/2)},
+		{Version: Version, Reason: "required", Flags: RefuseNoFallback, MaxMessage: 64 << 20},
+		{Version: Version, MaxMessage: 1},
+		{Version: Version, Flags: 1 << 7}, // unknown bits are kept
 	} {
 		b := make([]byte, RefuseSize(r))
 		n, err := PutRefuse(b, r)
@@ -261,8 +264,12 @@ func TestRefuse(t *testing.T) {
 	}{
 		{"short", valid[:7], "REFUSE: 7 bytes, shorter than the 8-byte header"},
 		{"magic", edit(valid, func(b []byte) []byte { b[0] = 'c'; return b }), `magic "cSHM"`},
-		{"truncated", valid[:9], "9 bytes, want 10 for a 2-byte reason"},
-		{"long", append(append([]byte(nil), valid...), 'x'), "11 bytes, want 10"},
+		{"truncated", valid[:9], "9 bytes, want 10 or 26 for a 2-byte reason"},
+		{"long", append(append([]byte(nil), valid...), 'x'), "11 bytes, want 10 or 26"},
+		{"short tail", append(append([]byte(nil), valid...), make([]byte, 15)...), "25 bytes, want 10 or 26"},
+		{"tail pad", append(append([]byte(nil), valid...), 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), "tail pad is 0x1, want 0"},
+		{"empty tail", append(append([]byte(nil), valid...), make([]byte, 16)...), "tail with no flags and no max message"},
+		{"tail max", append(append([]byte(nil), valid...), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x80), "max message 9223372036854775808 does not fit int64"},
 		{"reason too long", long, "reason length 1025 exceeds 1024"},
 		{"utf8", edit(valid, func(b []byte) []byte { b[8] = 0xff; return b }), `reason "\xffo" is not valid UTF-8`},
 	} {

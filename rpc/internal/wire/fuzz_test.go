@@ -140,6 +140,9 @@ func FuzzParseHello(f *testing.F) {
 	r := make([]byte, 32)
 	n, _ := PutRefuse(r, Refuse{Version: 1, Reason: "go away"})
 	f.Add(r[:n])
+	r = make([]byte, 64)
+	n, _ = PutRefuse(r, Refuse{Version: 1, Reason: "required", Flags: RefuseNoFallback, MaxMessage: 1 << 26})
+	f.Add(r[:n])
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if h, err := ParseHello(b); err != nil {
 			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrVersion) {

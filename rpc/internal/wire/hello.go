@@ -138,10 +138,31 @@ func ParseHello(b []byte) (Hello, error) {
 type Refuse struct {
 	Version uint16 // the protocol version the refusing side speaks
 	Reason  string // valid UTF-8, at most MaxRefuseReason bytes; print it with %q
+	// Flags are RefuseNoFallback and future bits (unknown ones are kept).
+	Flags uint32
+	// MaxMessage is the largest message the refusing side accepts on the
+	// stream transport that follows; 0: not said.
+	MaxMessage uint64
 }
 
-// RefuseSize returns the length of the REFUSE payload for r.
-func RefuseSize(r Refuse) int { return RefuseHeaderSize + len(r.Reason) }
+// RefuseNoFallback: the refusing side closes the connection instead of
+// running the stream transport on it (its policy requires shared memory):
+// the receiver must not fall back.
+const RefuseNoFallback uint32 = 1 << 0
+
+// RefuseTailSize is the size of the optional tail of a REFUSE payload,
+// after the reason: flags (4), zero pad (4), max message (8).
+const RefuseTailSize = 16
+
+// RefuseSize returns the length of the REFUSE payload for r: the tail is
+// written when Flags or MaxMessage is set.
+func RefuseSize(r Refuse) int {
+	n := RefuseHeaderSize + len(r.Reason)
+	if r.Flags != 0 || r.MaxMessage != 0 {
+		n += RefuseTailSize
+	}
+	return n
+}
 
 // PutRefuse writes r into b and returns RefuseSize(r).
 func PutRefuse(b []byte, r Refuse) (int, error) {
@@ -151,6 +172,9 @@ func PutRefuse(b []byte, r Refuse) (int, error) {
 	if !utf8.ValidString(r.Reason) {
 		return 0, invalid("REFUSE", "reason is not valid UTF-8")
 	}
+	if r.MaxMessage > math.MaxInt64 {
+		return 0, invalid("REFUSE", "max message %d does not fit int64", r.MaxMessage)
+	}
 	n := RefuseSize(r)
 	if len(b) < n {
 		return 0, short("REFUSE", len(b), n)
@@ -158,12 +182,20 @@ func PutRefuse(b []byte, r Refuse) (int, error) {
 	copy(b[0:4], Magic)
 	le.PutUint16(b[4:6], r.Version)
 	le.PutUint16(b[6:8], uint16(len(r.Reason)))
-	copy(b[RefuseHeaderSize:n], r.Reason)
+	end := RefuseHeaderSize + len(r.Reason)
+	copy(b[RefuseHeaderSize:end], r.Reason)
+	if n > end {
+		le.PutUint32(b[end:end+4], r.Flags)
+		le.PutUint32(b[end+4:end+8], 0)
+		le.PutUint64(b[end+8:end+16], r.MaxMessage)
+	}
 	return n, nil
 }
 
 // ParseRefuse parses a REFUSE payload: magic, reason length at most
-// MaxRefuseReason and matching the payload exactly, reason valid UTF-8.
+// MaxRefuseReason, reason valid UTF-8, then either nothing or exactly the
+// RefuseTailSize-byte tail (zero pad, max message at most MaxInt64, not
+// all zero).
 // Any version is accepted: the REFUSE layout is the same in every version.
 func ParseRefuse(b []byte) (Refuse, error) {
 	if len(b) < RefuseHeaderSize {
@@ -177,12 +209,30 @@ func ParseRefuse(b []byte) (Refuse, error) {
 	if n > MaxRefuseReason {
 		return Refuse{}, malformed("REFUSE", "reason length %d exceeds %d", n, MaxRefuseReason)
 	}
-	if len(b) != RefuseHeaderSize+n {
-		return Refuse{}, malformed("REFUSE", "%d bytes, want %d for a %d-byte reason", len(b), RefuseHeaderSize+n, n)
+	end := RefuseHeaderSize + n
+	if len(b) != end && len(b) != end+RefuseTailSize {
+		return Refuse{}, malformed("REFUSE", "%d bytes, want %d or %d for a %d-byte reason", len(b), end, end+RefuseTailSize, n)
 	}
-	reason := string(b[RefuseHeaderSize:]) // one copy, then checked
-	if !utf8.ValidString(reason) {
-		return Refuse{}, malformed("REFUSE", "reason %q is not valid UTF-8", reason)
+	r := Refuse{Version: v, Reason: string(b[RefuseHeaderSize:end])} // one copy, then checked
+	if !utf8.ValidString(r.Reason) {
+		return Refuse{}, malformed("REFUSE", "reason %q is not valid UTF-8", r.Reason)
 	}
-	return Refuse{Version: v, Reason: reason}, nil
+	if len(b) == end {
+		return r, nil
+	}
+	var tail [RefuseTailSize]byte
+	copy(tail[:], b[end:]) // read once
+	r.Flags = le.Uint32(tail[0:4])
+	if pad := le.Uint32(tail[4:8]); pad != 0 {
+		return Refuse{}, malformed("REFUSE", "tail pad is %#x, want 0", pad)
+	}
+	r.MaxMessage = le.Uint64(tail[8:16])
+	if r.MaxMessage > math.MaxInt64 {
+		return Refuse{}, malformed("REFUSE", "max message %d does not fit int64", r.MaxMessage)
+	}
+	if r.Flags == 0 && r.MaxMessage == 0 {
+		// One encoding per value: a tail that says nothing is left out.
+		return Refuse{}, malformed("REFUSE", "tail with no flags and no max message, which is sent without a tail")
+	}
+	return r, nil
 }

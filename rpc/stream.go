@@ -1,0 +1,403 @@
+package rpc
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	capnp "capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/rpc/transport"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
+)
+
+// StreamTransport carries Cap'n Proto RPC messages on a byte stream in the
+// standard unpacked framing (a segment table, then the segments), which is
+// what C++ EZ-RPC and go-capnp's stream transport speak. It implements
+// go-capnp's transport.Transport, so that both capnshm's Conn and
+// go-capnp's rpc.Conn run on it.
+//
+// What it adds to a plain codec:
+//
+//   - Receiving: the segment table is checked (at most 512 segments, the
+//     total at most WithMaxMessage, default DefaultMaxMessage), and the
+//     body is read into memory that grows as its bytes arrive, so a peer
+//     that announces a huge message and sends nothing costs nothing. Every
+//     message's traversal limit follows its size.
+//   - Sending: segments go out with one writev, without being copied. A
+//     message larger than the peer accepts is not sent: a call fails alone
+//     with ErrTooLarge; results that large are replaced by an exception
+//     Return, so that the caller learns why and the connection goes on.
+//   - The checks of NewStreamTransport's doc (go-capnp v3.0.1-alpha.2's
+//     late calls and self-pipelined calls).
+//   - Errors: a closed or broken stream is ErrPeerGone, Close here is
+//     ErrClosed; both are ErrDisconnected exceptions.
+//
+// Send is serialised by a mutex; RecvMessage is called by one goroutine.
+type StreamTransport struct {
+	c       io.ReadWriteCloser
+	r       *bufio.Reader
+	max     uint64 // the largest message accepted
+	peerMax uint64 // the largest message sent
+
+	wmu       sync.Mutex
+	hdr       []byte      // the segment table being written; under wmu
+	bufs      net.Buffers // the writev list; under wmu
+	questions questionGuard
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
+	stats     streamStats
+}
+
+// NewStreamTransport returns the stream transport on c. Options that apply:
+// WithMaxMessage (the largest message accepted, and the largest sent to a
+// peer that did not say its own). It checks every incoming message for
+// what would crash a go-capnp v3.0.1-alpha.2 rpc.Conn (a message that does
+// so ends the connection with an error wrapping ErrProtocol instead), and
+// does not send calls that go-capnp's rpc.Conn pipelines on questions it
+// has already finished (they fail with ErrLateCall). It is what Listen and
+// Dial run on stream addresses; use it for connections built by hand.
+func NewStreamTransport(c io.ReadWriteCloser, opts ...Option) (*StreamTransport, error) {
+	cfg, err := newConfig(nil, opts)
+	if err != nil {
+		return nil, err
+	}
+	return newStreamTransport(c, cfg.opts.MaxMessage, 0), nil
+}
+
+// newStreamTransport returns the stream transport on c accepting messages
+// up to maxMessage bytes (0: DefaultMaxMessage) and sending up to peerMax
+// (0: as many as it accepts).
+func newStreamTransport(c io.ReadWriteCloser, maxMessage int64, peerMax uint64) *StreamTransport {
+	max := uint64(DefaultMaxMessage)
+	if maxMessage > 0 {
+		max = uint64(maxMessage)
+	}
+	if peerMax == 0 {
+		peerMax = max
+	}
+	return &StreamTransport{c: c, r: bufio.NewReaderSize(c, 64<<10), max: max, peerMax: peerMax}
+}
+
+// PeerMaxMessage returns the largest message the peer accepts (or is taken
+// to accept).
+func (t *StreamTransport) PeerMaxMessage() uint64 { return t.peerMax }
+
+// Stats returns the transport's message and byte counts.
+func (t *StreamTransport) Stats() Stats { return t.stats.stats() }
+
+// NewMessage returns a message to build on the heap.
+func (t *StreamTransport) NewMessage() (transport.OutgoingMessage, error) {
+	msg, seg, err := capnp.NewMessage(capnp.MultiSegment(nil))
+	if err == nil {
+		var rm rpccp.Message
+		if rm, err = rpccp.NewRootMessage(seg); err == nil {
+			return &streamOut{t: t, msg: msg, rm: rm}, nil
+		}
+	}
+	// go-capnp's rpc.Conn needs a message even with an error.
+	m, s := capnp.NewSingleSegmentMessage(nil)
+	rm, _ := rpccp.NewRootMessage(s)
+	return &streamOut{t: t, msg: m, rm: rm, err: err}, fmt.Errorf("capnshm: new message: %w", err)
+}
+
+// streamOut is a message being built for the stream.
+type streamOut struct {
+	t        *StreamTransport
+	msg      *capnp.Message
+	rm       rpccp.Message
+	err      error
+	sent     bool
+	released bool
+}
+
+func (o *streamOut) Message() rpccp.Message { return o.rm }
+
+func (o *streamOut) Release() {
+	if !o.released {
+		o.released = true
+		o.msg.Release()
+	}
+}
+
+// Send writes the message, or refuses it (see StreamTransport).
+func (o *streamOut) Send() error {
+	switch {
+	case o.released:
+		panic("capnshm: Send after Release")
+	case o.err != nil:
+		return o.err
+	case o.sent:
+		return errors.New("capnshm: message sent twice")
+	}
+	o.sent = true
+	return o.t.send(o.msg, o.rm)
+}
+
+func (t *StreamTransport) send(msg *capnp.Message, rm rpccp.Message) error {
+	if t.closed.Load() {
+		return disconnected(ErrClosed)
+	}
+	total, err := msg.TotalSize()
+	if err != nil {
+		return fmt.Errorf("capnshm: sizing a message: %w", err)
+	}
+	if total > t.peerMax {
+		repl, err := tooLarge(rm, total, t.peerMax)
+		if repl == nil {
+			return err
+		}
+		defer repl.Release()
+		msg, total = repl, 0
+		if total, err = msg.TotalSize(); err != nil {
+			return err
+		}
+	}
+	t.wmu.Lock()
+	defer t.wmu.Unlock()
+	if err := t.questions.check(rm); err != nil {
+		return err
+	}
+	if err := t.writeLocked(msg); err != nil {
+		t.Close()
+		if t.closed.Load() && !errors.Is(err, ErrPeerGone) {
+			return disconnected(ErrClosed)
+		}
+		return disconnected(err)
+	}
+	// Counted after the write: the peer cannot have answered a message
+	// before all of it left, and Stats after a call that returned covers
+	// the call.
+	t.stats.msgsSent.Add(1)
+	t.stats.bytesSent.Add(total)
+	return nil
+}
+
+// writeLocked writes msg's segment table and segments with one writev.
+func (t *StreamTransport) writeLocked(msg *capnp.Message) error {
+	n := int(msg.NumSegments())
+	if n == 0 || n > maxStreamSegments {
+		return fmt.Errorf("capnshm: a message of %d segments cannot be framed", n)
+	}
+	hdrLen := (n/2 + 1) * 8
+	t.hdr = append(t.hdr[:0], make([]byte, hdrLen)...)
+	binary.LittleEndian.PutUint32(t.hdr, uint32(n-1))
+	t.bufs = append(t.bufs[:0], t.hdr)
+	for i := 0; i < n; i++ {
+		s, err := msg.Segment(capnp.SegmentID(i))
+		if err != nil {
+			return err
+		}
+		d := s.Data()
+		binary.LittleEndian.PutUint32(t.hdr[4+4*i:], uint32(len(d)/8))
+		t.bufs = append(t.bufs, d)
+	}
+	bufs := t.bufs // WriteTo consumes its receiver
+	_, err := bufs.WriteTo(t.c)
+	clear(t.bufs) // do not pin the message's segments
+	if err != nil {
+		return streamError(err)
+	}
+	return nil
+}
+
+// maxStreamSegments is the most segments of one message, in either
+// direction (as go-capnp's and C++'s readers accept).
+const maxStreamSegments = 512
+
+// RecvMessage reads the next message.
+func (t *StreamTransport) RecvMessage() (transport.IncomingMessage, error) {
+	msg, total, err := t.read()
+	if err != nil {
+		if t.closed.Load() {
+			return nil, disconnected(ErrClosed)
+		}
+		return nil, err
+	}
+	rm, err := readRoot(msg)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	t.stats.msgsRecv.Add(1)
+	t.stats.bytesRecv.Add(total)
+	return &streamIn{msg: msg, rm: rm}, nil
+}
+
+// read reads one message: its segment table (checked), then its segments
+// into memory that grows as the bytes arrive.
+func (t *StreamTransport) read() (*capnp.Message, uint64, error) {
+	var first [4]byte
+	if _, err := io.ReadFull(t.r, first[:]); err != nil {
+		return nil, 0, streamError(err)
+	}
+	n := uint64(binary.LittleEndian.Uint32(first[:])) + 1
+	if n > maxStreamSegments {
+		return nil, 0, fmt.Errorf("%w: a message of %d segments, over the limit of %d", ErrProtocol, n, maxStreamSegments)
+	}
+	table := make([]byte, (n/2+1)*8-4)
+	if _, err := io.ReadFull(t.r, table); err != nil {
+		return nil, 0, streamError(unexpected(err))
+	}
+	var total uint64
+	sizes := make([]uint64, n)
+	for i := range sizes {
+		sizes[i] = uint64(binary.LittleEndian.Uint32(table[4*i:])) * 8
+		total += sizes[i]
+	}
+	if total == 0 || sizes[0] == 0 {
+		return nil, 0, fmt.Errorf("%w: a message whose first segment is empty", ErrProtocol)
+	}
+	if total > t.max {
+		return nil, 0, fmt.Errorf("%w: the peer sent a message of %d bytes, over the %d bytes this side accepts (WithMaxMessage)", ErrTooLarge, total, t.max)
+	}
+	segs := make([][]byte, n)
+	for i, size := range sizes {
+		b, err := readGrowing(t.r, size)
+		if err != nil {
+			return nil, 0, streamError(unexpected(err))
+		}
+		segs[i] = b[:len(b):len(b)]
+	}
+	return &capnp.Message{Arena: &roArena{segs: segs}, TraverseLimit: traverseLimit(total, t.max)}, total, nil
+}
+
+// readGrowing reads size bytes into a buffer that starts small and doubles
+// as bytes arrive: announcing a size costs the peer nothing, so the
+// announcement alone must cost us nothing either.
+func readGrowing(r io.Reader, size uint64) ([]byte, error) {
+	const start = 1 << 20
+	if size <= start {
+		b := make([]byte, size)
+		_, err := io.ReadFull(r, b)
+		return b, err
+	}
+	b := make([]byte, start)
+	got := 0
+	for {
+		n, err := io.ReadFull(r, b[got:])
+		got += n
+		if err != nil {
+			return nil, err
+		}
+		if uint64(got) == size {
+			return b, nil
+		}
+		nb := make([]byte, min(size, 2*uint64(len(b))))
+		copy(nb, b)
+		b = nb
+	}
+}
+
+// unexpected turns an EOF in the middle of a message into ErrUnexpectedEOF.
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// streamError classifies an error of the stream: the peer is gone (EOF,
+// reset, broken pipe), or something else failed.
+func streamError(err error) error {
+	switch {
+	case errors.Is(err, io.EOF):
+		return fmt.Errorf("%w: the peer closed the connection", ErrPeerGone)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return fmt.Errorf("%w: the connection closed in the middle of a message", ErrPeerGone)
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED):
+		return fmt.Errorf("%w: %w", ErrPeerGone, err)
+	case errors.Is(err, net.ErrClosed), errors.Is(err, os.ErrClosed):
+		return ErrClosed
+	}
+	return fmt.Errorf("%w: %w", ErrPeerGone, err)
+}
+
+// streamIn is a received message.
+type streamIn struct {
+	msg      *capnp.Message
+	rm       rpccp.Message
+	released atomic.Bool
+}
+
+func (m *streamIn) Message() rpccp.Message { return m.rm }
+
+// Release releases the capabilities in the message's cap table; the memory
+// goes with the garbage collector.
+func (m *streamIn) Release() {
+	if !m.released.Swap(true) {
+		m.msg.Release()
+	}
+}
+
+// Close closes the stream: a blocked RecvMessage or Send returns.
+func (t *StreamTransport) Close() error {
+	t.closeOnce.Do(func() {
+		t.closed.Store(true)
+		t.closeErr = t.c.Close()
+	})
+	return t.closeErr
+}
+
+// streamStats counts a stream transport's messages.
+type streamStats struct {
+	msgsSent, msgsRecv   atomic.Uint64
+	bytesSent, bytesRecv atomic.Uint64
+}
+
+func (s *streamStats) stats() Stats {
+	return Stats{
+		MessagesSent:     s.msgsSent.Load(),
+		MessagesReceived: s.msgsRecv.Load(),
+		BytesSent:        s.bytesSent.Load(),
+		BytesReceived:    s.bytesRecv.Load(),
+	}
+}
+
+// traverseLimit is the traversal limit of a message of total bytes:
+// generous for a message read several times, capped by four times the
+// largest message.
+func traverseLimit(total, max uint64) uint64 {
+	return min(total*8+64<<10, max*4)
+}
+
+// tooLarge handles rm, a total-byte message over the limit of the peer:
+// a Return with results becomes an exception Return that says why, which
+// it returns to send instead (the caller releases it); anything else is
+// not sent, with an error wrapping ErrTooLarge naming both sizes (a call
+// fails alone).
+func tooLarge(rm rpccp.Message, total, limit uint64) (*capnp.Message, error) {
+	err := fmt.Errorf("%w: a %d-byte %s, over the %d bytes the peer accepts", ErrTooLarge, total, rm.Which(), limit)
+	if rm.Which() != rpccp.Message_Which_return {
+		return nil, err
+	}
+	ret, rerr := rm.Return()
+	if rerr != nil || ret.Which() != rpccp.Return_Which_results {
+		return nil, err
+	}
+	msg, seg := capnp.NewSingleSegmentMessage(nil)
+	repl, rerr := rpccp.NewRootMessage(seg)
+	if rerr == nil {
+		var r rpccp.Return
+		if r, rerr = repl.NewReturn(); rerr == nil {
+			r.SetAnswerId(ret.AnswerId())
+			r.SetReleaseParamCaps(ret.ReleaseParamCaps())
+			var e rpccp.Exception
+			if e, rerr = r.NewException(); rerr == nil {
+				rerr = toException(e, fmt.Errorf("%w: the results are %d bytes, over the %d bytes the caller accepts", ErrTooLarge, total, limit))
+			}
+		}
+	}
+	if rerr != nil {
+		msg.Release()
+		return nil, fmt.Errorf("%w (and building the exception in its place failed: %v)", err, rerr)
+	}
+	return msg, nil
+}
