@@ -29,8 +29,11 @@ type Options struct {
 	// coming, and otherwise only when the loop has nothing else to do and
 	// the pump has work (see WakePump). nil: on Windows, the loop drains
 	// the thread's message queue (PeekMessage, TranslateMessage,
-	// DispatchMessage; a WM_QUIT closes the loop); elsewhere there is no
-	// pump.
+	// DispatchMessage, at most 256 messages a run; a WM_QUIT closes the
+	// loop); elsewhere there is no pump. A pump should take what it has:
+	// on Windows the loop finds the pump work to do whenever the thread's
+	// message queue holds anything, so a pump that leaves messages there
+	// keeps an idle loop from blocking.
 	Pump func()
 	// MaxPumpDelay bounds how long the pump waits for its turn. 0:
 	// DefaultMaxPumpDelay (1 s: Windows marks a window "not responding"
