@@ -6,6 +6,7 @@ require (
 	capnproto.org/go/capnp/v3 v3.0.1-alpha.2
 	github.com/HdrHistogram/hdrhistogram-go v1.4.0
 	github.com/edsrzf/mmap-go v1.2.0
+	github.com/jezek/xgb v1.1.1
 	github.com/schollz/progressbar/v3 v3.19.1
 	golang.org/x/sync v0.7.0
 	golang.org/x/sys v0.49.0

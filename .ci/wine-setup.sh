@@ -5,7 +5,7 @@
 # fresh Debian 12 machine (as root) it installs wine64 and
 # binutils-mingw-w64-x86-64, creates a 64-bit prefix under /tmp, starts a
 # persistent wineserver detached from our pipes (without it `go test` stalls),
-# sets the prefix to Windows 10, builds the bcryptprimitives.dll shim (without
+# sets the prefix to Windows 10 with the null graphics driver, builds the bcryptprimitives.dll shim (without
 # it no Go 1.23+ binary starts), and writes a go_windows_amd64_exec wrapper.
 # Everything is idempotent; a second run takes about a second.
 #
@@ -63,6 +63,18 @@ capnshm_wine_setup() {
 			return 1
 		}
 		: >"$marker"
+	fi
+
+	# Windows without a display (notes/loop-windows.md): the null graphics
+	# driver lets a test create real top-level windows (the loop's
+	# examples/window); message-only windows work without it.
+	local gmarker="$WINEPREFIX/.capnshm-graphics-null"
+	if [ ! -e "$gmarker" ]; then
+		"$wine" reg add 'HKCU\Software\Wine\Drivers' /v Graphics /t REG_SZ /d null /f </dev/null >/dev/null 2>&1 || {
+			echo "wine-setup: setting the null graphics driver failed" >&2
+			return 1
+		}
+		: >"$gmarker"
 	fi
 
 	# 4. bcryptprimitives.dll shim (notes §2.1, §5): ProcessPrng forwards to

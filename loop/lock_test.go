@@ -1,0 +1,5 @@
+package loop_test
+
+import "runtime"
+
+func runtimeLock() { runtime.LockOSThread() }
