@@ -43,6 +43,7 @@ type question struct {
 	paths      map[string][]capnp.PipelineOp // transforms calls were pipelined on, for embargoes
 	results    transport.IncomingMessage     // the Return, until released
 	content    capnp.Ptr                     // the results' content
+	err        error                         // the call failed (its Return's exception)
 	resolvedTo capnp.Client                  // a bootstrap's capability, for late pipelined calls
 	takenMsg   *retainedMsg                  // takeFromOtherQuestion: the message of the results taken
 	stop       func() bool                   // stops the context watch
@@ -504,6 +505,9 @@ func (q *question) resultCap(transform []capnp.PipelineOp) (capnp.Client, error)
 	if q.resolvedTo.IsValid() && len(transform) == 0 {
 		return q.resolvedTo.AddRef(), nil
 	}
+	if q.err != nil {
+		return capnp.Client{}, q.err // the call failed: so does what was pipelined on it
+	}
 	if q.results == nil {
 		return capnp.Client{}, failed(fmt.Errorf("capnshm: a call pipelined on the results of %s reached them after they were released", methodName(q.method)))
 	}
@@ -628,6 +632,7 @@ func (c *Conn) handleReturn(e *envelope, in transport.IncomingMessage) {
 	if q.finished {
 		c.questions.remove(q.id)
 	}
+	q.err = err
 	settle := !q.resolved // not if its context ended first
 	if keep && !q.released && settle {
 		q.results = in
