@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -517,4 +518,25 @@ func TestProtocolPeerAborts(t *testing.T) {
 		t.Fatalf("a call outstanding at the peer's Abort: %v, want disconnected with the reason", err)
 	}
 	<-p.conn.Done()
+}
+
+// TestLatePipelinedCallOnFailedCall: a call pipelined on a question that
+// has returned an exception meanwhile (it reached the question after the
+// Return) fails with that exception, not with a complaint about released
+// results.
+func TestLatePipelinedCallOnFailedCall(t *testing.T) {
+	p := newRawPeer(t)
+	c := p.conn
+	boom := failed(errors.New("the call failed"))
+	q := &question{c: c, method: capnp.Method{InterfaceName: "test", MethodName: "call"}}
+	q.p = capnp.NewPromise(q.method, q, nil)
+	c.mu.Lock()
+	q.id = c.questions.add(q)
+	q.returned, q.err = true, boom
+	c.mu.Unlock()
+	ans, release := q.PipelineSend(context.Background(), []capnp.PipelineOp{{Field: 0}}, capnp.Send{Method: capnp.Method{InterfaceID: echoproto.Echo_TypeID}})
+	defer release()
+	if _, err := ans.Struct(); err == nil || !strings.Contains(err.Error(), "the call failed") {
+		t.Fatalf("the late pipelined call: %v, want the call's own error", err)
+	}
 }
