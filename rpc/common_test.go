@@ -3,8 +3,6 @@ package rpc_test
 import (
 	"context"
 	"sync/atomic"
-	"testing"
-	"time"
 
 	"github.com/capnshm/capnshm/internal/echoproto"
 )
@@ -33,31 +31,3 @@ func (c countedCallback) Call(_ context.Context, call echoproto.Callback_call) e
 }
 
 func (c countedCallback) Shutdown() { c.live.Add(-1) }
-
-// liveObjects asks the server how many of its capabilities are alive.
-func liveObjects(ctx context.Context, boot echoproto.Echo) (int64, error) {
-	f, release := boot.LiveObjects(ctx, nil)
-	defer release()
-	res, err := f.Struct()
-	if err != nil {
-		return 0, err
-	}
-	return res.Count(), nil
-}
-
-// eventually waits, with a bound, until cond holds; cond reports what it
-// saw for the error.
-func eventually(t *testing.T, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ok, saw := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still %s after 30 s", what, saw)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}

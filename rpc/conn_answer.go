@@ -291,11 +291,11 @@ func (a *answer) prepareResults() error {
 	exps, err := a.c.describeCaps(pl, rm.Message().CapTable())
 	a.exports = exps
 	if err != nil {
-		return failed(fmt.Errorf("capnshm: results of %s: %w", methodName(a.method), err))
+		return failed(fmt.Errorf("capnshm: describing the capabilities in the results: %w", err))
 	}
 	if !a.redirect && a.c.peerMax != 0 {
 		if total, err := rm.Message().TotalSize(); err == nil && total > a.c.peerMax {
-			return failed(fmt.Errorf("%s: %w: the results are %d bytes, over the %d bytes the caller accepts", methodName(a.method), ErrTooLarge, total, a.c.peerMax))
+			return failed(fmt.Errorf("%w: the results are %d bytes, over the %d bytes the caller accepts", ErrTooLarge, total, a.c.peerMax))
 		}
 	}
 	return nil
@@ -558,7 +558,9 @@ func (a *answer) abandon() {
 	if rel != nil {
 		rel.Release()
 	}
-	a.releaseArgs()
+	// The params stay: a handler still running reads them, and releases
+	// them when it returns (a call still waiting in a pipeline was
+	// rejected above, which released them).
 }
 
 // handleBootstrap answers the peer's Bootstrap with this side's bootstrap

@@ -301,7 +301,7 @@ func (c *Conn) handleUnimplemented(e *envelope) {
 		q.resolved = true
 		c.mu.Unlock()
 		if settle {
-			q.settle(capnp.Ptr{}, unimplementedf("capnshm: the peer does not implement %s", methodName(q.method)))
+			q.settle(capnp.Ptr{}, unimplementedf("capnshm: the peer does not implement this message (it echoed it as Unimplemented)"))
 		}
 		if q.kind == kindBootstrap {
 			c.finishBootstrap(q)

@@ -146,7 +146,7 @@ func (c *Conn) sendCall(ctx context.Context, q *question, tgt callTarget, s capn
 	}
 	if err != nil {
 		om.Release()
-		return failed(fmt.Errorf("%s: %w", methodName(s.Method), err))
+		return failed(err)
 	}
 	params, _ := call.Params()
 	exps, err := c.describeCaps(params, params.Message().CapTable())
@@ -282,7 +282,7 @@ func (c *Conn) checkSize(rm rpccp.Message, m capnp.Method) error {
 		return failed(err)
 	}
 	if total > c.peerMax {
-		return failed(fmt.Errorf("%s: %w: the call is %d bytes, over the %d bytes the peer accepts", methodName(m), ErrTooLarge, total, c.peerMax))
+		return failed(fmt.Errorf("%w: the call is %d bytes, over the %d bytes the peer accepts", ErrTooLarge, total, c.peerMax))
 	}
 	return nil
 }
@@ -324,7 +324,7 @@ func (q *question) cancel(ctx context.Context) {
 	if flush {
 		c.out.flush()
 	}
-	q.settle(capnp.Ptr{}, failed(fmt.Errorf("%s: %w", methodName(q.method), context.Cause(ctx))))
+	q.settle(capnp.Ptr{}, failed(context.Cause(ctx)))
 }
 
 // sendFailed fails a call that the transport refused to send (it was over
@@ -586,7 +586,7 @@ func (c *Conn) handleReturn(e *envelope, in transport.IncomingMessage) {
 		}
 		err = e.exception
 	case rpccp.Return_Which_canceled:
-		err = failed(fmt.Errorf("%s: canceled", methodName(q.method)))
+		err = failed(errors.New("capnshm: the peer canceled the call"))
 	case rpccp.Return_Which_resultsSentElsewhere:
 		if q.kind != kindTail {
 			protoErr = fmt.Errorf("resultsSentElsewhere in the Return of question %d, which was not a tail call", e.id)

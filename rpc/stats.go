@@ -23,6 +23,11 @@ type Stats struct {
 	FreesSent, FreesReceived uint64
 	// PeerHeld is the number of this side's messages the peer holds now.
 	PeerHeld uint64
+	// PeerMappings and PeerMappingBytes are the peer's dedicated mappings
+	// mapped here now (for its messages too large for its pool, or sent
+	// when its pool was full): each costs this process its size in
+	// address space, and memory once touched.
+	PeerMappings, PeerMappingBytes int64
 	// Pool is this side's allocator.
 	Pool segalloc.Stats
 }

@@ -423,6 +423,8 @@ func (t *Transport) Stats() Stats {
 		FreesSent:        t.stats.freesSent.Load(),
 		FreesReceived:    t.stats.freesReceived.Load(),
 		Pool:             t.alloc.Stats(),
+		PeerMappings:     t.mapsLive.Load(),
+		PeerMappingBytes: t.mapBytesLive.Load(),
 	}
 	t.sentMu.Lock()
 	s.PeerHeld = uint64(len(t.sent))
@@ -616,12 +618,27 @@ func (om *outMsg) Send() error {
 
 // tooLarge handles a message larger than the peer accepts, which the peer
 // would have to abort the connection for. A call fails with ErrTooLarge and
-// the connection goes on; any other message (a Return, say) ends the
-// connection with the same error, because go-capnp would leave its peer
-// waiting for an answer that never comes.
+// the connection goes on; a Return with results is replaced by a Return
+// with an exception that says why (the caller fails alone, too); anything
+// else ends the connection with the error, because the peer would be left
+// waiting for something that never comes.
 func (t *Transport) tooLarge(om *outMsg, total int) error {
-	err := fmt.Errorf("%w: a %d-byte message, the peer accepts at most %d (its MaxMessage)", ErrTooLarge, total, t.peerMax)
-	if om.rm.Which() != rpccp.Message_Which_call {
+	repl, err := tooLarge(om.rm, uint64(total), t.peerMax)
+	switch {
+	case repl != nil:
+		defer repl.Release()
+		lengths := segmentLengths(repl, nil)
+		n := 0
+		for _, l := range lengths {
+			n += l
+		}
+		t.outMu.Lock()
+		defer t.outMu.Unlock()
+		if t.closed.Load() || t.ctx.Err() != nil {
+			return t.cause()
+		}
+		return t.sendInline(repl, lengths, n)
+	case om.rm.Which() != rpccp.Message_Which_call:
 		t.fail(err)
 	}
 	return err
