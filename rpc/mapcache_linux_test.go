@@ -46,3 +46,44 @@ func TestIdleMappingsTrimmed(t *testing.T) {
 		t.Fatalf("the connection after the trim: %v", err)
 	}
 }
+
+// TestCopyOnReceive: with WithCopyOnReceive a message received over shared
+// memory is copied out of the peer's pool (BytesCopied counts it); by
+// default it is read in place (nothing copied).
+func TestCopyOnReceive(t *testing.T) {
+	const size = 1 << 20
+	srv := apiServe(t, apiAddr(t, rpc.SchemeShmAbstract))
+	for _, copied := range []bool{false, true} {
+		t.Run(fmt.Sprint("copy=", copied), func(t *testing.T) {
+			var opts []rpc.Option
+			if copied {
+				opts = append(opts, rpc.WithCopyOnReceive())
+			}
+			c := apiDial(t, srv.Addr().String(), opts...)
+			ctx := regressCtx(t)
+			echo := echoproto.Echo(c.Bootstrap(ctx))
+			defer echo.Release()
+			before := c.Stats().BytesCopied
+			f, release := echo.Fill(ctx, func(p echoproto.Echo_fill_Params) error {
+				p.SetSize(size)
+				p.SetSeed(5)
+				return nil
+			})
+			defer release()
+			res, err := f.Struct()
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, _ := res.Data()
+			for i := range d {
+				if d[i] != echoproto.Pattern(5, uint64(i)) {
+					t.Fatalf("byte %d is %d", i, d[i])
+				}
+			}
+			n := c.Stats().BytesCopied - before
+			if copied && n < size || !copied && n >= size {
+				t.Errorf("copy=%v: %d bytes copied for a %d-byte result", copied, n, size)
+			}
+		})
+	}
+}

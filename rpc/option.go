@@ -32,6 +32,7 @@ import (
 //	WithSpinTime              yes          yes           -
 //	WithAllowOtherUsers       yes          yes           -
 //	WithPrefault              yes          yes           -
+//	WithCopyOnReceive         yes          yes           -
 //	WithHandshakeTimeout      yes          yes           -
 //	WithMaxConns(PerUser)     Listen       -             yes
 //	WithMaxPeer..., WithMaxSocketBytes, WithFrameTimeout
@@ -295,6 +296,29 @@ func WithSpinTime(d time.Duration) Option {
 // another user. By default such a peer gets the stream transport
 // (FallbackAuto) or is refused (FallbackRequire).
 func WithAllowOtherUsers() Option { return func(c *config) { c.opts.AllowOtherUsers = true } }
+
+// WithCopyOnReceive copies every message received over shared memory out of
+// the peer's pool before it is read, instead of reading it in place: for
+// peers trusted less than that (a message costs a copy: bulk data is no
+// longer zero-copy on receipt).
+//
+// What each mode guarantees against a peer that rewrites its memory while
+// this side reads (it cannot write this side's memory: the pool and
+// mappings it reads are sealed against it):
+//
+//   - Always, in both modes: what the transport and the RPC engine act on
+//     (the ring's records, the message's kind, IDs, targets, transforms
+//     and cap table) is read once into private memory, then checked, then
+//     used; a change after that check changes nothing. Reading the payload
+//     can never panic or read out of bounds: every segment's bounds are
+//     fixed in private memory and go-capnp checks every access against
+//     them.
+//   - In place (the default): payload bytes are the peer's, read where
+//     they lie; a peer that rewrites them while a handler reads can make
+//     it see inconsistent values (a field read twice may differ).
+//   - Copied (WithCopyOnReceive): the handler reads a private copy taken
+//     at receipt; what it reads cannot change under it.
+func WithCopyOnReceive() Option { return func(c *config) { c.opts.CopyOnReceive = true } }
 
 // WithPrefault sets whether every page of this side's pool is mapped when
 // the connection is made (the default: true), which keeps page faults off

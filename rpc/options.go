@@ -49,6 +49,7 @@ type transportConfig struct {
 	SpinTime         time.Duration
 	AllowOtherUsers  bool
 	NoPrefault       bool
+	CopyOnReceive    bool
 	HandshakeTimeout time.Duration
 	Logger           *slog.Logger
 	// NoFallback: this side closes a connection whose handshake it

@@ -1168,7 +1168,7 @@ func (t *Transport) recvByReference(rec []byte) (*inMsg, error) {
 		region.ref()
 		maps = append(maps, region)
 	}
-	if int(total) <= t.opts.InlineMax {
+	if int(total) <= t.opts.InlineMax || t.opts.CopyOnReceive {
 		return t.copyOut(segs, m.ID, maps)
 	}
 	return t.newIn(segs, int(total), m.ID, maps)

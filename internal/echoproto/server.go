@@ -48,7 +48,7 @@ type Server struct {
 	live        atomic.Int64 // counter capabilities not yet shut down
 
 	mu       sync.Mutex
-	promises []func()     // fulfil the promises of Promise
+	promises []func()      // fulfil the promises of Promise
 	gate     chan struct{} // closed by OpenGate; nil: none yet
 }
 
