@@ -13,7 +13,10 @@ import (
 // Questions: the calls (and bootstraps) this side sends.
 //
 // A question's ID is reusable once its Return has arrived and its Finish
-// has been sent. Finish is sent when the application releases the answer
+// has been sent, or at once when the Return said noFinishNeeded (the
+// callee has forgotten the answer already: its results hold no
+// capability, so nothing can be pipelined on them; capnshm and C++ 1.0
+// say so). Finish is sent when the application releases the answer
 // (the ReleaseFunc of the call), when the call's context ends first (a
 // cancellation), or, for a bootstrap, once it has resolved; never before
 // the calls pipelined on the question have been pushed to the sender, so
@@ -549,6 +552,11 @@ func (c *Conn) handleReturn(e *envelope, in transport.IncomingMessage) {
 		return
 	}
 	q.returned = true
+	if e.noFinish {
+		// The callee has forgotten the answer: no Finish will be sent,
+		// and the ID is free once the Return is handled.
+		q.finished = true
+	}
 	var relExp []*export
 	if e.releaseCaps {
 		relExp, q.paramExp = q.paramExp, nil
