@@ -323,9 +323,9 @@ func TestProtocolTables(t *testing.T) {
 	if st.Answers != 2 || st.Exports != 2 {
 		t.Errorf("before the Finishes: %d answers, %d exports; want 2 (bootstrap, counter), 2", st.Answers, st.Exports)
 	}
-	p.finish(1, true) // not needed: ignored, as a peer that does not know the hint sends it
-	p.finish(2, true) // releases the counter
-	p.finish(0, true) // releases the bootstrap capability too
+	p.finish(1, true)                        // not needed: ignored, as a peer that does not know the hint sends it
+	p.finish(2, true)                        // releases the counter
+	p.finish(0, true)                        // releases the bootstrap capability too
 	p.call(3, importedCap(boot), mPing, nil) // the export is gone
 	p.expectException(3, "does not export")
 	st = p.conn.Stats()
