@@ -196,7 +196,7 @@ func (c *Conn) sendCall(ctx context.Context, q *question, tgt callTarget, s capn
 	if q.p != nil {
 		c.watchContext(ctx, q)
 	}
-	flush := c.out.push(om, q.sendFailed)
+	flush := c.out.push(om, q)
 	if o.afterLocked != nil && o.afterLocked() {
 		flush = true
 	}

@@ -54,7 +54,11 @@ type StreamTransport struct {
 	closed    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
-	stats     streamStats
+	// failure is why the transport closed itself (a write failed), if it
+	// did: what both directions report from then on, rather than "closed
+	// here".
+	failure atomic.Pointer[error]
+	stats   streamStats
 }
 
 // NewStreamTransport returns the stream transport on c. Options that apply:
@@ -157,7 +161,7 @@ func (o *streamOut) Send() error {
 
 func (t *StreamTransport) send(msg *capnp.Message, rm rpccp.Message) error {
 	if t.closed.Load() {
-		return disconnected(ErrClosed)
+		return t.closedErr()
 	}
 	total, err := msg.TotalSize()
 	if err != nil {
@@ -180,11 +184,13 @@ func (t *StreamTransport) send(msg *capnp.Message, rm rpccp.Message) error {
 		return err
 	}
 	if err := t.writeLocked(msg); err != nil {
-		t.Close()
 		if t.closed.Load() && !errors.Is(err, ErrPeerGone) {
-			return disconnected(ErrClosed)
+			return t.closedErr()
 		}
-		return disconnected(err)
+		var derr error = disconnected(err)
+		t.failure.CompareAndSwap(nil, &derr)
+		t.Close()
+		return t.closedErr()
 	}
 	// Counted after the write: the peer cannot have answered a message
 	// before all of it left, and Stats after a call that returned covers
@@ -231,7 +237,7 @@ func (t *StreamTransport) RecvMessage() (transport.IncomingMessage, error) {
 	in, total, err := t.read()
 	if err != nil {
 		if t.closed.Load() {
-			return nil, disconnected(ErrClosed)
+			return nil, t.closedErr()
 		}
 		return nil, err
 	}
@@ -385,6 +391,15 @@ func (m *streamIn) Release() {
 	if !m.released.Swap(true) {
 		m.msg.Release()
 	}
+}
+
+// closedErr is the error of an operation on the closed transport: the
+// failure that closed it, or ErrClosed when Close did.
+func (t *StreamTransport) closedErr() error {
+	if f := t.failure.Load(); f != nil {
+		return *f
+	}
+	return disconnected(ErrClosed)
 }
 
 // Close closes the stream: a blocked RecvMessage or Send returns.
