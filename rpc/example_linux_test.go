@@ -37,7 +37,7 @@ func ExampleNewTransport() {
 	// Server side.
 	served := make(chan *gorpc.Conn, 1)
 	go func() {
-		tr, err := rpc.NewTransport(ctx, conn(fds[1]), rpc.Listener, nil)
+		tr, err := rpc.NewTransport(ctx, conn(fds[1]), rpc.Listener)
 		if err != nil {
 			panic(err)
 		}
@@ -46,16 +46,22 @@ func ExampleNewTransport() {
 	}()
 
 	// Client side.
-	tr, err := rpc.NewTransport(ctx, conn(fds[0]), rpc.Dialer, nil)
+	unixConn := conn(fds[0])
+	// README: go-capnp's Conn
+	tr, err := rpc.NewTransport(ctx, unixConn, rpc.Dialer) // the handshake, then shared memory
 	if err != nil {
 		panic(err)
 	}
-	client := gorpc.NewConn(tr, nil)
+	client := gorpc.NewConn(tr, nil) // capnproto.org/go/capnp/v3/rpc
 	defer client.Close()
+	echo := echoproto.Echo(client.Bootstrap(ctx))
+	if err := echo.Resolve(ctx); err != nil { // before calling it: see Known issues
+		panic(err)
+	}
+	defer echo.Release()
+	// README: end
 	server := <-served
 	defer server.Close()
-	echo := echoproto.Bootstrap(ctx, client)
-	defer echo.Release()
 
 	f, release := echo.Fill(ctx, func(p echoproto.Echo_fill_Params) error {
 		p.SetSize(1 << 20)
