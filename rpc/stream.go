@@ -270,7 +270,7 @@ func (t *StreamTransport) read() (*streamIn, uint64, error) {
 	}
 	// The rest of the table: the segment sizes and padding to a word.
 	var small [4 * 4]byte
-	table := small[:]
+	var table []byte
 	if tl := (n/2+1)*8 - 4; tl <= uint64(len(small)) {
 		table = small[:tl]
 	} else {
