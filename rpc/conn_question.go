@@ -49,7 +49,9 @@ type question struct {
 	err        error                         // the call failed (its Return's exception)
 	resolvedTo capnp.Client                  // a bootstrap's capability, for late pipelined calls
 	takenMsg   *retainedMsg                  // takeFromOtherQuestion: the message of the results taken
-	stop       func() bool                   // stops the context watch
+	watch      *ctxWatch                     // the watch of the call's context, while it is on its list
+	wprev      *question                     // the watch's list
+	wnext      *question
 }
 
 type questionKind uint8
@@ -106,6 +108,10 @@ var bootstrapMethod = capnp.Method{InterfaceName: "capnshm", MethodName: "bootst
 
 // call sends a call of s to tgt and returns its answer.
 func (c *Conn) call(ctx context.Context, tgt callTarget, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
+	if err := ctx.Err(); err != nil {
+		// Nothing is sent for a call whose context has ended already.
+		return capnp.ErrorAnswer(s.Method, failed(context.Cause(ctx))), func() {}
+	}
 	q := &question{c: c, method: s.Method}
 	q.p = capnp.NewPromise(s.Method, q, nil)
 	if err := c.sendCall(ctx, q, tgt, s, &sendOpts{inline: true}); err != nil {
@@ -304,14 +310,6 @@ func (q *question) pipelined(transform []capnp.PipelineOp) {
 	}
 }
 
-// watchContext fails q when ctx ends first. Called with mu held.
-func (c *Conn) watchContext(ctx context.Context, q *question) {
-	if ctx.Done() == nil {
-		return
-	}
-	q.stop = context.AfterFunc(ctx, func() { q.cancel(ctx) })
-}
-
 // cancel fails q with ctx's error, if it has not returned, and sends
 // Finish: the callee may cancel the call.
 func (q *question) cancel(ctx context.Context) {
@@ -402,16 +400,13 @@ func (q *question) releaseOn(reader bool) {
 	if !c.closing {
 		flush = c.finishLocked(q)
 	}
-	stop := q.stop
+	c.unwatchLocked(q)
 	c.mu.Unlock()
 	switch {
 	case flush && reader:
 		c.out.handOff()
 	case flush:
 		c.out.flush()
-	}
-	if stop != nil {
-		stop()
 	}
 	if in != nil {
 		in.Release()
@@ -454,11 +449,9 @@ func (q *question) settle(ptr capnp.Ptr, err error) {
 
 // fail fails q because the connection ended (its tables are gone).
 func (q *question) fail(err error) {
-	if q.stop != nil {
-		q.stop()
-	}
 	c := q.c
 	c.mu.Lock()
+	c.unwatchLocked(q)
 	settle := !q.resolved
 	q.resolved = true
 	rt := q.resolvedTo
@@ -648,13 +641,10 @@ func (c *Conn) handleReturn(e *envelope, in transport.IncomingMessage) {
 	}
 	q.resolved = true
 	q.settling = settle
-	stop := q.stop
+	c.unwatchLocked(q)
 	c.mu.Unlock()
 	if flush {
 		c.out.handOff()
-	}
-	if stop != nil {
-		stop()
 	}
 	c.dropExports(relExp)
 	if settle {
