@@ -193,6 +193,17 @@ func (t *Transport) handshake(ctx context.Context) (fallbackOK bool, err error) 
 	defer t.conn.SetDeadline(time.Time{})
 	stop := context.AfterFunc(ctx, func() { t.conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
+	defer func() {
+		// A read or write cut short by the deadline: say which one ran out.
+		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+			return
+		}
+		if cerr := context.Cause(ctx); cerr != nil {
+			err = fmt.Errorf("capnshm: the handshake did not finish before the context ended: %w: %w", cerr, err)
+		} else {
+			err = fmt.Errorf("capnshm: the handshake did not finish within %v (WithHandshakeTimeout): %w", t.opts.HandshakeTimeout, err)
+		}
+	}()
 
 	if t.side == Listener {
 		// The dialer speaks first; check who it is before making anything.
