@@ -132,6 +132,12 @@ type sendOpts struct {
 	// afterLocked runs under mu right after the call is pushed, and
 	// reports whether it pushed onto an idle queue.
 	afterLocked func() bool
+	// late, if set, gets the params already built when the call's
+	// question returned meanwhile (errLateTarget), before they are
+	// released: a call must not run its PlaceArgs twice (it may have side
+	// effects), so the caller sends a copy of these to the resolved
+	// capability.
+	late func(params capnp.Struct)
 }
 
 // sendCall builds the call of s to tgt in a transport message (the
@@ -181,8 +187,12 @@ func (c *Conn) sendCall(ctx context.Context, q *question, tgt callTarget, s capn
 		// The question returned while these params were being built: the
 		// caller goes to the resolved capability instead.
 		c.mu.Unlock()
-		om.Release()
 		c.dropExports(exps)
+		if o.late != nil {
+			content, _ := params.Content()
+			o.late(content.Struct())
+		}
+		om.Release()
 		return errLateTarget
 	}
 	if err := c.writeTarget(call, tgt); err != nil {
@@ -468,21 +478,46 @@ func (q *question) fail(err error) {
 // returned, the call goes to the capability itself.
 func (q *question) PipelineSend(ctx context.Context, transform []capnp.PipelineOp, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
 	c := q.c
+	c.mu.Lock()
+	returned := q.finished || q.returned
+	c.mu.Unlock()
+	if returned {
+		// Nothing is pipelined on a question that has returned: the call
+		// goes to the capability itself.
+		target, err := q.resultCap(transform)
+		if err != nil {
+			return capnp.ErrorAnswer(s.Method, err), func() {}
+		}
+		defer target.Release()
+		return target.SendCall(ctx, s)
+	}
 	nq := &question{c: c, method: s.Method}
 	nq.p = capnp.NewPromise(s.Method, nq, nil)
-	err := c.sendCall(ctx, nq, callTarget{q: q, transform: transform}, s, &sendOpts{inline: true})
-	if err == nil {
+	var lateAns *capnp.Answer
+	var lateRel capnp.ReleaseFunc
+	err := c.sendCall(ctx, nq, callTarget{q: q, transform: transform}, s, &sendOpts{inline: true, late: func(params capnp.Struct) {
+		// q returned while PlaceArgs ran: the params it wrote go, copied,
+		// to the resolved capability.
+		target, err := q.resultCap(transform)
+		if err != nil {
+			lateAns, lateRel = capnp.ErrorAnswer(s.Method, err), func() {}
+			return
+		}
+		defer target.Release()
+		lateAns, lateRel = target.SendCall(ctx, capnp.Send{
+			Method:    s.Method,
+			ArgsSize:  params.Size(),
+			PlaceArgs: func(dst capnp.Struct) error { return dst.CopyFrom(params) },
+		})
+	}})
+	switch {
+	case err == nil:
 		return nq.p.Answer(), nq.release
+	case errors.Is(err, errLateTarget) && lateAns != nil:
+		nq.p.Reject(err) // never sent: nothing waits on it
+		return lateAns, lateRel
 	}
-	if !errors.Is(err, errLateTarget) {
-		return capnp.ErrorAnswer(s.Method, err), func() {}
-	}
-	target, err := q.resultCap(transform)
-	if err != nil {
-		return capnp.ErrorAnswer(s.Method, err), func() {}
-	}
-	defer target.Release()
-	return target.SendCall(ctx, s)
+	return capnp.ErrorAnswer(s.Method, err), func() {}
 }
 
 // PipelineRecv delivers a call received here (r) to a capability in q's

@@ -110,3 +110,37 @@ func TestCallContexts(t *testing.T) {
 		}
 	}
 }
+
+// TestPlaceArgsOnce: a call pipelined on a question whose Return arrives
+// while its params are being written goes to the resolved capability with
+// those params: its PlaceArgs runs once (it may have side effects: a
+// sender hashing what it writes got a wrong checksum), and the call
+// arrives whole.
+func TestPlaceArgsOnce(t *testing.T) {
+	e := engines{"capnshm", "capnshm", "capnshm"}
+	echo := pipePair(t, e, &echoproto.Server{})
+	defer echo.Release()
+	ctx := regressCtx(t)
+	for i := range 20 {
+		f, rel := echo.Counter(ctx, func(p echoproto.Echo_counter_Params) error {
+			p.SetStart(int64(100 * i))
+			return nil
+		})
+		placed := 0
+		add, relAdd := f.Counter().Add(ctx, func(p echoproto.Counter_add_Params) error {
+			placed++
+			<-f.Done() // the question returns while this call is being built
+			p.SetDelta(7)
+			return nil
+		})
+		res, err := add.Struct()
+		if err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+		if placed != 1 || res.Value() != int64(100*i+7) {
+			t.Fatalf("call %d: PlaceArgs ran %d times, value %d; want once, %d", i, placed, res.Value(), 100*i+7)
+		}
+		relAdd()
+		rel()
+	}
+}
