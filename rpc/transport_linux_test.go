@@ -94,6 +94,12 @@ func echoServerPeer(args []string) int {
 // of the test.
 func transportPair(t *testing.T, dialOpts ...rpc.Option) (dialer, listener *rpc.Transport) {
 	t.Helper()
+	return transportPairOpts(t, dialOpts, nil)
+}
+
+// transportPairOpts is transportPair with the listener's options too.
+func transportPairOpts(t *testing.T, dialOpts, listenOpts []rpc.Option) (dialer, listener *rpc.Transport) {
+	t.Helper()
 	mine, theirs := socketPair(t)
 	other, err := unixConn(theirs)
 	if err != nil {
@@ -107,7 +113,7 @@ func transportPair(t *testing.T, dialOpts ...rpc.Option) (dialer, listener *rpc.
 	}
 	lc := make(chan result, 1)
 	go func() {
-		tr, err := rpc.NewTransport(ctx, other, rpc.Listener)
+		tr, err := rpc.NewTransport(ctx, other, rpc.Listener, listenOpts...)
 		lc <- result{tr, err}
 	}()
 	dialer, err = rpc.NewTransport(ctx, mine, rpc.Dialer, dialOpts...)
