@@ -44,7 +44,8 @@ func apiFallback(s string) rpc.Fallback {
 // it first becomes that user. Then it obeys commands:
 // "ping" says "pong <err>"; "echo N" echoes N bytes and says "echoed
 // <err>"; "block" starts a call that never returns and says "blocked" once
-// the server has it.
+// the server has it; "callback" calls callBack with a callback that never
+// answers, and says "called back" once the server's call reached it.
 func apiDialPeer(args []string) int {
 	ctx := context.Background()
 	if len(args) > 2 {
@@ -86,9 +87,33 @@ func apiDialPeer(args []string) int {
 				return peertest.Fail("ping: %v", err)
 			}
 			peertest.Say("blocked")
+		case "callback":
+			// The server calls this callback back, and it never answers.
+			called := make(chan struct{})
+			cb := echoproto.Callback_ServerToClient(hangingCallback{called})
+			f, _ := boot.CallBack(ctx, func(p echoproto.Echo_callBack_Params) error {
+				return p.SetCallback(cb)
+			})
+			go f.Struct()
+			<-called
+			peertest.Say("called back")
 		}
 	}
 	return 0
+}
+
+// hangingCallback is a Callback whose calls never return: it closes
+// called on the first.
+type hangingCallback struct{ called chan struct{} }
+
+func (h hangingCallback) Call(ctx context.Context, _ echoproto.Callback_call) error {
+	select {
+	case <-h.called:
+	default:
+		close(h.called)
+	}
+	<-ctx.Done()
+	return ctx.Err()
 }
 
 // apiPing bootstraps c and pings it.

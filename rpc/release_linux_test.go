@@ -3,6 +3,10 @@ package rpc_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -11,6 +15,7 @@ import (
 	gorpc "capnproto.org/go/capnp/v3/rpc"
 
 	"github.com/capnshm/capnshm/internal/echoproto"
+	"github.com/capnshm/capnshm/internal/peertest"
 	"github.com/capnshm/capnshm/rpc"
 )
 
@@ -203,5 +208,106 @@ func TestResolveMessagesReleased(t *testing.T) {
 				return h <= base, fmt.Sprintf("%d held (before the %d Resolves: %d)", h, n, base)
 			})
 		})
+	}
+}
+
+// TestClientKilledDuringCallback: a client process dies (SIGKILL) while the
+// server's handler is calling back into it. The handler's call fails, the
+// connection ends, and this process (the server) is back to its file
+// descriptors, shared-memory mappings and goroutines of before the client
+// came. go-capnp v3.0.1-alpha.2's Conn as the server leaked goroutines and
+// both memfds (the pool and ring, about 32 MiB) per death (with
+// CAPNSHM_TEST_GOCAPNP=1 the go-capnp server run shows it).
+func TestClientKilledDuringCallback(t *testing.T) {
+	for _, e := range regressionEngines(t, "server") {
+		t.Run(e.name, func(t *testing.T) {
+			path := filepath.Join(peertest.TempDir(t), "s.sock")
+			var ended func() <-chan struct{}
+			if e.server == "capnshm" {
+				states := newConnStates()
+				apiServe(t, "shm:"+path, rpc.WithConnState(states.record))
+				ended = func() <-chan struct{} {
+					done := make(chan struct{})
+					go func() { states.wait(t, rpc.StateClosed); close(done) }()
+					return done
+				}
+			} else {
+				ended = goCapnpServe(t, path)
+			}
+			// The base: a client that came and went, so that what the
+			// runtime and the listener keep after a first connection is
+			// in it.
+			p := startDialPeer(t, "shm:"+path, "require")
+			p.Expect("dialed shm=true")
+			p.Send("ping")
+			p.Expect("pong <nil>")
+			gone := ended()
+			p.CloseStdin()
+			p.WaitOK()
+			<-gone
+			base := settle(t, stable(t))
+
+			victim := startDialPeer(t, "shm:"+path, "require")
+			victim.Expect("dialed shm=true")
+			gone = ended()
+			victim.Send("callback")
+			victim.Expect("called back")
+			victim.Kill()
+			select {
+			case <-gone:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the server did not end the dead client's connection in 30 s")
+			}
+			u := settle(t, base)
+			t.Logf("after the client died mid-callback: %v (base %v)", u, base)
+		})
+	}
+}
+
+// goCapnpServe serves echoproto.Server at the unix socket path with
+// capnshm's shm transport under go-capnp's rpc.Conn, one connection per
+// client, until the test ends. The function it returns gives a channel
+// closed when the next connection to end has ended.
+func goCapnpServe(t *testing.T, path string) func() <-chan struct{} {
+	t.Helper()
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ends := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			conn, err := ln.AcceptUnix()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				tr, err := rpc.NewTransport(ctx, conn, rpc.Listener)
+				cancel()
+				if err != nil {
+					conn.Close()
+					ends <- struct{}{}
+					return
+				}
+				boot := echoproto.Echo_ServerToClient(&echoproto.Server{})
+				c := gorpc.NewConn(tr, &gorpc.Options{BootstrapClient: capnp.Client(boot), Logger: slog.New(slog.DiscardHandler)})
+				<-c.Done()
+				ends <- struct{}{}
+			})
+		}
+	})
+	return func() <-chan struct{} {
+		done := make(chan struct{})
+		go func() {
+			select {
+			case <-ends:
+			case <-time.After(time.Minute):
+			}
+			close(done)
+		}()
+		return done
 	}
 }
