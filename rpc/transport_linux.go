@@ -186,8 +186,9 @@ func isNilCloser(c interface{ Close() error }) bool {
 // newTransport).
 func (t *Transport) handshake(ctx context.Context) (fallbackOK bool, err error) {
 	deadline := time.Now().Add(t.opts.HandshakeTimeout)
+	ctxDeadline := false // the context's deadline comes first
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
+		deadline, ctxDeadline = d, true
 	}
 	t.conn.SetDeadline(deadline)
 	defer t.conn.SetDeadline(time.Time{})
@@ -198,7 +199,13 @@ func (t *Transport) handshake(ctx context.Context) (fallbackOK bool, err error) 
 		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
 			return
 		}
-		if cerr := context.Cause(ctx); cerr != nil {
+		cerr := context.Cause(ctx)
+		if cerr == nil && ctxDeadline {
+			// The socket's deadline, which is the context's, can pass a
+			// moment before the context's own timer fires.
+			cerr = context.DeadlineExceeded
+		}
+		if cerr != nil {
 			err = fmt.Errorf("capnshm: the handshake did not finish before the context ended: %w: %w", cerr, err)
 		} else {
 			err = fmt.Errorf("capnshm: the handshake did not finish within %v (WithHandshakeTimeout): %w", t.opts.HandshakeTimeout, err)
