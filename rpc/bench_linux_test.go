@@ -599,3 +599,33 @@ func BenchmarkSummary(b *testing.B) {
 	b.ReportMetric(echo(gUnix)/echo(eShm), "gocapnp-unix/engine-shm-echo16M")
 	b.Logf("rounds %d%s (pipe counts both ends)", round, line.String())
 }
+
+// BenchmarkDial: what a connection costs to set up, per address kind:
+// rpc.Dial (for shm: the handshake, creating and prefaulting this side's
+// pool, mapping the server's), a first ping, Close. The server is in this
+// process: its half of the setup is in the figure too.
+func BenchmarkDial(b *testing.B) {
+	for _, scheme := range []rpc.Scheme{rpc.SchemeShm, rpc.SchemeUnix} {
+		b.Run(string(scheme), func(b *testing.B) {
+			addr := fmt.Sprintf("%s-abstract:capnshm-bench-dial-%d", scheme, os.Getpid())
+			srv, err := rpc.Listen(addr, capnp.Client(echoproto.Echo_ServerToClient(&echoproto.Server{})))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer srv.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			go srv.Serve(ctx)
+			for b.Loop() {
+				c, err := rpc.Dial(ctx, addr)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := apiPing(ctx, c); err != nil {
+					b.Fatal(err)
+				}
+				c.Close()
+			}
+		})
+	}
+}

@@ -269,8 +269,13 @@ func (t *Transport) makeMine() error {
 	// The pool is written by this side only: sealed against the peer's
 	// writes once mapped here. The ring is shared read-write by design
 	// (the peer publishes its head and wake-up flags in it).
-	if t.myPool, err = shm.Create(t.opts.PoolSize, &shm.Options{Name: "capnshm-pool", Prefault: !t.opts.NoPrefault, PeerReadOnly: true}); err != nil {
+	if t.myPool, err = shm.Create(t.opts.PoolSize, &shm.Options{Name: "capnshm-pool", PeerReadOnly: true}); err != nil {
 		return fmt.Errorf("capnshm: creating the pool: %w", err)
+	}
+	if !t.opts.NoPrefault {
+		// Mapping a 32 MiB pool's pages takes tens of milliseconds, which
+		// a connection's setup would wait for; they are mapped meanwhile.
+		t.myPool.PrefaultInBackground()
 	}
 	if t.myRing, err = shm.Create(int64(ringbuf.SizeFor(t.opts.RingCapacity)), &shm.Options{Name: "capnshm-ring", Prefault: true}); err != nil {
 		return fmt.Errorf("capnshm: creating the ring: %w", err)
