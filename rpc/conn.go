@@ -61,6 +61,8 @@ type Conn struct {
 	// bootResults are the Returns of this side's bootstraps, kept until
 	// the connection ends (see finishBootstrap).
 	bootResults []transport.IncomingMessage
+	// watch is the most recent context watch (conn_ctxwatch.go).
+	watch *ctxWatch
 
 	out sender
 
@@ -199,6 +201,7 @@ func (c *Conn) end(err error, abort bool) {
 	c.bootResults = nil
 	c.questions, c.exports, c.embargoes = idTable[*question]{}, idTable[*export]{}, idTable[*embargo]{}
 	c.answers, c.imports = nil, nil
+	c.stopWatchLocked()
 	c.mu.Unlock()
 
 	c.endLog(err)

@@ -15,7 +15,12 @@ import (
 // Answers: the calls (and bootstraps) the peer sends to this side.
 //
 // An answer lives from its Call until both its Return has been sent and
-// the peer's Finish has arrived. Its handler runs through the target's
+// the peer's Finish has arrived; or, when its results hold no capability,
+// until its Return is pushed: the Return says noFinishNeeded (rpc.capnp),
+// which saves the peer a message and this side a wake-up per call. A peer
+// that does not know the hint (C++ before 1.0, go-capnp) sends Finish
+// anyway, and a Finish for an answer no longer in the table is ignored,
+// as the specification and C++ do. Its handler runs through the target's
 // ClientHook (a server.Server, most often, which runs its object's calls
 // one at a time on its own goroutine): the answer is the call's
 // capnp.Returner. The results are built in a transport message (over
@@ -369,6 +374,12 @@ func (a *answer) Return() {
 		a.kept.refs.Store(2) // this answer, and the sender
 		flush = c.out.push(a.kept, nil)
 	case om != nil:
+		if err == nil && !hasCaps && !a.finished && a.tailQ == nil {
+			if ret, rerr := om.Message().Return(); rerr == nil {
+				ret.SetNoFinishNeeded(true)
+				a.finished = true
+			}
+		}
 		flush = c.out.push(om, nil)
 	}
 	var drop []*export
@@ -486,8 +497,12 @@ func (c *Conn) handleFinish(e *envelope) {
 	}
 	a := c.answers[e.id]
 	if a == nil {
+		// Most likely an answer whose Return said noFinishNeeded, from a
+		// peer that does not know the hint (or whose Finish was already
+		// on its way): ignored, as rpc.capnp says. Telling it from a
+		// Finish for a question never asked would mean remembering every
+		// such answer until its ID is reused, which may be never.
 		c.mu.Unlock()
-		c.abortf("Finish for question %d, which this side was not asked or has finished already", e.id)
 		return
 	}
 	if a.finished {

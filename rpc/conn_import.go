@@ -258,19 +258,21 @@ func (c *Conn) forward(ctx context.Context, tgt callTarget, r capnp.Recv, late f
 	q.done = func(ptr capnp.Ptr, err error) { copyResults(r, ptr, err, q) }
 	args := r.Args
 	err := c.sendCall(ctx, q, tgt, capnp.Send{Method: r.Method}, &sendOpts{args: &args})
-	r.ReleaseArgs()
 	if err != nil {
 		if late != nil && errors.Is(err, errLateTarget) {
 			if target, lerr := late(); lerr == nil {
+				// r goes there whole, its params still held.
 				defer target.Release()
 				return target.RecvCall(ctx, r)
 			}
 		}
+		r.ReleaseArgs()
 		r.Returner.PrepareReturn(err)
 		r.Returner.Return()
 		r.Returner.ReleaseResults()
 		return nil
 	}
+	r.ReleaseArgs() // copied into the call
 	return q
 }
 
@@ -323,19 +325,21 @@ func (c *Conn) tailCall(ctx context.Context, tgt callTarget, a *answer, r capnp.
 			return c.out.push(om, nil)
 		},
 	})
-	r.ReleaseArgs()
 	if err != nil {
 		if late != nil && errors.Is(err, errLateTarget) {
 			if target, lerr := late(); lerr == nil {
+				// r goes there whole, its params still held.
 				defer target.Release()
 				return target.RecvCall(ctx, r)
 			}
 		}
+		r.ReleaseArgs()
 		r.Returner.PrepareReturn(err)
 		r.Returner.Return()
 		r.Returner.ReleaseResults()
 		return nil
 	}
+	r.ReleaseArgs() // copied into the call
 	// The pipeline of a now is the tail call's: calls pipelined on a before
 	// the peer saw the Return, and later ones, follow it there.
 	a.pipe.redirect(func(ctx context.Context, transform []capnp.PipelineOp, r capnp.Recv) {

@@ -13,7 +13,10 @@ import (
 // Questions: the calls (and bootstraps) this side sends.
 //
 // A question's ID is reusable once its Return has arrived and its Finish
-// has been sent. Finish is sent when the application releases the answer
+// has been sent, or at once when the Return said noFinishNeeded (the
+// callee has forgotten the answer already: its results hold no
+// capability, so nothing can be pipelined on them; capnshm and C++ 1.0
+// say so). Finish is sent when the application releases the answer
 // (the ReleaseFunc of the call), when the call's context ends first (a
 // cancellation), or, for a bootstrap, once it has resolved; never before
 // the calls pipelined on the question have been pushed to the sender, so
@@ -46,7 +49,9 @@ type question struct {
 	err        error                         // the call failed (its Return's exception)
 	resolvedTo capnp.Client                  // a bootstrap's capability, for late pipelined calls
 	takenMsg   *retainedMsg                  // takeFromOtherQuestion: the message of the results taken
-	stop       func() bool                   // stops the context watch
+	watch      *ctxWatch                     // the watch of the call's context, while it is on its list
+	wprev      *question                     // the watch's list
+	wnext      *question
 }
 
 type questionKind uint8
@@ -103,6 +108,10 @@ var bootstrapMethod = capnp.Method{InterfaceName: "capnshm", MethodName: "bootst
 
 // call sends a call of s to tgt and returns its answer.
 func (c *Conn) call(ctx context.Context, tgt callTarget, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
+	if err := ctx.Err(); err != nil {
+		// Nothing is sent for a call whose context has ended already.
+		return capnp.ErrorAnswer(s.Method, failed(context.Cause(ctx))), func() {}
+	}
 	q := &question{c: c, method: s.Method}
 	q.p = capnp.NewPromise(s.Method, q, nil)
 	if err := c.sendCall(ctx, q, tgt, s, &sendOpts{inline: true}); err != nil {
@@ -123,6 +132,12 @@ type sendOpts struct {
 	// afterLocked runs under mu right after the call is pushed, and
 	// reports whether it pushed onto an idle queue.
 	afterLocked func() bool
+	// late, if set, gets the params already built when the call's
+	// question returned meanwhile (errLateTarget), before they are
+	// released: a call must not run its PlaceArgs twice (it may have side
+	// effects), so the caller sends a copy of these to the resolved
+	// capability.
+	late func(params capnp.Struct)
 }
 
 // sendCall builds the call of s to tgt in a transport message (the
@@ -172,8 +187,12 @@ func (c *Conn) sendCall(ctx context.Context, q *question, tgt callTarget, s capn
 		// The question returned while these params were being built: the
 		// caller goes to the resolved capability instead.
 		c.mu.Unlock()
-		om.Release()
 		c.dropExports(exps)
+		if o.late != nil {
+			content, _ := params.Content()
+			o.late(content.Struct())
+		}
+		om.Release()
 		return errLateTarget
 	}
 	if err := c.writeTarget(call, tgt); err != nil {
@@ -193,7 +212,7 @@ func (c *Conn) sendCall(ctx context.Context, q *question, tgt callTarget, s capn
 	if q.p != nil {
 		c.watchContext(ctx, q)
 	}
-	flush := c.out.push(om, q.sendFailed)
+	flush := c.out.push(om, q)
 	if o.afterLocked != nil && o.afterLocked() {
 		flush = true
 	}
@@ -301,14 +320,6 @@ func (q *question) pipelined(transform []capnp.PipelineOp) {
 	}
 }
 
-// watchContext fails q when ctx ends first. Called with mu held.
-func (c *Conn) watchContext(ctx context.Context, q *question) {
-	if ctx.Done() == nil {
-		return
-	}
-	q.stop = context.AfterFunc(ctx, func() { q.cancel(ctx) })
-}
-
 // cancel fails q with ctx's error, if it has not returned, and sends
 // Finish: the callee may cancel the call.
 func (q *question) cancel(ctx context.Context) {
@@ -399,16 +410,13 @@ func (q *question) releaseOn(reader bool) {
 	if !c.closing {
 		flush = c.finishLocked(q)
 	}
-	stop := q.stop
+	c.unwatchLocked(q)
 	c.mu.Unlock()
 	switch {
 	case flush && reader:
 		c.out.handOff()
 	case flush:
 		c.out.flush()
-	}
-	if stop != nil {
-		stop()
 	}
 	if in != nil {
 		in.Release()
@@ -451,11 +459,9 @@ func (q *question) settle(ptr capnp.Ptr, err error) {
 
 // fail fails q because the connection ended (its tables are gone).
 func (q *question) fail(err error) {
-	if q.stop != nil {
-		q.stop()
-	}
 	c := q.c
 	c.mu.Lock()
+	c.unwatchLocked(q)
 	settle := !q.resolved
 	q.resolved = true
 	rt := q.resolvedTo
@@ -472,21 +478,46 @@ func (q *question) fail(err error) {
 // returned, the call goes to the capability itself.
 func (q *question) PipelineSend(ctx context.Context, transform []capnp.PipelineOp, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
 	c := q.c
+	c.mu.Lock()
+	returned := q.finished || q.returned
+	c.mu.Unlock()
+	if returned {
+		// Nothing is pipelined on a question that has returned: the call
+		// goes to the capability itself.
+		target, err := q.resultCap(transform)
+		if err != nil {
+			return capnp.ErrorAnswer(s.Method, err), func() {}
+		}
+		defer target.Release()
+		return target.SendCall(ctx, s)
+	}
 	nq := &question{c: c, method: s.Method}
 	nq.p = capnp.NewPromise(s.Method, nq, nil)
-	err := c.sendCall(ctx, nq, callTarget{q: q, transform: transform}, s, &sendOpts{inline: true})
-	if err == nil {
+	var lateAns *capnp.Answer
+	var lateRel capnp.ReleaseFunc
+	err := c.sendCall(ctx, nq, callTarget{q: q, transform: transform}, s, &sendOpts{inline: true, late: func(params capnp.Struct) {
+		// q returned while PlaceArgs ran: the params it wrote go, copied,
+		// to the resolved capability.
+		target, err := q.resultCap(transform)
+		if err != nil {
+			lateAns, lateRel = capnp.ErrorAnswer(s.Method, err), func() {}
+			return
+		}
+		defer target.Release()
+		lateAns, lateRel = target.SendCall(ctx, capnp.Send{
+			Method:    s.Method,
+			ArgsSize:  params.Size(),
+			PlaceArgs: func(dst capnp.Struct) error { return dst.CopyFrom(params) },
+		})
+	}})
+	switch {
+	case err == nil:
 		return nq.p.Answer(), nq.release
+	case errors.Is(err, errLateTarget) && lateAns != nil:
+		nq.p.Reject(err) // never sent: nothing waits on it
+		return lateAns, lateRel
 	}
-	if !errors.Is(err, errLateTarget) {
-		return capnp.ErrorAnswer(s.Method, err), func() {}
-	}
-	target, err := q.resultCap(transform)
-	if err != nil {
-		return capnp.ErrorAnswer(s.Method, err), func() {}
-	}
-	defer target.Release()
-	return target.SendCall(ctx, s)
+	return capnp.ErrorAnswer(s.Method, err), func() {}
 }
 
 // PipelineRecv delivers a call received here (r) to a capability in q's
@@ -549,6 +580,11 @@ func (c *Conn) handleReturn(e *envelope, in transport.IncomingMessage) {
 		return
 	}
 	q.returned = true
+	if e.noFinish {
+		// The callee has forgotten the answer: no Finish will be sent,
+		// and the ID is free once the Return is handled.
+		q.finished = true
+	}
 	var relExp []*export
 	if e.releaseCaps {
 		relExp, q.paramExp = q.paramExp, nil
@@ -640,13 +676,10 @@ func (c *Conn) handleReturn(e *envelope, in transport.IncomingMessage) {
 	}
 	q.resolved = true
 	q.settling = settle
-	stop := q.stop
+	c.unwatchLocked(q)
 	c.mu.Unlock()
 	if flush {
 		c.out.handOff()
-	}
-	if stop != nil {
-		stop()
 	}
 	c.dropExports(relExp)
 	if settle {

@@ -38,12 +38,23 @@ type sender struct {
 	exited chan struct{}
 }
 
-// outItem is a message to send and what to do if sending it fails alone
+// outItem is a message to send and who to tell if sending it fails alone
 // (nil: a failure ends the connection).
 type outItem struct {
 	om     transport.OutgoingMessage
-	failed func(error)
+	failed sendFailer
 }
+
+// sendFailer learns that its message was not sent: a question, whose call
+// then fails (an interface, not a func, so that pushing a call allocates
+// no method value).
+type sendFailer interface{ sendFailed(error) }
+
+// ignoreFailure is the sendFailer of a message whose failure to leave
+// matters to nobody (an Abort).
+type ignoreFailure struct{}
+
+func (ignoreFailure) sendFailed(error) {}
 
 func (s *sender) init(c *Conn) {
 	s.c = c
@@ -57,13 +68,13 @@ func (s *sender) init(c *Conn) {
 // role, and so must call flush once it has released Conn.mu. If the
 // connection has stopped sending, om is released and failed (if set) gets
 // the connection's error.
-func (s *sender) push(om transport.OutgoingMessage, failed func(error)) (flush bool) {
+func (s *sender) push(om transport.OutgoingMessage, failed sendFailer) (flush bool) {
 	s.mu.Lock()
 	if s.stopped {
 		s.mu.Unlock()
 		om.Release()
 		if failed != nil {
-			failed(disconnected(ErrClosed))
+			failed.sendFailed(disconnected(ErrClosed))
 		}
 		return false
 	}
@@ -117,11 +128,11 @@ func (s *sender) sendOne(it outItem) {
 	// ErrTooLarge and ErrLateCall refuse one message; anything else is the
 	// transport failing.
 	if it.failed != nil && (errors.Is(err, ErrTooLarge) || errors.Is(err, ErrLateCall)) {
-		it.failed(err)
+		it.failed.sendFailed(err)
 		return
 	}
 	if it.failed != nil {
-		it.failed(disconnected(err))
+		it.failed.sendFailed(disconnected(err))
 	}
 	s.c.end(transportErr(err), false)
 }
@@ -168,7 +179,7 @@ func (s *sender) abort(err error) {
 		return
 	}
 	m := &watchedMsg{OutgoingMessage: om, done: make(chan struct{})}
-	if s.push(m, func(error) {}) {
+	if s.push(m, ignoreFailure{}) {
 		go s.flush()
 	}
 	select {
@@ -206,7 +217,7 @@ func (s *sender) stop() {
 	for _, it := range q {
 		it.om.Release()
 		if it.failed != nil {
-			it.failed(disconnected(ErrClosed))
+			it.failed.sendFailed(disconnected(ErrClosed))
 		}
 	}
 	close(s.quit)

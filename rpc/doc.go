@@ -91,6 +91,10 @@
 //   - Finish is sent when the application releases an answer (or the
 //     call's context ends first). A Finish that arrives before the Return
 //     cancels the handler only when no call is pipelined on the answer.
+//     A Return whose results hold no capability says noFinishNeeded (as
+//     C++ 1.0 does): the answer is forgotten when it is sent, and a caller
+//     told so sends no Finish. A Finish for an answer no longer in the
+//     table is ignored (peers that do not know the hint send one).
 //   - Tail calls both ways: a call on a capability that is the peer's own
 //     goes back to it with sendResultsTo.yourself, and the answer says
 //     takeFromOtherQuestion; a peer's tail call is taken the same way.

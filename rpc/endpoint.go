@@ -66,8 +66,13 @@ func makeMine(o *transportConfig) (_ *mine, err error) {
 	// The pool is written by this side only: sealed against the peer's
 	// writes once mapped here. The ring is shared read-write by design
 	// (the peer publishes its head and wake-up flags in it).
-	if m.pool, err = shm.Create(o.PoolSize, &shm.Options{Name: "capnshm-pool", Prefault: !o.NoPrefault, PeerReadOnly: true}); err != nil {
+	if m.pool, err = shm.Create(o.PoolSize, &shm.Options{Name: "capnshm-pool", PeerReadOnly: true}); err != nil {
 		return nil, fmt.Errorf("capnshm: creating the pool: %w", err)
+	}
+	if !o.NoPrefault {
+		// Mapping a 32 MiB pool's pages takes tens of milliseconds, which
+		// a connection's setup would wait for; they are mapped meanwhile.
+		m.pool.PrefaultInBackground()
 	}
 	if m.ring, err = shm.Create(int64(ringbuf.SizeFor(o.RingCapacity)), &shm.Options{Name: "capnshm-ring", Prefault: true}); err != nil {
 		return nil, fmt.Errorf("capnshm: creating the ring: %w", err)

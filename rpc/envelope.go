@@ -46,6 +46,7 @@ type envelope struct {
 
 	// Return.
 	ret       rpccp.Return_Which
+	noFinish  bool           // Return.noFinishNeeded
 	exception *exc.Exception // Return.exception, Resolve.exception, Abort
 	takeFrom  uint32         // Return.takeFromOtherQuestion
 
@@ -220,6 +221,7 @@ func decodeReturn(rm rpccp.Message, e *envelope) error {
 	}
 	e.id = r.AnswerId()
 	e.releaseCaps = r.ReleaseParamCaps()
+	e.noFinish = r.NoFinishNeeded()
 	switch e.ret = r.Which(); e.ret {
 	case rpccp.Return_Which_results:
 		p, err := r.Results()

@@ -8,18 +8,19 @@ import (
 
 	capnp "capnproto.org/go/capnp/v3"
 
-	"github.com/capnshm/capnshm/internal/echoproto"
+	"github.com/capnshm/capnshm/examples/echo"
 	"github.com/capnshm/capnshm/rpc"
 )
 
 // The README's first example, whole: a server and a client of the Echo
-// interface in one process (in practice, two), on shared memory.
+// interface (examples/echo) in one process (in practice, two), on shared
+// memory.
 func Example_listenAndDial() {
 	dir, _ := os.MkdirTemp("", "example")
 	defer os.RemoveAll(dir)
 	path := filepath.Join(dir, "app.sock")
 	ctx := context.Background()
-	myBootstrap := echoproto.Echo_ServerToClient(&echoproto.Server{})
+	myBootstrap := echo.Echo_ServerToClient(echo.Server{})
 
 	// README: Listen and dial
 	srv, err := rpc.Listen("shm:"+path, capnp.Client(myBootstrap)) // or unix:, unix-abstract:, tcp:host:port
@@ -34,12 +35,12 @@ func Example_listenAndDial() {
 		panic(err)
 	}
 	defer conn.Close()
-	echo := echoproto.Echo(conn.Bootstrap(ctx))
-	defer echo.Release()
+	boot := echo.Echo(conn.Bootstrap(ctx))
+	defer boot.Release()
 	fmt.Println("shared memory:", conn.SharedMemory())
 	// README: end
 
-	f, release := echo.Ping(ctx, nil)
+	f, release := boot.Ping(ctx, nil)
 	defer release()
 	_, err = f.Struct()
 	fmt.Println("ping:", err)
@@ -52,7 +53,7 @@ func Example_listenAndDial() {
 // shared memory, read in place by the server.
 func Example_inPlace() {
 	addr := fmt.Sprintf("shm-abstract:capnshm-readme-%d", os.Getpid())
-	srv, err := rpc.Listen(addr, capnp.Client(echoproto.Echo_ServerToClient(&echoproto.Server{})))
+	srv, err := rpc.Listen(addr, capnp.Client(echo.Echo_ServerToClient(echo.Server{})))
 	if err != nil {
 		panic(err)
 	}
@@ -64,8 +65,8 @@ func Example_inPlace() {
 		panic(err)
 	}
 	defer conn.Close()
-	echo := echoproto.Echo(conn.Bootstrap(ctx))
-	defer echo.Release()
+	boot := echo.Echo(conn.Bootstrap(ctx))
+	defer boot.Release()
 	fill := func(b []byte) {
 		for i := range b {
 			b[i] = byte(i)
@@ -73,7 +74,7 @@ func Example_inPlace() {
 	}
 
 	// README: in place
-	f, release := echo.Sum(ctx, func(p echoproto.Echo_sum_Params) error {
+	f, release := boot.Sum(ctx, func(p echo.Echo_sum_Params) error {
 		ptr, buf, err := rpc.NewData(p.Segment(), 1<<20) // in this side's pool
 		if err != nil {
 			return err

@@ -63,13 +63,31 @@ type peerID struct {
 // reason (another user, a limit, another version, no shared memory here).
 func handshake(ctx context.Context, rv rendezvous, side Side, o *transportConfig) (ep *endpoint, fallbackOK bool, err error) {
 	deadline := time.Now().Add(o.HandshakeTimeout)
+	ctxDeadline := false // the context's deadline comes first
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
+		deadline, ctxDeadline = d, true
 	}
 	rv.setDeadline(deadline)
 	defer rv.setDeadline(time.Time{})
 	stop := context.AfterFunc(ctx, func() { rv.setDeadline(time.Unix(1, 0)) })
 	defer stop()
+	defer func() {
+		// A read or write cut short by the deadline: say which one ran out.
+		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+			return
+		}
+		cerr := context.Cause(ctx)
+		if cerr == nil && ctxDeadline {
+			// The connection's deadline, which is the context's, can
+			// pass a moment before the context's own timer fires.
+			cerr = context.DeadlineExceeded
+		}
+		if cerr != nil {
+			err = fmt.Errorf("capnshm: the handshake did not finish before the context ended: %w: %w", cerr, err)
+		} else {
+			err = fmt.Errorf("capnshm: the handshake did not finish within %v (WithHandshakeTimeout): %w", o.HandshakeTimeout, err)
+		}
+	}()
 	id, idErr := rv.identify()
 	hs := &handshaker{rv: rv, fc: rv.frames(), o: o}
 

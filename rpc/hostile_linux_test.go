@@ -359,7 +359,7 @@ func TestSIGTERMUnderAttack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond) // the server handles the calls
+	time.Sleep(100 * time.Millisecond) // under attack a while before the signal
 	if err := srv.Process().Signal(unix.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

@@ -320,9 +320,10 @@ func WithAllowOtherUsers() Option { return func(c *config) { c.opts.AllowOtherUs
 //     at receipt; what it reads cannot change under it.
 func WithCopyOnReceive() Option { return func(c *config) { c.opts.CopyOnReceive = true } }
 
-// WithPrefault sets whether every page of this side's pool is mapped when
-// the connection is made (the default: true), which keeps page faults off
-// the message path at the cost of committing the pool's memory at once.
+// WithPrefault sets whether every page of this side's pool is mapped as
+// soon as the connection is made (the default: true), in the background so
+// that the connection does not wait for it, which keeps page faults off the
+// message path at the cost of committing the pool's memory at once.
 func WithPrefault(on bool) Option { return func(c *config) { c.opts.NoPrefault = !on } }
 
 // WithHandshakeTimeout bounds the shared-memory handshake (default

@@ -303,23 +303,31 @@ const (
 	mCallBack = 9
 )
 
-// TestProtocolTables: a bootstrap, a call and its Finish, through the
-// tables: every entry the peer's messages create goes when they end.
+// TestProtocolTables: a bootstrap, calls and their Finishes, through the
+// tables: every entry the peer's messages create goes when they end. A
+// Return whose results hold no capability says noFinishNeeded and its
+// answer goes at once; one whose results hold a capability waits for the
+// Finish.
 func TestProtocolTables(t *testing.T) {
 	p := newRawPeer(t)
 	boot := p.bootstrap(0)
 	p.call(1, importedCap(boot), mPing, nil)
-	if r := p.expectReturn(1); r.Which() != rpccp.Return_Which_results {
-		t.Fatalf("ping: %v", r.Which())
+	if r := p.expectReturn(1); r.Which() != rpccp.Return_Which_results || !r.NoFinishNeeded() {
+		t.Fatalf("ping: %v, noFinishNeeded %v; want results, true", r.Which(), r.NoFinishNeeded())
+	}
+	p.call(2, importedCap(boot), mCounter, nil)
+	if r := p.expectReturn(2); r.Which() != rpccp.Return_Which_results || r.NoFinishNeeded() {
+		t.Fatalf("counter: %v, noFinishNeeded %v; want results, false", r.Which(), r.NoFinishNeeded())
 	}
 	st := p.conn.Stats()
-	if st.Answers != 2 || st.Exports != 1 {
-		t.Errorf("before the Finishes: %d answers, %d exports; want 2, 1", st.Answers, st.Exports)
+	if st.Answers != 2 || st.Exports != 2 {
+		t.Errorf("before the Finishes: %d answers, %d exports; want 2 (bootstrap, counter), 2", st.Answers, st.Exports)
 	}
-	p.finish(1, true)
+	p.finish(1, true)                        // not needed: ignored, as a peer that does not know the hint sends it
+	p.finish(2, true)                        // releases the counter
 	p.finish(0, true)                        // releases the bootstrap capability too
-	p.call(2, importedCap(boot), mPing, nil) // the export is gone
-	p.expectException(2, "does not export")
+	p.call(3, importedCap(boot), mPing, nil) // the export is gone
+	p.expectException(3, "does not export")
 	st = p.conn.Stats()
 	if st.Answers != 1 || st.Exports != 0 {
 		t.Errorf("after the Finishes: %d answers, %d exports; want 1 (the failed call), 0", st.Answers, st.Exports)
@@ -372,16 +380,23 @@ func TestProtocolHostile(t *testing.T) {
 			p.call(1, importedCap(boot), mPing, nil)
 			p.expectAbort("call 1 reuses the ID of question 1")
 		}},
-		{"Finish for an unknown question", func(p *rawPeer, _ uint32) {
+		{"Finish for an unknown question", func(p *rawPeer, boot uint32) {
+			// Ignored (rpc.capnp: it may follow a noFinishNeeded); the
+			// connection goes on.
 			p.finish(7, true)
-			p.expectAbort("Finish for question 7")
+			p.call(1, importedCap(boot), mPing, nil)
+			if r := p.expectReturn(1); r.Which() != rpccp.Return_Which_results {
+				p.t.Fatalf("a call after a Finish for an unknown question: %v", r.Which())
+			}
 		}},
 		{"Finish twice", func(p *rawPeer, boot uint32) {
-			p.call(1, importedCap(boot), mPing, nil)
-			p.expectReturn(1)
+			// The gate holds the Return, and the call pipelined on it
+			// keeps the first Finish from cancelling it.
+			p.call(1, importedCap(boot), 18, nil)
+			p.call(2, promisedAnswer(1, 0), 0, nil)
 			p.finish(1, true)
 			p.finish(1, true)
-			p.expectAbort("Finish for question 1")
+			p.expectAbort("a second Finish for question 1")
 		}},
 		{"Release of an unknown export", func(p *rawPeer, _ uint32) {
 			p.send(func(m rpccp.Message) error {

@@ -1,6 +1,7 @@
 package rpc_test
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -33,7 +34,7 @@ type rawPeer struct {
 	fc          *wire.FrameConn
 	pool, ring  *shm.Region
 	out         *ringbuf.Producer
-	data, space *iocpwake.Bell // ours, handed to the server (never waited on)
+	data, space *iocpwake.Bell // ours, handed to the server; space wakes publish
 	hello       wire.Hello     // the server's
 	// The server's handles: pool, ring, data bell, space bell.
 	srvPool, srvRing, srvData, srvSpace int
@@ -77,13 +78,14 @@ func rawHandshake(c *net.UnixConn, h rawHello) (*rawPeer, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.out = r.Producer(ringbuf.Options{})
 	if p.data, err = iocpwake.New(); err != nil {
 		return nil, err
 	}
 	if p.space, err = iocpwake.New(); err != nil {
 		return nil, err
 	}
+	// The server rings space when it frees room in our ring.
+	p.out = r.Producer(ringbuf.Options{Strategy: ringbuf.Block, Waiter: p.space})
 	var b [wire.HelloSize]byte
 	n, err := wire.PutHello(b[:], wire.Hello{
 		Version: wire.Version, Features: wire.FeatureDedicated,
@@ -138,12 +140,18 @@ func (p *rawPeer) close() {
 	p.ring.Close()
 }
 
-// publish puts rec in our ring and rings the server.
+// publish puts rec in our ring and rings the server. A full ring waits,
+// a minute at most, for the server to free room.
 func (p *rawPeer) publish(rec []byte) error {
 	for {
 		b, err := p.out.Claim(len(rec))
 		if errors.Is(err, ringbuf.ErrFull) {
-			time.Sleep(time.Millisecond) // the server consumes; a raw peer has no doorbell wait
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			err = p.out.WaitSpace(ctx, len(rec))
+			cancel()
+			if err != nil {
+				return fmt.Errorf("our ring stays full: %w", err)
+			}
 			continue
 		}
 		if err != nil {

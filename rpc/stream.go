@@ -54,7 +54,11 @@ type StreamTransport struct {
 	closed    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
-	stats     streamStats
+	// failure is why the transport closed itself (a write failed), if it
+	// did: what both directions report from then on, rather than "closed
+	// here".
+	failure atomic.Pointer[error]
+	stats   streamStats
 }
 
 // NewStreamTransport returns the stream transport on c. Options that apply:
@@ -96,18 +100,27 @@ func (t *StreamTransport) Stats() Stats { return t.stats.stats() }
 
 // NewMessage returns a message to build on the heap.
 func (t *StreamTransport) NewMessage() (transport.OutgoingMessage, error) {
-	msg, seg, err := capnp.NewMessage(capnp.MultiSegment(nil))
+	msg := outMessages.Get().(*capnp.Message)
+	seg, err := msg.Reset(capnp.MultiSegment(nil))
 	if err == nil {
 		var rm rpccp.Message
 		if rm, err = rpccp.NewRootMessage(seg); err == nil {
 			return &streamOut{t: t, msg: msg, rm: rm}, nil
 		}
 	}
+	msg.Release()
+	outMessages.Put(msg)
 	// go-capnp's rpc.Conn needs a message even with an error.
 	m, s := capnp.NewSingleSegmentMessage(nil)
 	rm, _ := rpccp.NewRootMessage(s)
 	return &streamOut{t: t, msg: m, rm: rm, err: err}, fmt.Errorf("capnshm: new message: %w", err)
 }
+
+// outMessages recycles the capnp.Messages of sent messages: a Message
+// keeps its segment map across Reset, which a new one allocates. Only the
+// Message goes back, once its streamOut is released (a streamOut is never
+// reused, so a second Release cannot reach another message).
+var outMessages = sync.Pool{New: func() any { return new(capnp.Message) }}
 
 // streamOut is a message being built for the stream.
 type streamOut struct {
@@ -125,6 +138,10 @@ func (o *streamOut) Release() {
 	if !o.released {
 		o.released = true
 		o.msg.Release()
+		if o.err == nil {
+			outMessages.Put(o.msg)
+		}
+		o.msg, o.rm = nil, rpccp.Message{}
 	}
 }
 
@@ -144,7 +161,7 @@ func (o *streamOut) Send() error {
 
 func (t *StreamTransport) send(msg *capnp.Message, rm rpccp.Message) error {
 	if t.closed.Load() {
-		return disconnected(ErrClosed)
+		return t.closedErr()
 	}
 	total, err := msg.TotalSize()
 	if err != nil {
@@ -167,11 +184,13 @@ func (t *StreamTransport) send(msg *capnp.Message, rm rpccp.Message) error {
 		return err
 	}
 	if err := t.writeLocked(msg); err != nil {
-		t.Close()
 		if t.closed.Load() && !errors.Is(err, ErrPeerGone) {
-			return disconnected(ErrClosed)
+			return t.closedErr()
 		}
-		return disconnected(err)
+		var derr error = disconnected(err)
+		t.failure.CompareAndSwap(nil, &derr)
+		t.Close()
+		return t.closedErr()
 	}
 	// Counted after the write: the peer cannot have answered a message
 	// before all of it left, and Stats after a call that returned covers
@@ -215,25 +234,32 @@ const maxStreamSegments = 512
 
 // RecvMessage reads the next message.
 func (t *StreamTransport) RecvMessage() (transport.IncomingMessage, error) {
-	msg, total, err := t.read()
+	in, total, err := t.read()
 	if err != nil {
 		if t.closed.Load() {
-			return nil, disconnected(ErrClosed)
+			return nil, t.closedErr()
 		}
 		return nil, err
 	}
-	rm, err := readRoot(msg)
+	rm, err := readRoot(&in.msg)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
 	}
+	in.rm = rm
 	t.stats.msgsRecv.Add(1)
 	t.stats.bytesRecv.Add(total)
-	return &streamIn{msg: msg, rm: rm}, nil
+	return in, nil
 }
 
+// smallMessage is the size up to which a message's segments are read into
+// one buffer sized from the segment table at once: announcing that much
+// costs the peer little, and one allocation serves the whole message.
+const smallMessage = 64 << 10
+
 // read reads one message: its segment table (checked), then its segments
-// into memory that grows as the bytes arrive.
-func (t *StreamTransport) read() (*capnp.Message, uint64, error) {
+// into memory that grows as the bytes arrive. A message of one segment (the
+// usual kind) costs two allocations: the streamIn and its bytes.
+func (t *StreamTransport) read() (*streamIn, uint64, error) {
 	var first [4]byte
 	if _, err := io.ReadFull(t.r, first[:]); err != nil {
 		return nil, 0, streamError(err)
@@ -242,44 +268,71 @@ func (t *StreamTransport) read() (*capnp.Message, uint64, error) {
 	if n > maxStreamSegments {
 		return nil, 0, fmt.Errorf("%w: a message of %d segments, over the limit of %d", ErrProtocol, n, maxStreamSegments)
 	}
-	table := make([]byte, (n/2+1)*8-4)
+	// The rest of the table: the segment sizes and padding to a word.
+	var small [4 * 4]byte
+	var table []byte
+	if tl := (n/2+1)*8 - 4; tl <= uint64(len(small)) {
+		table = small[:tl]
+	} else {
+		table = make([]byte, tl)
+	}
 	if _, err := io.ReadFull(t.r, table); err != nil {
 		return nil, 0, streamError(unexpected(err))
 	}
 	var total uint64
-	sizes := make([]uint64, n)
-	for i := range sizes {
-		sizes[i] = uint64(binary.LittleEndian.Uint32(table[4*i:])) * 8
-		total += sizes[i]
-	}
-	if total == 0 || sizes[0] == 0 {
-		return nil, 0, fmt.Errorf("%w: a message whose first segment is empty", ErrProtocol)
+	for i := range n {
+		size := uint64(binary.LittleEndian.Uint32(table[4*i:])) * 8
+		if i == 0 && size == 0 {
+			return nil, 0, fmt.Errorf("%w: a message whose first segment is empty", ErrProtocol)
+		}
+		total += size
 	}
 	if total > t.max {
 		return nil, 0, fmt.Errorf("%w: the peer sent a message of %d bytes, over the %d bytes this side accepts (WithMaxMessage)", ErrTooLarge, total, t.max)
 	}
-	segs := make([][]byte, n)
-	for i, size := range sizes {
-		b, err := readGrowing(t.r, size)
-		if err != nil {
+	in := &streamIn{}
+	segs := in.one[:]
+	if n > 1 {
+		segs = make([][]byte, n)
+	}
+	if total <= smallMessage {
+		body := make([]byte, total)
+		if _, err := io.ReadFull(t.r, body); err != nil {
 			return nil, 0, streamError(unexpected(err))
 		}
-		segs[i] = b[:len(b):len(b)]
+		for i := range segs {
+			size := uint64(binary.LittleEndian.Uint32(table[4*i:])) * 8
+			segs[i], body = body[:size:size], body[size:]
+		}
+	} else {
+		for i := range segs {
+			size := uint64(binary.LittleEndian.Uint32(table[4*i:])) * 8
+			b, err := readGrowing(t.r, size)
+			if err != nil {
+				return nil, 0, streamError(unexpected(err))
+			}
+			segs[i] = b[:len(b):len(b)]
+		}
 	}
-	return &capnp.Message{Arena: &roArena{segs: segs}, TraverseLimit: traverseLimit(total, t.max)}, total, nil
+	in.arena.segs = segs
+	in.msg.Arena = &in.arena
+	in.msg.TraverseLimit = traverseLimit(total, t.max)
+	return in, total, nil
 }
 
-// readGrowing reads size bytes into a buffer that starts small and doubles
-// as bytes arrive: announcing a size costs the peer nothing, so the
-// announcement alone must cost us nothing either.
+// readGrowing reads size bytes into a buffer that grows as bytes arrive:
+// it starts at up to growStart bytes, and each time it is full grows to at
+// most growFactor times what has arrived (and at most size). Announcing a
+// size costs the peer nothing, so the announcement alone must cost us
+// little: memory held stays within growFactor times the bytes received.
+// A 16 MiB segment is copied once while growing (256 KiB), a 1 GiB one
+// twice (16.25 MiB, 1.6%).
 func readGrowing(r io.Reader, size uint64) ([]byte, error) {
-	const start = 1 << 20
-	if size <= start {
-		b := make([]byte, size)
-		_, err := io.ReadFull(r, b)
-		return b, err
-	}
-	b := make([]byte, start)
+	const (
+		growStart  = 256 << 10
+		growFactor = 64
+	)
+	b := make([]byte, min(size, growStart))
 	got := 0
 	for {
 		n, err := io.ReadFull(r, b[got:])
@@ -290,7 +343,7 @@ func readGrowing(r io.Reader, size uint64) ([]byte, error) {
 		if uint64(got) == size {
 			return b, nil
 		}
-		nb := make([]byte, min(size, 2*uint64(len(b))))
+		nb := make([]byte, min(size, growFactor*uint64(len(b))))
 		copy(nb, b)
 		b = nb
 	}
@@ -320,9 +373,12 @@ func streamError(err error) error {
 	return fmt.Errorf("%w: %w", ErrPeerGone, err)
 }
 
-// streamIn is a received message.
+// streamIn is a received message, in one allocation with its Message and
+// arena.
 type streamIn struct {
-	msg      *capnp.Message
+	msg      capnp.Message
+	arena    roArena
+	one      [1][]byte // the segment list of a one-segment message
 	rm       rpccp.Message
 	released atomic.Bool
 }
@@ -335,6 +391,15 @@ func (m *streamIn) Release() {
 	if !m.released.Swap(true) {
 		m.msg.Release()
 	}
+}
+
+// closedErr is the error of an operation on the closed transport: the
+// failure that closed it, or ErrClosed when Close did.
+func (t *StreamTransport) closedErr() error {
+	if f := t.failure.Load(); f != nil {
+		return *f
+	}
+	return disconnected(ErrClosed)
 }
 
 // Close closes the stream: a blocked RecvMessage or Send returns.

@@ -94,6 +94,12 @@ func echoServerPeer(args []string) int {
 // of the test.
 func transportPair(t *testing.T, dialOpts ...rpc.Option) (dialer, listener *rpc.Transport) {
 	t.Helper()
+	return transportPairOpts(t, dialOpts, nil)
+}
+
+// transportPairOpts is transportPair with the listener's options too.
+func transportPairOpts(t *testing.T, dialOpts, listenOpts []rpc.Option) (dialer, listener *rpc.Transport) {
+	t.Helper()
 	mine, theirs := socketPair(t)
 	other, err := unixConn(theirs)
 	if err != nil {
@@ -107,7 +113,7 @@ func transportPair(t *testing.T, dialOpts ...rpc.Option) (dialer, listener *rpc.
 	}
 	lc := make(chan result, 1)
 	go func() {
-		tr, err := rpc.NewTransport(ctx, other, rpc.Listener)
+		tr, err := rpc.NewTransport(ctx, other, rpc.Listener, listenOpts...)
 		lc <- result{tr, err}
 	}()
 	dialer, err = rpc.NewTransport(ctx, mine, rpc.Dialer, dialOpts...)
@@ -268,12 +274,33 @@ func TestHandshakeGarbage(t *testing.T) {
 }
 
 func TestHandshakeTimeout(t *testing.T) {
-	mine, _ := socketPair(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
-	defer cancel()
-	_, err := rpc.NewTransport(ctx, mine, rpc.Dialer, nil)
-	if err == nil {
-		t.Fatal("handshake with a silent peer succeeded")
+	for _, tc := range []struct {
+		name string
+		ctx  time.Duration // 0: none
+		opts []rpc.Option
+		want error
+		says string
+	}{
+		{"context", 100 * time.Millisecond, nil, context.DeadlineExceeded, "before the context ended"},
+		{"option", 0, []rpc.Option{rpc.WithHandshakeTimeout(100 * time.Millisecond)}, os.ErrDeadlineExceeded, "WithHandshakeTimeout"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mine, theirs := socketPair(t)
+			defer mine.Close()
+			defer unix.Close(theirs) // the silent peer
+			ctx := t.Context()
+			if tc.ctx > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tc.ctx)
+				defer cancel()
+			}
+			_, err := rpc.NewTransport(ctx, mine, rpc.Dialer, tc.opts...)
+			if err == nil {
+				t.Fatal("handshake with a silent peer succeeded")
+			}
+			if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.says) {
+				t.Fatalf("handshake with a silent peer: %v; want an error saying %q that wraps %v", err, tc.says, tc.want)
+			}
+		})
 	}
-	t.Logf("error: %v", err)
 }

@@ -185,6 +185,29 @@ func (r *Region) Mode() Mode { return r.mode }
 // PeerAccess on Windows), don't close it.
 func (r *Region) Handle() Handle { return r.h }
 
+// prefaultChunk is how much PrefaultInBackground maps at a time: Close
+// waits for one chunk at most.
+const prefaultChunk = 2 << 20
+
+// PrefaultInBackground maps the region's pages on a goroutine of its own, a
+// chunk at a time, and returns at once, so that the caller goes on while
+// first use finds more and more pages mapped. Options.Prefault maps every
+// page before Create or Open returns instead, which for a 32 MiB region
+// takes tens of milliseconds. Close stops it after the chunk in progress.
+func (r *Region) PrefaultInBackground() {
+	go func() {
+		for off := 0; ; off += prefaultChunk {
+			r.mu.Lock()
+			if r.closed || off >= len(r.data) {
+				r.mu.Unlock()
+				return
+			}
+			prefault(r.data[off:min(off+prefaultChunk, len(r.data))], r.mode)
+			r.mu.Unlock()
+		}
+	}()
+}
+
 // Close unmaps the region and closes its handle. The memory object lives on
 // while a peer still maps it or holds a handle to it. A second Close returns
 // ErrClosed.

@@ -199,7 +199,7 @@ func mapSection(h windows.Handle, viewSize, size int64, mode Mode, opts *Options
 	// the Go heap, so the uintptr-to-pointer conversion is sound.
 	data := unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(nil), addr)), int(size))
 	if opts.prefault() {
-		prefault(data)
+		prefault(data, mode)
 	}
 	return &Region{
 		data: data,
@@ -215,8 +215,9 @@ func mapSection(h windows.Handle, viewSize, size int64, mode Mode, opts *Options
 }
 
 // prefault reads one byte of every page, which maps it. Reading is enough for
-// a section (its pages are shared, not copy-on-write) and works read-only.
-func prefault(data []byte) {
+// a section (its pages are shared, not copy-on-write) and works read-only,
+// whatever the mode.
+func prefault(data []byte, _ Mode) {
 	var s byte
 	for i := 0; i < len(data); i += int(pageSize) {
 		s += data[i]
