@@ -9,6 +9,7 @@
 //	                                       CloseIn       close a handle in a process
 //	                                       OnSignal      a call when a handle is signalled
 //	                                       Count         this process's handle count
+//	                                       Census        its handles by type (tests)
 //	                                       IsWine        running under Wine?
 //
 // Nothing here keeps state except OnSignal's table of watches (one mutex,
