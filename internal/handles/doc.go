@@ -10,6 +10,7 @@
 //	                                       OnSignal      a call when a handle is signalled
 //	                                       Count         this process's handle count
 //	                                       Census        its handles by type (tests)
+//	                                       GrantedAccess a handle's access rights
 //	                                       IsWine        running under Wine?
 //
 // Nothing here keeps state except OnSignal's table of watches (one mutex,

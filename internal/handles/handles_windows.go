@@ -121,7 +121,11 @@ var IsWine = sync.OnceValue(func() bool { return procWineGetVersion.Find() == ni
 // Census counts this process's handles by object type, for tests that
 // check that nothing of a kind leaks. It asks NtQueryObject about every
 // handle value from 4 up, until censusGap values in a row name no handle:
-// a system call per value, for tests only.
+// a system call per value, for tests only. Key RingEvents counts the
+// events this process may only set (EVENT_MODIFY_STATE): doorbells of
+// peers, as duplicated for ringing. (Events in general are no use to a
+// leak check: Go's runtime makes two for every thread it starts, when it
+// likes.)
 func Census() (map[string]int, error) {
 	c := make(map[string]int)
 	for v, miss := uintptr(4), 0; miss < censusGap && v < MaxHandleValue; v += 4 {
@@ -132,15 +136,41 @@ func Census() (map[string]int, error) {
 		}
 		miss = 0
 		c[typ]++
+		if typ == "Event" {
+			if acc, err := GrantedAccess(windows.Handle(v)); err == nil && acc == windows.EVENT_MODIFY_STATE {
+				c[RingEvents]++
+			}
+		}
 	}
 	return c, nil
 }
 
-// OwnEvents returns how many of the Event handles a census counts are
-// not the Go runtime's own: the runtime keeps two events (and a thread
-// handle and a timer) for every thread it has started, and starts threads
-// when it likes, so a test that counts events compares this instead.
-func OwnEvents(c map[string]int) int { return c["Event"] - 2*c["Thread"] }
+// RingEvents is Census's key for events this process may only set.
+const RingEvents = "Event (EVENT_MODIFY_STATE only)"
+
+const objectBasicInformation = 0 // OBJECT_INFORMATION_CLASS
+
+// objectBasicInfo is PUBLIC_OBJECT_BASIC_INFORMATION.
+type objectBasicInfo struct {
+	Attributes    uint32
+	GrantedAccess uint32
+	HandleCount   uint32
+	PointerCount  uint32
+	Reserved      [10]uint32
+}
+
+// GrantedAccess returns the access rights h grants
+// (NtQueryObject(ObjectBasicInformation)).
+func GrantedAccess(h windows.Handle) (uint32, error) {
+	var info objectBasicInfo
+	var ret uint32
+	st, _, _ := procNtQueryObject.Call(uintptr(h), objectBasicInformation,
+		uintptr(unsafe.Pointer(&info)), unsafe.Sizeof(info), uintptr(unsafe.Pointer(&ret)))
+	if st != 0 {
+		return 0, fmt.Errorf("NtQueryObject: %w", windows.NTStatus(uint32(st)))
+	}
+	return info.GrantedAccess, nil
+}
 
 // censusGap is how many unused handle values in a row end Census: more
 // than any hole a handle table keeps below its highest handle in a test.

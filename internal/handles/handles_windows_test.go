@@ -143,39 +143,47 @@ func TestDuplicate(t *testing.T) {
 			t.Errorf("%d %s handles before, %d after", before[k], k, after[k])
 		}
 	}
-	if handles.OwnEvents(after) != handles.OwnEvents(before) {
-		t.Errorf("%d events of ours before, %d after", handles.OwnEvents(before), handles.OwnEvents(after))
+	if after[handles.RingEvents] != before[handles.RingEvents] {
+		t.Errorf("%d ring-only events before, %d after", before[handles.RingEvents], after[handles.RingEvents])
 	}
 	t.Logf("census: %v", after)
 	p.CloseStdin()
 	p.WaitOK()
 }
 
-// TestCount: Census sees a handle come and go; Count counts (Wine's
-// GetProcessHandleCount says 0, so there it counts by Census).
+// TestCount: Census sees a section and a ring-only event come and go, and
+// tells the event's access; Count counts (Wine's GetProcessHandleCount
+// says 0, so there it counts by Census).
 func TestCount(t *testing.T) {
-	n0, err := handles.Count()
-	if err != nil || n0 == 0 {
-		t.Fatalf("Count = %d, %v", n0, err)
+	if n, err := handles.Count(); err != nil || n == 0 {
+		t.Fatalf("Count = %d, %v", n, err)
 	}
 	c0, _ := handles.Census()
 	ev, err := windows.CreateEvent(nil, 0, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n1, _ := handles.Count()
-	c1, _ := handles.Census()
-	windows.CloseHandle(ev)
-	n2, _ := handles.Count()
-	c2, _ := handles.Census()
-	e0, e1, e2 := handles.OwnEvents(c0), handles.OwnEvents(c1), handles.OwnEvents(c2)
-	if e1 != e0+1 || e2 != e0 {
-		t.Errorf("events of ours %d, %d, %d: want one more while the event is open", e0, e1, e2)
+	defer windows.CloseHandle(ev)
+	p := windows.CurrentProcess()
+	var ring windows.Handle
+	if err := windows.DuplicateHandle(p, ev, p, &ring, windows.EVENT_MODIFY_STATE, false, 0); err != nil {
+		t.Fatal(err)
 	}
-	// The totals also count the runtime's handles, which come with its
-	// threads: only their sign is certain.
-	if n1 <= 0 || n2 <= 0 {
-		t.Errorf("counts %d, %d, %d", n0, n1, n2)
+	sec, err := windows.CreateFileMapping(windows.InvalidHandle, nil, windows.PAGE_READWRITE, 0, 4096, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if acc, err := handles.GrantedAccess(ring); err != nil || acc != windows.EVENT_MODIFY_STATE {
+		t.Errorf("GrantedAccess of the ring-only duplicate: %#x, %v", acc, err)
+	}
+	c1, _ := handles.Census()
+	windows.CloseHandle(ring)
+	windows.CloseHandle(sec)
+	c2, _ := handles.Census()
+	for _, k := range []string{handles.RingEvents, "Section"} {
+		if c1[k] != c0[k]+1 || c2[k] != c0[k] {
+			t.Errorf("%s: %d, %d, %d: want one more while it is open", k, c0[k], c1[k], c2[k])
+		}
 	}
 }
 
