@@ -41,6 +41,7 @@ type Transport struct {
 	peerRing            *shm.Region
 
 	questions         questionGuard // outgoing questions; Send checks under outMu
+	noGuards          atomic.Bool   // capnshm's engine runs here (ownedByEngine): go-capnp's guards off
 	peerPID           int
 	peerMax           uint64 // the largest message the peer accepts (its hello)
 	alloc             *segalloc.Allocator
@@ -432,6 +433,11 @@ func (t *Transport) PeerPID() int { return t.peerPID }
 // PeerMaxMessage returns the largest message the peer accepts (its HELLO).
 func (t *Transport) PeerMaxMessage() uint64 { return t.peerMax }
 
+// ownedByEngine drops the guards only go-capnp's Conn needs: capnshm's
+// engine runs on this transport (see engineOwned). Called before the first
+// message.
+func (t *Transport) ownedByEngine() { t.noGuards.Store(true) }
+
 // Stats returns the transport's counters.
 func (t *Transport) Stats() Stats {
 	s := Stats{
@@ -625,8 +631,10 @@ func (om *outMsg) Send() error {
 	if t.closed.Load() || t.ctx.Err() != nil {
 		return t.cause()
 	}
-	if err := t.questions.check(om.rm); err != nil {
-		return err
+	if !t.noGuards.Load() {
+		if err := t.questions.check(om.rm); err != nil {
+			return err
+		}
 	}
 	t.flushPendingLocked(false)
 	switch {
@@ -1133,7 +1141,7 @@ func (t *Transport) copyOut(segs [][]byte, id uint64, maps []*mapped) (*inMsg, e
 
 func (t *Transport) newIn(segs [][]byte, total int, id uint64, maps []*mapped) (*inMsg, error) {
 	msg := &capnp.Message{Arena: &roArena{segs: segs}, TraverseLimit: t.readLimit(total)}
-	rm, err := readRoot(msg)
+	rm, err := readRootGuarded(msg, !t.noGuards.Load())
 	if err != nil {
 		if id != 0 {
 			t.queueFree(id)
@@ -1307,7 +1315,7 @@ func (t *Transport) recvFromSocket(rec []byte) (*inMsg, error) {
 	if err != nil {
 		return nil, err
 	}
-	rm, err := readRoot(msg.msg)
+	rm, err := readRootGuarded(msg.msg, !t.noGuards.Load())
 	if err != nil {
 		return nil, fmt.Errorf("%w: socket message: %w", ErrProtocol, err)
 	}
