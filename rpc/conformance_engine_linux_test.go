@@ -21,73 +21,115 @@ func init() {
 }
 
 // engineEchoServerPeer serves echoproto.Server with rpc.Listen (capnshm's
-// engine) on args[0] and says "listening ADDR", ADDR being what to dial
-// (tcp port 0 resolved). Commands on stdin: "close" closes the server and
-// every connection it has, from the server's side, and says "closed"; EOF
-// ends the process.
-func engineEchoServerPeer(args []string) int {
-	if len(args) != 1 {
-		return peertest.Fail("usage: engine-echo-server ADDR")
-	}
-	boot := capnp.Client(echoproto.Echo_ServerToClient(&echoproto.Server{}))
-	srv, err := rpc.Listen(args[0], boot, rpc.WithLogger(peerLogger()))
-	if err != nil {
-		return peertest.Fail("listen: %v", err)
-	}
-	go srv.Serve(context.Background())
-	peertest.Say("listening %s", srv.Addr())
+// engine), one Server per command. Commands on stdin:
+//
+//	listen ADDR   listen on ADDR; says "listening N DIAL", N naming the
+//	              server, DIAL the address to dial (tcp port 0 resolved)
+//	close N       close server N and its connections, from the server's
+//	              side; says "closed N"
+//
+// EOF closes every server and ends the process.
+func engineEchoServerPeer([]string) int {
+	servers := map[string]*rpc.Server{}
+	defer func() {
+		for _, srv := range servers {
+			srv.Close()
+		}
+	}()
 	in := peertest.Stdin()
 	for in.Scan() {
-		if in.Text() == "close" {
-			if err := srv.Close(); err != nil {
-				return peertest.Fail("close: %v", err)
+		cmd, arg, _ := strings.Cut(in.Text(), " ")
+		switch cmd {
+		case "listen":
+			boot := capnp.Client(echoproto.Echo_ServerToClient(&echoproto.Server{}))
+			srv, err := rpc.Listen(arg, boot, rpc.WithLogger(peerLogger()))
+			if err != nil {
+				return peertest.Fail("listen %s: %v", arg, err)
 			}
-			peertest.Say("closed")
+			go srv.Serve(context.Background())
+			id := fmt.Sprint(len(servers))
+			servers[id] = srv
+			peertest.Say("listening %s %s", id, srv.Addr())
+		case "close":
+			srv := servers[arg]
+			if srv == nil {
+				return peertest.Fail("close: no server %q", arg)
+			}
+			if err := srv.Close(); err != nil {
+				return peertest.Fail("close %s: %v", arg, err)
+			}
+			peertest.Say("closed %s", arg)
+		default:
+			return peertest.Fail("unknown command %q", in.Text())
 		}
-	}
-	if err := srv.Close(); err != nil {
-		return peertest.Fail("close: %v", err)
 	}
 	return 0
 }
 
-// dialEngineServer starts an engine-echo-server process listening on an
-// address of scheme and dials it with rpc.Dial: capnshm's engine at both
-// ends, in two processes.
-func dialEngineServer(t *testing.T, scheme rpc.Scheme) *conformance.Conn {
+// engineServers is one engine-echo-server process for a test: each Dial
+// asks it for a new Server on a new address of scheme and dials it with
+// rpc.Dial, so both ends run capnshm's engine, in two processes. One
+// process serves every case of the suite (a re-executed race binary takes
+// about a second to start); each case has a Server of its own, so that
+// CloseServer closes that case's connection only.
+type engineServers struct {
+	scheme rpc.Scheme
+	dir    string
+	p      *peertest.Peer
+	n      int
+}
+
+func newEngineServers(t *testing.T, scheme rpc.Scheme) *engineServers {
+	s := &engineServers{scheme: scheme, dir: peertest.TempDir(t)}
+	s.p = peertest.Start(t, "engine-echo-server", nil)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("server process %d's stderr:\n%s", s.p.Pid(), s.p.Stderr())
+		}
+	})
+	return s
+}
+
+// ask sends the peer a command and returns its answer.
+func (s *engineServers) ask(t *testing.T, cmd string) string {
 	t.Helper()
+	s.p.Send(cmd)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	line, err := s.p.Line(ctx)
+	if err != nil {
+		t.Fatalf("%s: %v", cmd, err)
+	}
+	return line
+}
+
+// dial is the suite's Env.Dial.
+func (s *engineServers) dial(t *testing.T) *conformance.Conn {
+	t.Helper()
+	s.n++
 	var addr string
-	switch scheme {
+	switch s.scheme {
 	case rpc.SchemeShm, rpc.SchemeUnix:
-		addr = fmt.Sprintf("%s:%s", scheme, filepath.Join(peertest.TempDir(t), "s.sock"))
+		addr = fmt.Sprintf("%s:%s", s.scheme, filepath.Join(s.dir, fmt.Sprintf("s%d.sock", s.n)))
 	case rpc.SchemeTCP:
 		addr = "tcp:127.0.0.1:0"
 	default:
-		t.Fatalf("no conformance address for scheme %s", scheme)
+		t.Fatalf("no conformance address for scheme %s", s.scheme)
 	}
-	p := peertest.Start(t, "engine-echo-server", nil, addr)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("server process %d's stderr:\n%s", p.Pid(), p.Stderr())
-		}
-	})
+	line := s.ask(t, "listen "+addr)
+	var id, dialAddr string
+	if _, err := fmt.Sscanf(line, "listening %s %s", &id, &dialAddr); err != nil {
+		t.Fatalf("server process said %q, want \"listening N ADDR\"", line)
+	}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	line, err := p.Line(ctx)
+	c, err := rpc.Dial(ctx, dialAddr, rpc.WithLogger(peerLogger()))
 	if err != nil {
-		t.Fatal(err)
-	}
-	addr, ok := strings.CutPrefix(line, "listening ")
-	if !ok {
-		t.Fatalf("server process said %q, want \"listening ADDR\"", line)
-	}
-	c, err := rpc.Dial(ctx, addr, rpc.WithLogger(peerLogger()))
-	if err != nil {
-		t.Fatalf("dial %s: %v", addr, err)
+		t.Fatalf("dial %s: %v", dialAddr, err)
 	}
 	t.Cleanup(func() { c.Close() })
-	if want := scheme == rpc.SchemeShm; c.SharedMemory() != want {
-		t.Fatalf("%s: shared memory %v, want %v", addr, c.SharedMemory(), want)
+	if want := s.scheme == rpc.SchemeShm; c.SharedMemory() != want {
+		t.Fatalf("%s: shared memory %v, want %v", dialAddr, c.SharedMemory(), want)
 	}
 	return &conformance.Conn{
 		// No wait for the bootstrap: the suite's first calls are
@@ -95,8 +137,9 @@ func dialEngineServer(t *testing.T, scheme rpc.Scheme) *conformance.Conn {
 		Boot: echoproto.Echo(c.Bootstrap(t.Context())),
 		RPC:  c,
 		CloseServer: func() error {
-			p.Send("close")
-			p.Expect("closed")
+			if got := s.ask(t, "close "+id); got != "closed "+id {
+				t.Fatalf("server process said %q, want \"closed %s\"", got, id)
+			}
 			return nil
 		},
 	}
@@ -107,7 +150,7 @@ func dialEngineServer(t *testing.T, scheme rpc.Scheme) *conformance.Conn {
 // rpc.Dial on a shm: address), with the 1 GiB case both ways.
 func TestConformanceEngineShm(t *testing.T) {
 	env := conformance.Env{
-		Dial: func(t *testing.T) *conformance.Conn { return dialEngineServer(t, rpc.SchemeShm) },
+		Dial: newEngineServers(t, rpc.SchemeShm).dial,
 		Huge: 1 << 30,
 	}
 	if testing.Short() || raceEnabled {
@@ -123,19 +166,17 @@ func TestConformanceEngineShm(t *testing.T) {
 // unix socket (a unix: address). The 1 GiB case is shared memory's: it is
 // not run on sockets.
 func TestConformanceEngineUnix(t *testing.T) {
-	conformance.Run(t, socketEnv(rpc.SchemeUnix))
+	conformance.Run(t, socketEnv(newEngineServers(t, rpc.SchemeUnix)))
 }
 
 // TestConformanceEngineTCP is TestConformanceEngineUnix on a tcp: address
 // (loopback).
 func TestConformanceEngineTCP(t *testing.T) {
-	conformance.Run(t, socketEnv(rpc.SchemeTCP))
+	conformance.Run(t, socketEnv(newEngineServers(t, rpc.SchemeTCP)))
 }
 
-func socketEnv(scheme rpc.Scheme) conformance.Env {
-	env := conformance.Env{
-		Dial: func(t *testing.T) *conformance.Conn { return dialEngineServer(t, scheme) },
-	}
+func socketEnv(s *engineServers) conformance.Env {
+	env := conformance.Env{Dial: s.dial}
 	if testing.Short() || raceEnabled {
 		env.Sizes = []int{0, 1, 1 << 20}
 		env.Concurrent = 2000

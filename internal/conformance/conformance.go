@@ -274,20 +274,21 @@ func testPipelining(t *testing.T, env Env) {
 
 // testReturnWhileBuilding makes calls pipelined on a promise whose
 // resolution arrives while the call's params are being built (the
-// application's PlaceArgs waits for it): first a call on the bootstrap,
-// which waits for the bootstrap's Return, then a call on the counter that
-// call returns, which waits for that call's Return. Each must run once, on
-// the right object, with its params built once (capnp.Send: PlaceArgs is
-// called at most once).
+// application's PlaceArgs waits for it): a call on the bootstrap, which
+// waits for the bootstrap's Return (pipelined unless that Return has
+// already arrived), then a call on the counter a gate call returns, which
+// opens the gate and waits for that call's Return (always pipelined: the
+// gate opens only then). Each must run once, on the right object, with its
+// params built once (capnp.Send: PlaceArgs is called at most once).
 func testReturnWhileBuilding(t *testing.T, env Env) {
 	if env.GoCapnp {
 		t.Skip("go-capnp v3.0.1-alpha.2 holds its connection lock while PlaceArgs runs: the Return it would wait for cannot arrive")
 	}
 	c := dial(t, env)
 	ctx := ctxT(t)
-	var counterPlaced, addPlaced int
+	var bootPlaced, addPlaced int
 	f, release := c.Boot.Counter(ctx, func(p echoproto.Echo_counter_Params) error {
-		counterPlaced++
+		bootPlaced++
 		if err := capnp.Client(c.Boot).Resolve(ctx); err != nil {
 			return err
 		}
@@ -295,26 +296,47 @@ func testReturnWhileBuilding(t *testing.T, env Env) {
 		return nil
 	})
 	defer release()
-	g, release2 := f.Counter().Add(ctx, func(p echoproto.Counter_add_Params) error {
+	if _, err := f.Struct(); err != nil {
+		t.Fatal(err)
+	}
+	g, release2 := f.Counter().Get(ctx, nil)
+	defer release2()
+	if r, err := g.Struct(); err != nil || r.Value() != 40 {
+		t.Errorf("the counter made by a call on the bootstrap holds %d, %v, want 40", r.Value(), err)
+	}
+
+	gate, release3 := c.Boot.Gate(ctx, func(p echoproto.Echo_gate_Params) error {
+		p.SetStart(10)
+		return nil
+	})
+	defer release3()
+	add, release4 := gate.Counter().Add(ctx, func(p echoproto.Counter_add_Params) error {
 		addPlaced++
+		if addPlaced == 1 {
+			o, release := c.Boot.OpenGate(ctx, nil)
+			defer release()
+			if _, err := o.Struct(); err != nil {
+				return err
+			}
+		}
 		select {
-		case <-f.Done():
+		case <-gate.Done():
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 		p.SetDelta(2)
 		return nil
 	})
-	defer release2()
-	res, err := g.Struct()
+	defer release4()
+	r, err := add.Struct()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Value() != 42 {
-		t.Errorf("add on the counter = %d, want 42", res.Value())
+	if r.Value() != 12 {
+		t.Errorf("add on the gate's counter = %d, want 12", r.Value())
 	}
-	if counterPlaced != 1 || addPlaced != 1 {
-		t.Errorf("params built %d times for the call on the bootstrap and %d for the call on the counter, want once each (capnp.Send.PlaceArgs is called at most once)", counterPlaced, addPlaced)
+	if bootPlaced != 1 || addPlaced != 1 {
+		t.Errorf("params built %d times for the call on the bootstrap and %d for the call on the gate's counter, want once each (capnp.Send.PlaceArgs is called at most once)", bootPlaced, addPlaced)
 	}
 }
 
