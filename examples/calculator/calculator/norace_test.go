@@ -1,5 +1,0 @@
-//go:build !race
-
-package calculator_test
-
-const raceEnabled = false
