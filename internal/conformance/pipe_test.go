@@ -38,8 +38,9 @@ func TestConformanceGoCapnpPipe(t *testing.T) {
 				},
 			}
 		},
-		Sizes:   []int{0, 1, 1 << 20},
-		GoCapnp: true,
+		Sizes:      []int{0, 1, 1 << 20},
+		Concurrent: load(),
+		GoCapnp:    true,
 	})
 }
 
@@ -65,8 +66,17 @@ func TestConformanceEnginePipe(t *testing.T) {
 				CloseServer: server.Close,
 			}
 		},
-		Sizes: []int{0, 1, 1 << 20},
+		Sizes:      []int{0, 1, 1 << 20},
+		Concurrent: load(),
 	})
+}
+
+// load is the size of the load cases: smaller under the race detector.
+func load() int {
+	if testing.Short() || raceEnabled {
+		return 2000
+	}
+	return 0
 }
 
 // stream returns capnshm's stream transport on c.
