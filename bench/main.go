@@ -107,7 +107,7 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		rate       = fs.Float64("rate", 0, "open loop: calls per second for ping and echo, latency measured from each call's intended send time, corrected for coordinated omission; the sender yield-spins up to 2 ms before each send (0: closed loop)")
 		out        = fs.String("out", "bench-report", "report directory (empty: no report)")
 		jsonOut    = fs.Bool("json", false, "print exactly one JSON document on stdout (progress goes to stderr)")
-		quick      = fs.Bool("quick", false, "the whole suite in under 60 s (for CI): short durations, fewer rounds, 1 s idle, 128 MiB streamed")
+		quick      = fs.Bool("quick", false, "the whole suite in under 60 s (for CI): 100 ms per measurement, 20000 rounds, 1 s idle, 128 MiB streamed, 1 and 8 clients")
 		role       = fs.String("child", "", "internal: run as the peer (server, spin, eventfd, ring)")
 		transport  = fs.String("transport", "", "internal: the transport the server child serves")
 		strategy   = fs.Int("strategy", 0, "internal: the ring child's wait strategy")
@@ -139,6 +139,9 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		}
 		if !set["stream-total"] {
 			*stream = "128MiB"
+		}
+		if !set["clients"] {
+			*clients = "1,8" // 8 is issue 11's target
 		}
 	}
 	var err error

@@ -375,7 +375,8 @@ func serveEngine(ctx context.Context, d transportDef) (stop func(), copied func(
 	}
 	var set statsSet
 	opts := append(engineOptions(d), rpc.WithConnState(func(info rpc.ConnInfo, st rpc.ConnState) {
-		if st == rpc.StateActive && info.Conn != nil {
+		// The stream transport does not count copies (see client.stats).
+		if st == rpc.StateActive && info.Conn != nil && info.Conn.SharedMemory() {
 			conn := info.Conn
 			set.add(func() rpc.Stats { return conn.Stats().Stats })
 		}
@@ -387,7 +388,11 @@ func serveEngine(ctx context.Context, d transportDef) (stop func(), copied func(
 	}
 	go func() { _ = srv.Serve(ctx) }()
 	fmt.Println(srv.Addr().String())
-	return func() { srv.Close() }, set.copied, nil
+	copied = func() (uint64, bool) { return 0, false }
+	if d.medium == "shm" {
+		copied = set.copied
+	}
+	return func() { srv.Close() }, copied, nil
 }
 
 // serveGoCapnp serves with go-capnp's rpc.Conn, one per accepted

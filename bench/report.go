@@ -195,7 +195,8 @@ func markdown(rep *Report) string {
 		"Client and server are separate processes otherwise. Latencies are per round trip, from an HDR histogram " +
 		"(the C++ peer sorts its own samples); MB/s is payload bytes in one direction per second (echo: size / mean call time); " +
 		"allocs/op counts the bench process's heap allocations per call (the caller; for the pipes both ends); " +
-		"copied bytes are what capnshm's transports copied over the measured calls (inline messages, socket bytes).\n\n")
+		"copied bytes are what capnshm's shared-memory transport copied over the measured calls (inline messages, messages it had to put on the socket; " +
+		"the stream transports copy every byte and do not count it).\n\n")
 
 	b.WriteString("## Targets\n\nRatios from this run, p50 for latency.\n\n")
 	targetTable := func(issue bool) {

@@ -36,6 +36,9 @@ type figure struct {
 	v       float64
 	what    string // e.g. "engine-shm ping p50"
 	missing string
+	// openLoop: measured at -rate calls per second (the C++ peer and the
+	// floors never are).
+	openLoop bool
 }
 
 func (f figure) ok() bool { return f.missing == "" && f.v > 0 }
@@ -74,7 +77,7 @@ func (fs figures) p50(workload, tr string, size int64) figure {
 		f.missing = why
 		return f
 	}
-	f.v = float64(r.P50)
+	f.v, f.openLoop = float64(r.P50), r.OpenLoop
 	return f
 }
 
@@ -85,7 +88,7 @@ func (fs figures) mean(workload, tr string, size int64) figure {
 		f.missing = why
 		return f
 	}
-	f.v = float64(r.Mean)
+	f.v, f.openLoop = float64(r.Mean), r.OpenLoop
 	return f
 }
 
@@ -108,7 +111,8 @@ func (fs figures) floor(name string, v int64) figure {
 	return f
 }
 
-// missingOf returns why any of fs is missing, or "".
+// missingOf returns why any of fs is missing, or why they do not
+// compare (one open loop, another closed), or "".
 func missingOf(fs ...figure) string {
 	var why []string
 	for _, f := range fs {
@@ -116,6 +120,13 @@ func missingOf(fs ...figure) string {
 			why = append(why, f.missing)
 		} else if f.v <= 0 {
 			why = append(why, f.what+" is 0")
+		}
+	}
+	if len(why) == 0 {
+		for _, f := range fs[1:] {
+			if f.openLoop != fs[0].openLoop {
+				why = append(why, fmt.Sprintf("%s and %s do not compare: one ran open loop (-rate), the other closed loop", fs[0].what, f.what))
+			}
 		}
 	}
 	return strings.Join(why, "; ")
@@ -144,7 +155,7 @@ func latencyRatio(name string, a, b figure, goal float64, why func(budget float6
 	if t.Value > goal {
 		t.Status = statusMissed
 		budget := goal * b.v
-		t.Note = fmt.Sprintf("%.1fx over: %s must come down from %s to %s", t.Value/goal, a.what, ns(a.v), ns(budget))
+		t.Note = fmt.Sprintf("%.2fx over: %s must come down from %s to %s", t.Value/goal, a.what, ns(a.v), ns(budget))
 		if why != nil {
 			if w := why(budget); w != "" {
 				t.Note += "; " + w

@@ -170,7 +170,9 @@ type client struct {
 	// choose (half the pool on shared memory, DefaultStreamFlowWindow on a
 	// stream).
 	limiter flowcontrol.FlowLimiter
-	// stats returns the client transport's counters, when it has them.
+	// stats returns the client transport's counters, when it counts
+	// copies: capnshm's shared-memory Transport does; its StreamTransport
+	// leaves BytesCopied at 0 although every byte crosses the socket.
 	stats func() (rpc.Stats, bool)
 	// shutdown closes the connection and waits until it has shut down.
 	shutdown func() error
@@ -201,7 +203,7 @@ func engineClient(ctx context.Context, conn *rpc.Conn) *client {
 	return &client{
 		boot:    boot,
 		limiter: conn.FlowLimiter(),
-		stats:   func() (rpc.Stats, bool) { return conn.Stats().Stats, true },
+		stats:   func() (rpc.Stats, bool) { return conn.Stats().Stats, conn.SharedMemory() },
 		shutdown: func() error {
 			boot.Release()
 			conn.Close()
