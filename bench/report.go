@@ -227,7 +227,7 @@ func markdown(rep *Report) string {
 	} else {
 		b.WriteString("Each missed target, with what this run shows of the gap and what would close it:\n\n")
 		for _, t := range missed {
-			fmt.Fprintf(&b, "- **%s**: measured %s. %s.\n", t.Name, t.Measured, capitalize(t.Note))
+			fmt.Fprintf(&b, "- **%s**: measured %s. %s.\n", t.Name, t.Measured, t.Note)
 		}
 	}
 	if len(absent) > 0 {
