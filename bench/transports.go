@@ -170,9 +170,9 @@ type client struct {
 	// choose (half the pool on shared memory, DefaultStreamFlowWindow on a
 	// stream).
 	limiter flowcontrol.FlowLimiter
-	// stats returns the client transport's counters, when it counts
-	// copies: capnshm's shared-memory Transport does; its StreamTransport
-	// leaves BytesCopied at 0 although every byte crosses the socket.
+	// stats returns the client transport's counters, and whether the
+	// report shows its copies: on shared memory, where copying is what the
+	// transport avoids (a stream transport copies every byte each way).
 	stats func() (rpc.Stats, bool)
 	// shutdown closes the connection and waits until it has shut down.
 	shutdown func() error

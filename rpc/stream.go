@@ -425,12 +425,14 @@ type streamStats struct {
 }
 
 func (s *streamStats) stats() Stats {
-	return Stats{
+	st := Stats{
 		MessagesSent:     s.msgsSent.Load(),
 		MessagesReceived: s.msgsRecv.Load(),
 		BytesSent:        s.bytesSent.Load(),
 		BytesReceived:    s.bytesRecv.Load(),
 	}
+	st.BytesCopied = st.BytesSent + st.BytesReceived // through the socket, both ways
+	return st
 }
 
 // traverseLimit is the traversal limit of a message of total bytes:
