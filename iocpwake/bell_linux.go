@@ -232,8 +232,8 @@ func checkHandle(fd int) (kind, error) {
 	return 0, fmt.Errorf("%w: descriptor %d is neither a pipe nor a socket (mode %#o)", ErrNotDoorbell, fd, st.Mode&unix.S_IFMT)
 }
 
-// Handle returns the descriptor to hand to the peer (with shm.SendHandles or
-// as an inherited file). The Bell still owns it.
+// Handle returns the descriptor to hand to the peer (over a unix socket with
+// SCM_RIGHTS, or as an inherited file). The Bell still owns it.
 func (b *Bell) Handle() Handle { return Handle(b.wfd) }
 
 // Ring wakes the waiter, or the next Wait if nobody waits now. It never

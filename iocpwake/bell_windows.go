@@ -10,6 +10,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/windows"
+
+	"github.com/capnshm/capnshm/internal/handles"
 )
 
 // Handle is a Windows handle to the doorbell's auto-reset event: the object a
@@ -23,7 +25,6 @@ var (
 	procRegisterWaitForSingleObject     = modkernel32.NewProc("RegisterWaitForSingleObject")
 	procUnregisterWaitEx                = modkernel32.NewProc("UnregisterWaitEx")
 	modntdll                            = windows.NewLazySystemDLL("ntdll.dll")
-	procNtQueryObject                   = modntdll.NewProc("NtQueryObject")
 	procNtCreateWaitCompletionPacket    = modntdll.NewProc("NtCreateWaitCompletionPacket")
 	procNtAssociateWaitCompletionPacket = modntdll.NewProc("NtAssociateWaitCompletionPacket")
 	procNtCancelWaitCompletionPacket    = modntdll.NewProc("NtCancelWaitCompletionPacket")
@@ -39,9 +40,12 @@ const (
 
 const (
 	wtExecuteInWaitThread = 0x00000004
-	objectTypeInformation = 2
 	genericAll            = 0x10000000
 )
+
+// PeerAccess is the access right a peer needs on a bell's Handle to ring it
+// (SetEvent): a duplicate handed to a peer should carry this and no more.
+const PeerAccess = windows.EVENT_MODIFY_STATE
 
 // waitSlice bounds each GetQueuedCompletionStatusEx call. When it expires,
 // Wait returns nil (a spurious wake-up the contract allows), so a lost
@@ -131,7 +135,7 @@ func New() (b *Bell, err error) {
 // Wait on the result returns ErrRingOnly.
 func Open(h Handle) (*Bell, error) {
 	wh := windows.Handle(h)
-	typ, err := objectTypeName(wh)
+	typ, err := handles.TypeName(wh)
 	if err != nil {
 		windows.CloseHandle(wh)
 		return nil, fmt.Errorf("%w: handle %#x: %v", ErrNotDoorbell, uintptr(h), err)
@@ -450,24 +454,4 @@ func (b *Bell) bridgeKind() string {
 		return "RegisterWaitForSingleObject"
 	}
 	return "none"
-}
-
-// objectTypeName returns the kernel object type of h ("Event", "Section",
-// ...) through NtQueryObject(ObjectTypeInformation), which needs no
-// particular access right on h.
-func objectTypeName(h windows.Handle) (string, error) {
-	var buf [128]uint64 // 1 KiB, pointer-aligned
-	var ret uint32
-	st, _, _ := procNtQueryObject.Call(uintptr(h), objectTypeInformation,
-		uintptr(unsafe.Pointer(&buf[0])), unsafe.Sizeof(buf), uintptr(unsafe.Pointer(&ret)))
-	if st != 0 {
-		return "", fmt.Errorf("NtQueryObject: %w", windows.NTStatus(uint32(st)))
-	}
-	us := (*windows.NTUnicodeString)(unsafe.Pointer(&buf[0]))
-	start := uintptr(unsafe.Pointer(&buf[0]))
-	p := uintptr(unsafe.Pointer(us.Buffer))
-	if us.Buffer == nil || p < start || p+uintptr(us.Length) > start+unsafe.Sizeof(buf) {
-		return "", fmt.Errorf("NtQueryObject: malformed type name")
-	}
-	return us.String(), nil
 }

@@ -3,8 +3,8 @@ package rpc
 // InjectRecord publishes rec as a raw record in t's outbound ring, as a
 // corrupt or malicious peer would. Tests only.
 func InjectRecord(t *Transport, rec []byte) error {
-	t.outMu.Lock()
-	defer t.outMu.Unlock()
+	t.send.mu.Lock()
+	defer t.send.mu.Unlock()
 	b, err := t.claim(len(rec))
 	if err != nil {
 		return err
@@ -16,9 +16,9 @@ func InjectRecord(t *Transport, rec []byte) error {
 // PeerWaiting reports whether t's peer sleeps on its doorbell, waiting for
 // t's next message. Tests only.
 func PeerWaiting(t *Transport) bool {
-	t.outMu.Lock()
-	defer t.outMu.Unlock()
-	return t.out.ConsumerWaiting()
+	t.send.mu.Lock()
+	defer t.send.mu.Unlock()
+	return t.send.out.ConsumerWaiting()
 }
 
 // ServerConns returns how many connections s holds (negotiating or
@@ -32,10 +32,10 @@ func ServerConns(s *Server) int {
 // PeerRegionFDs returns the descriptors of the peer's regions t has mapped:
 // its pool first, then its dedicated mappings. They stay t's. Tests only.
 func PeerRegionFDs(t *Transport) []int {
-	fds := []int{int(t.peerPool.r.Handle())}
-	t.peerMu.Lock()
-	defer t.peerMu.Unlock()
-	for _, m := range t.peerMaps {
+	fds := []int{int(t.ep.theirs.pool.r.Handle())}
+	t.peer.mu.Lock()
+	defer t.peer.mu.Unlock()
+	for _, m := range t.peer.maps {
 		fds = append(fds, int(m.r.Handle()))
 	}
 	return fds

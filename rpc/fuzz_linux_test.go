@@ -18,20 +18,18 @@ import (
 func fuzzTransport(pool *shm.Region) *Transport {
 	o := (&transportConfig{Logger: slog.New(slog.DiscardHandler)}).withDefaults()
 	t := &Transport{
-		opts:        o,
-		log:         o.Logger,
-		sent:        make(map[uint64]*outMsg),
-		kick:        make(chan struct{}, 1),
-		peerMaps:    make(map[uint32]*mapped),
-		sockMsgs:    make(map[uint64]*sockMsg),
-		peerChanged: make(chan struct{}),
-		peerPool:    &mapped{r: pool},
+		opts: o,
+		log:  o.Logger,
+		ep:   &endpoint{theirs: &theirs{pool: &mapped{r: pool}}},
 	}
-	t.peerPool.ref() // never unmapped here
-	t.ctx, t.cancel = context.WithCancelCause(context.Background())
-	t.cancel(ErrClosed) // waits for the socket return at once
-	t.closed.Store(true)
-	t.finalLocal.Store(true)
+	t.pend.init()
+	t.held.init()
+	t.peer.init()
+	t.ep.theirs.pool.ref() // never unmapped here
+	t.life.ctx, t.life.cancel = context.WithCancelCause(context.Background())
+	t.life.cancel(ErrClosed) // waits for the socket return at once
+	t.life.closed.Store(true)
+	t.life.finalLocal.Store(true)
 	return t
 }
 
@@ -108,7 +106,7 @@ func FuzzRecvRecord(f *testing.F) {
 			}
 		}
 		m.Release()
-		if got := tr.liveIn.Load(); got != 0 {
+		if got := tr.life.liveIn.Load(); got != 0 {
 			t.Fatalf("%d incoming messages still counted after Release", got)
 		}
 	})

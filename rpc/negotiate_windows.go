@@ -3,7 +3,6 @@ package rpc
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 )
 
@@ -19,27 +18,20 @@ func checkPlatform(a Addr, f Fallback) error {
 	return nil
 }
 
-// dialEstablish connects to a. Shared memory is not built on Windows yet:
-// shm: addresses run the stream transport on the unix socket, or fail with
-// ErrUnsupported under FallbackRequire (checkPlatform).
-func dialEstablish(ctx context.Context, a Addr, cfg *config) (established, error) {
-	raw, err := dial(ctx, a)
-	if err != nil {
-		return established{}, err
-	}
-	return streamOver(raw, cfg, 0), nil
-}
+// shmRendezvous: no connection carries the shared-memory handshake on
+// Windows yet (named pipes are still to come): shm: addresses run the
+// stream transport on the unix socket.
+func shmRendezvous(net.Conn) (rendezvous, bool) { return nil, false }
 
-// acceptEstablish serves every connection with the stream transport on
-// Windows.
-func acceptEstablish(_ context.Context, raw net.Conn, _ Addr, cfg *config, _ *slog.Logger) (established, error) {
-	return streamOver(raw, cfg, 0), nil
+// notSpeaking is never asked on Windows yet (no handshake runs).
+func notSpeaking(error) bool { return false }
+
+// peekHello is never called on Windows yet (shmRendezvous takes no
+// connection).
+func peekHello(context.Context, net.Conn) (bool, error) {
+	return false, fmt.Errorf("%w: the Windows rendezvous is not built yet", ErrUnsupported)
 }
 
 // peerUID: Windows connections carry no user id here yet; only the total
 // connection limit applies.
 func peerUID(net.Conn) (int, bool) { return 0, false }
-
-// refuseAtAccept: the stream transport's clients would not understand a
-// reason, so they just see the connection close.
-func refuseAtAccept(net.Conn, Addr, string) {}

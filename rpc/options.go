@@ -151,7 +151,3 @@ func defaultSpinTime() time.Duration {
 	}
 	return ringbuf.DefaultSpinTime
 }
-
-// refusal is the error of a handshake that ended with a REFUSE, sent or
-// received: the socket is at a frame boundary, and the stream transport
-// may run on it unless noF

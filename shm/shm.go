@@ -17,8 +17,9 @@
 // read-write here, then sealed with F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_SEAL.
 // Open refuses a descriptor that is not sealed that way or whose size is not
 // n, so a peer can never shrink a region under us and turn our reads into
-// SIGBUS. The descriptor travels over a unix socket with SendHandles and
-// RecvHandles (SCM_RIGHTS).
+// SIGBUS. This package does not move handles between processes: the
+// rendezvous that hands a Region's Handle to the peer (capnshm's rpc: a unix
+// socket with SCM_RIGHTS on Linux, DuplicateHandle on Windows) does.
 //
 // A descriptor handed to a peer is the same open file description as ours,
 // opened read-write, and its holder can reopen it read-write through
@@ -48,8 +49,16 @@
 // /proc/PID/mem) and is outside what any seal can stop.
 //
 // Windows: a pagefile-backed section (CreateFileMapping on
-// INVALID_HANDLE_VALUE) of n bytes, handed to the peer with DuplicateTo; a
-// section cannot shrink, and a view larger than the section is refused.
+// INVALID_HANDLE_VALUE) of n bytes; a section cannot shrink, and a view
+// larger than the section is refused. A peer gets it as a duplicate of the
+// Handle made with the least access it needs, PeerAccess(mode): FILE_MAP_READ
+// (and FILE_MAP_WRITE for ReadWrite) and SectionQuery, which Open's size
+// check needs. Options.PeerReadOnly gives the section a DACL that grants read
+// access only, so that a read-only duplicate cannot be duplicated again with
+// write access; the handle and the mapping Create made keep full access:
+//
+//	CreateFileMapping(DACL: owner may query and read) -> MapViewOfFile(RW) (ours)
+//	DuplicateHandle(FILE_MAP_READ|SECTION_QUERY) -> the peer maps it read-only
 //
 // A region opened ReadOnly is mapped without write permission: a write
 // through it faults. With Options.PeerReadOnly (below) the peer cannot get
@@ -108,8 +117,10 @@ type Options struct {
 	// PeerReadOnly (Create only) makes the region writable through this
 	// process's own mapping only: Linux seals it with F_SEAL_FUTURE_WRITE
 	// once mapped, so that nobody who gets the handle can write it or map
-	// it writable. Create fails, wrapping ErrWriteSealed, on a system that
-	// cannot do it (Linux before 5.1, Windows).
+	// it writable; Windows gives the section a DACL that grants read access
+	// only, so that a duplicate handed over read-only (PeerAccess(ReadOnly))
+	// cannot be raised to write. Create fails, wrapping ErrWriteSealed, on
+	// a system that cannot do it (Linux before 5.1).
 	PeerReadOnly bool
 }
 
@@ -138,16 +149,13 @@ var (
 	// ErrNotSealed: (Linux) the memfd lacks the seals that make its size
 	// fixed, so its owner could shrink it under us.
 	ErrNotSealed = errors.New("shm: memfd is not sealed against resizing")
-	// ErrWriteSealed: (Linux) Open(ReadWrite) of a region its owner made
-	// read-only for its peers (Options.PeerReadOnly, F_SEAL_FUTURE_WRITE), or
-	// Create with PeerReadOnly on a system that cannot seal writes.
+	// ErrWriteSealed: Open(ReadWrite) of a region its owner made read-only
+	// for its peers (Linux: Options.PeerReadOnly, F_SEAL_FUTURE_WRITE;
+	// Windows: a handle without FILE_MAP_WRITE), or Create with
+	// PeerReadOnly on a system that cannot seal writes.
 	ErrWriteSealed = errors.New("shm: region is sealed against writes by its peers")
 	// ErrClosed: the region was already closed.
 	ErrClosed = errors.New("shm: region closed")
-	// ErrHandoff: handles sent with a payload arrived damaged: a different
-	// count than expected, a truncated control message, or a truncated
-	// payload.
-	ErrHandoff = errors.New("shm: bad handle transfer")
 )
 
 // Region is a shared-memory region mapped into this process. Its zero value
@@ -173,7 +181,8 @@ func (r *Region) Len() int { return len(r.data) }
 func (r *Region) Mode() Mode { return r.mode }
 
 // Handle returns the operating-system handle of the memory object. The Region
-// still owns it: hand it to a peer (SendHandles, DuplicateTo), don't close it.
+// still owns it: hand it to a peer (SCM_RIGHTS, or a duplicate with
+// PeerAccess on Windows), don't close it.
 func (r *Region) Handle() Handle { return r.h }
 
 // prefaultChunk is how much PrefaultInBackground maps at a time: Close

@@ -3,7 +3,6 @@ package shm_test
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -156,109 +155,6 @@ func TestOpenRejects(t *testing.T) {
 				t.Fatalf("%d descriptors before, %d after: Open leaked or over-closed", before, after)
 			}
 		})
-	}
-}
-
-func socketPair(t *testing.T) (*net.UnixConn, *net.UnixConn) {
-	t.Helper()
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn := func(fd int) *net.UnixConn {
-		f := os.NewFile(uintptr(fd), "socketpair")
-		defer f.Close()
-		c, err := net.FileConn(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c.(*net.UnixConn)
-	}
-	return conn(fds[0]), conn(fds[1])
-}
-
-func TestHandoff(t *testing.T) {
-	r, err := shm.Create(4096, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	r.Bytes()[100] = 42
-	tests := []struct {
-		name    string
-		payload []byte
-		send    int // handles sent
-		want    int // handles expected
-		bufLen  int
-		wantErr string
-	}{
-		{"one handle", []byte("region"), 1, 1, 64, ""},
-		{"three handles", []byte("regions"), 3, 3, 64, ""},
-		{"no handles", []byte("hello"), 0, 0, 64, ""},
-		{"fewer than expected", []byte("x"), 1, 2, 64, "got 1 handles, want 2"},
-		{"more than expected", []byte("x"), 3, 1, 64, "got 3 handles, want 1"},
-		{"payload truncated", []byte("a long payload"), 1, 1, 4, "payload truncated"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			a, b := socketPair(t)
-			before := peertest.CountFDs(t)
-			hs := make([]shm.Handle, tt.send)
-			for i := range hs {
-				hs[i] = r.Handle()
-			}
-			if err := shm.SendHandles(a, tt.payload, hs...); err != nil {
-				t.Fatal(err)
-			}
-			buf := make([]byte, tt.bufLen)
-			n, got, err := shm.RecvHandles(b, buf, tt.want)
-			if tt.wantErr != "" {
-				if !errors.Is(err, shm.ErrHandoff) || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("RecvHandles error = %v, want ErrHandoff mentioning %q", err, tt.wantErr)
-				}
-				if after := peertest.CountFDs(t); after != before {
-					t.Fatalf("%d descriptors before, %d after a refused transfer", before, after)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if string(buf[:n]) != string(tt.payload) || len(got) != tt.want {
-				t.Fatalf("got %q and %d handles", buf[:n], len(got))
-			}
-			for _, h := range got {
-				m, err := shm.Open(h, 4096, shm.ReadOnly, nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if m.Bytes()[100] != 42 {
-					t.Fatal("received region does not show the sender's write")
-				}
-				m.Close()
-			}
-			if after := peertest.CountFDs(t); after != before {
-				t.Fatalf("%d descriptors before, %d after", before, after)
-			}
-		})
-	}
-}
-
-func TestHandoffLimits(t *testing.T) {
-	a, b := socketPair(t)
-	if err := shm.SendHandles(a, nil, 0); !errors.Is(err, shm.ErrHandoff) {
-		t.Errorf("empty payload: %v", err)
-	}
-	if err := shm.SendHandles(a, []byte("x"), make([]shm.Handle, shm.MaxHandles+1)...); !errors.Is(err, shm.ErrHandoff) {
-		t.Errorf("too many handles: %v", err)
-	}
-	if _, _, err := shm.RecvHandles(b, make([]byte, 8), shm.MaxHandles+1); !errors.Is(err, shm.ErrHandoff) {
-		t.Errorf("asking for too many: %v", err)
-	}
-	a.Close()
-	if _, _, err := shm.RecvHandles(b, make([]byte, 8), 1); err == nil {
-		t.Error("receiving from a closed peer succeeded")
 	}
 }
 

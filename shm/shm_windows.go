@@ -7,20 +7,45 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/windows"
+
+	"github.com/capnshm/capnshm/internal/handles"
 )
 
 // Handle is a Windows handle to a section object (a file mapping). A handle
-// from Create or from DuplicateTo/DuplicateFrom is not inheritable.
+// from Create is not inheritable.
 type Handle windows.Handle
 
 var (
 	modntdll           = windows.NewLazySystemDLL("ntdll.dll")
-	procNtQueryObject  = modntdll.NewProc("NtQueryObject")
 	procNtQuerySection = modntdll.NewProc("NtQuerySection")
 )
 
+// SectionQuery is the SECTION_QUERY access right (x/sys/windows has no
+// name for it): NtQuerySection, which Open uses to learn a section's size,
+// needs it.
+const SectionQuery = 0x0001
+
+// PeerAccess returns the access rights a section handle needs for Open in
+// mode, and no more: what a duplicate handed to a peer that opens it so
+// should carry (FILE_MAP_READ, plus FILE_MAP_WRITE for ReadWrite, plus
+// SectionQuery).
+func PeerAccess(mode Mode) uint32 {
+	if mode == ReadWrite {
+		return windows.FILE_MAP_READ | windows.FILE_MAP_WRITE | SectionQuery
+	}
+	return windows.FILE_MAP_READ | SectionQuery
+}
+
+// peerReadOnlySDDL is the security descriptor of a PeerReadOnly section:
+// its owner (OWNER RIGHTS, S-1-3-4, which also takes away the owner's
+// implicit right to change the DACL) may query and map it for reading,
+// nobody else anything. The handle Create returns keeps full access (a
+// creator's handle is not checked against the new object's DACL); a
+// duplicate asked for with more than read access is checked against it and
+// refused.
+const peerReadOnlySDDL = "D:P(A;;0x5;;;S-1-3-4)"
+
 const (
-	objectTypeInformation     = 2 // OBJECT_INFORMATION_CLASS
 	sectionBasicInformation   = 0 // SECTION_INFORMATION_CLASS
 	secReserve                = 0x04000000
 	secImage                  = 0x01000000
@@ -43,17 +68,22 @@ func roundPage(n int64) int64 { return (n + pageSize - 1) &^ (pageSize - 1) }
 // Create makes a pagefile-backed section of size bytes (rounded up to whole
 // pages by the system; Bytes is exactly size long) and maps it read-write.
 // opts.Name is not used on Windows: the section is unnamed and is shared by
-// handle only.
+// handle only. With opts.PeerReadOnly the section's DACL grants read access
+// only (peerReadOnlySDDL), so that a read-only duplicate given to a peer
+// cannot be duplicated again with write access.
 func Create(size int64, opts *Options) (*Region, error) {
 	if err := checkSize(size, opts); err != nil {
 		return nil, err
 	}
+	var sa *windows.SecurityAttributes
 	if opts.peerReadOnly() {
-		// DuplicateTo hands over the handle's own access: a read-only
-		// handle for the peer is not built yet.
-		return nil, fmt.Errorf("%w: Options.PeerReadOnly is not implemented on Windows", ErrWriteSealed)
+		sd, err := windows.SecurityDescriptorFromString(peerReadOnlySDDL)
+		if err != nil {
+			return nil, fmt.Errorf("shm: the read-only security descriptor: %w", err)
+		}
+		sa = &windows.SecurityAttributes{Length: uint32(unsafe.Sizeof(windows.SecurityAttributes{})), SecurityDescriptor: sd}
 	}
-	h, err := windows.CreateFileMapping(windows.InvalidHandle, nil, pageReadWriteProtectFlags,
+	h, err := windows.CreateFileMapping(windows.InvalidHandle, sa, pageReadWriteProtectFlags,
 		uint32(uint64(size)>>32), uint32(size), nil)
 	if err != nil {
 		return nil, fmt.Errorf("shm: CreateFileMapping of %d bytes: %w", size, err)
@@ -91,7 +121,7 @@ func open(h windows.Handle, size int64, mode Mode, opts *Options) (*Region, erro
 	if err := checkSize(size, opts); err != nil {
 		return nil, err
 	}
-	typ, err := objectTypeName(h)
+	typ, err := handles.TypeName(h)
 	if err != nil {
 		return nil, fmt.Errorf("%w: handle %#x: %v", ErrNotShared, uintptr(h), err)
 	}
@@ -99,7 +129,7 @@ func open(h windows.Handle, size int64, mode Mode, opts *Options) (*Region, erro
 		return nil, fmt.Errorf("%w: handle %#x is a %q object, not a Section", ErrNotShared, uintptr(h), typ)
 	}
 	// Learn the section's size without mapping it, if the handle grants
-	// SECTION_QUERY (handles from Create and DuplicateTo do). A handle
+	// SECTION_QUERY (handles from Create do, and duplicates given PeerAccess). A handle
 	// duplicated with only FILE_MAP_READ does not: then map the whole section
 	// and measure the view instead.
 	var sbi sectionBasicInfo
@@ -160,6 +190,9 @@ func mapSection(h windows.Handle, viewSize, size int64, mode Mode, opts *Options
 	}
 	addr, err := windows.MapViewOfFile(h, access, 0, 0, uintptr(viewSize))
 	if err != nil {
+		if mode == ReadWrite && err == windows.ERROR_ACCESS_DENIED {
+			return nil, fmt.Errorf("%w: the section handle does not grant FILE_MAP_WRITE (MapViewOfFile %v: %v)", ErrWriteSealed, mode, err)
+		}
 		return nil, fmt.Errorf("shm: MapViewOfFile (%v, %d bytes): %w", mode, viewSize, err)
 	}
 	// unsafe.Add from nil: addr is memory the system mapped for us, outside
@@ -197,27 +230,4 @@ func closeHandle(h Handle) error {
 		return fmt.Errorf("CloseHandle: %w", err)
 	}
 	return nil
-}
-
-// objectTypeName returns the kernel object type of h ("Section", "Event",
-// "File", ...) through NtQueryObject(ObjectTypeInformation), which needs no
-// particular access right on h.
-func objectTypeName(h windows.Handle) (string, error) {
-	var buf [128]uint64 // 1 KiB, pointer-aligned
-	var ret uint32
-	st, _, _ := procNtQueryObject.Call(uintptr(h), objectTypeInformation,
-		uintptr(unsafe.Pointer(&buf[0])), unsafe.Sizeof(buf), uintptr(unsafe.Pointer(&ret)))
-	if st != 0 {
-		return "", fmt.Errorf("NtQueryObject: %w", windows.NTStatus(uint32(st)))
-	}
-	// The buffer starts with the type name as a UNICODE_STRING whose
-	// characters follow inside the buffer.
-	us := (*windows.NTUnicodeString)(unsafe.Pointer(&buf[0]))
-	start := uintptr(unsafe.Pointer(&buf[0]))
-	end := start + unsafe.Sizeof(buf)
-	p := uintptr(unsafe.Pointer(us.Buffer))
-	if us.Buffer == nil || p < start || p+uintptr(us.Length) > end {
-		return "", fmt.Errorf("NtQueryObject: malformed type name")
-	}
-	return us.String(), nil
 }

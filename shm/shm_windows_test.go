@@ -10,10 +10,15 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/windows"
+
+	"github.com/capnshm/capnshm/internal/handles"
 	"github.com/capnshm/capnshm/internal/peertest"
 	"github.com/capnshm/capnshm/shm"
-	"golang.org/x/sys/windows"
 )
+
+// sectionRW is the access a peer that maps a section read-write needs.
+const sectionRW = windows.FILE_MAP_READ | windows.FILE_MAP_WRITE | shm.SectionQuery
 
 func init() {
 	peertest.Register("win-shm-dupto", winDupToPeer)
@@ -228,7 +233,8 @@ func TestWinDuplicateTo(t *testing.T) {
 		t.Fatalf("OpenProcess: %v", err)
 	}
 	defer windows.CloseHandle(proc)
-	h, err := shm.DuplicateTo(proc, r.Handle())
+	hh, err := handles.DuplicateTo(proc, windows.Handle(r.Handle()), sectionRW)
+	h := shm.Handle(hh)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +281,8 @@ func TestWinDuplicateFrom(t *testing.T) {
 		t.Fatalf("OpenProcess: %v", err)
 	}
 	defer windows.CloseHandle(proc)
-	h, err := shm.DuplicateFrom(proc, shm.Handle(v))
+	hh, err := handles.DuplicateFrom(proc, windows.Handle(v), sectionRW)
+	h := shm.Handle(hh)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,10 +301,75 @@ func TestWinDuplicateFrom(t *testing.T) {
 
 func TestWinDuplicateBadProcess(t *testing.T) {
 	r := mustCreate(t, 4096)
-	if _, err := shm.DuplicateTo(windows.Handle(0), r.Handle()); err == nil {
+	if _, err := handles.DuplicateTo(windows.Handle(0), windows.Handle(r.Handle()), sectionRW); err == nil {
 		t.Error("DuplicateTo(process 0) succeeded")
 	}
-	if _, err := shm.DuplicateFrom(windows.CurrentProcess(), shm.Handle(0x7ff0)); err == nil {
+	if _, err := handles.DuplicateFrom(windows.CurrentProcess(), windows.Handle(0x7ff0), sectionRW); err == nil {
 		t.Error("DuplicateFrom(bogus handle) succeeded")
+	}
+}
+
+// TestWinPeerReadOnly: a PeerReadOnly section stays writable through the
+// creator's mapping; a duplicate with PeerAccess(ReadOnly), what a peer is
+// given, maps read-only, and Open(ReadWrite) of it is ErrWriteSealed.
+func TestWinPeerReadOnly(t *testing.T) {
+	const size = 64 << 10
+	r, err := shm.Create(size, &shm.Options{PeerReadOnly: true, Prefault: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if writeFaults(r.Bytes(), 7) {
+		t.Fatal("the creator's own mapping of a PeerReadOnly section is not writable")
+	}
+	ro, err := shm.Open(dupAccess(t, r.Handle(), shm.PeerAccess(shm.ReadOnly), 0), size, shm.ReadOnly, nil)
+	if err != nil {
+		t.Fatalf("opening a PeerAccess(ReadOnly) duplicate read-only: %v", err)
+	}
+	defer ro.Close()
+	if ro.Bytes()[7] != 0x5a {
+		t.Fatal("the peer's view does not see the creator's write")
+	}
+	if !writeFaults(ro.Bytes(), 8) {
+		t.Fatal("a write through the peer's view did not fault")
+	}
+	_, err = shm.Open(dupAccess(t, r.Handle(), shm.PeerAccess(shm.ReadOnly), 0), size, shm.ReadWrite, nil)
+	if !errors.Is(err, shm.ErrWriteSealed) {
+		t.Fatalf("Open(ReadWrite) of a read-only duplicate: %v, want ErrWriteSealed", err)
+	}
+	t.Logf("%v", err)
+}
+
+// TestWinPeerReadOnlyDACL: the holder of a read-only duplicate of a
+// PeerReadOnly section cannot duplicate it again with write access: the
+// section's DACL grants its owner read access only. Wine does not enforce
+// DACLs on duplication, so this runs on Windows only.
+func TestWinPeerReadOnlyDACL(t *testing.T) {
+	if handles.IsWine() {
+		t.Skip("Wine does not check a section's DACL when a handle is duplicated with more access: needs real Windows")
+	}
+	r, err := shm.Create(4096, &shm.Options{PeerReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ro := dupAccess(t, r.Handle(), shm.PeerAccess(shm.ReadOnly), 0)
+	defer windows.CloseHandle(windows.Handle(ro))
+	p := windows.CurrentProcess()
+	var rw windows.Handle
+	err = windows.DuplicateHandle(p, windows.Handle(ro), p, &rw, shm.PeerAccess(shm.ReadWrite), false, 0)
+	if err == nil {
+		windows.CloseHandle(rw)
+		t.Fatal("a read-only duplicate of a PeerReadOnly section was raised to write access")
+	}
+	// Without PeerReadOnly the default DACL lets its owner do it: the
+	// check above tests the DACL, not duplication in general.
+	plain := mustCreate(t, 4096)
+	ro2 := dupAccess(t, plain.Handle(), shm.PeerAccess(shm.ReadOnly), 0)
+	defer windows.CloseHandle(windows.Handle(ro2))
+	if err := windows.DuplicateHandle(p, windows.Handle(ro2), p, &rw, shm.PeerAccess(shm.ReadWrite), false, 0); err != nil {
+		t.Logf("raising a plain section's read-only duplicate failed too (%v): this system checks more than the DACL", err)
+	} else {
+		windows.CloseHandle(rw)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/capnshm/capnshm/internal/handles"
 )
 
 // recvFDRoom is how many descriptors one receive has room for: more than
@@ -216,36 +218,24 @@ func (fc *FrameConn) recv(b []byte) (int, []int, error) {
 	return n, fds, err
 }
 
-// parseRights extracts the descriptors of every SCM_RIGHTS message in
-// oob. It returns the descriptors it found even when it also reports an
-// error, so that the caller can close them.
-func parseRights(oob []byte) ([]int, error) {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return nil, malformed("frame", "control message: %v", err)
-	}
-	var fds []int
-	var bad error
-	for i := range msgs {
-		m := &msgs[i]
-		if m.Header.Level != unix.SOL_SOCKET || m.Header.Type != unix.SCM_RIGHTS {
-			bad = malformed("frame", "unexpected control message level %d type %d", m.Header.Level, m.Header.Type)
-			continue
-		}
-		got, err := unix.ParseUnixRights(m)
-		if err != nil {
-			bad = malformed("frame", "SCM_RIGHTS message: %v", err)
-			continue
-		}
-		fds = append(fds, got...)
-	}
-	return fds, bad
-}
+// FD is a descriptor as frames carry it: on Linux a file descriptor,
+// attached to the frame header with SCM_RIGHTS.
+type FD = int
 
-func closeFDs(fds []int) {
-	for _, fd := range fds {
-		unix.Close(fd)
+// CloseFDs closes descriptors received with a frame (or about to be sent
+// with one) that the caller does not keep.
+func CloseFDs(fds []FD) { handles.CloseFDs(fds) }
+
+func closeFDs(fds []int) { handles.CloseFDs(fds) }
+
+// parseRights extracts the descriptors of every SCM_RIGHTS message in
+// oob (see handles.ParseRights), as a malformed frame's error.
+func parseRights(oob []byte) ([]int, error) {
+	fds, err := handles.ParseRights(oob)
+	if err != nil {
+		return fds, malformed("frame", "%v", err)
 	}
+	return fds, nil
 }
 
 func nilIfEmpty(fds []int) []int {
