@@ -47,34 +47,19 @@ var errNotMeasured = errors.New("not measured")
 // cppTransports are the transports the C++ peer is measured on, in order.
 var cppTransports = []string{"unix", "tcp"}
 
-// cppResult is one measurement of the C++ peer: the bench's Result
-// (Transport "cpp-ezrpc-unix" or "cpp-ezrpc-tcp") and the p90 the peer
-// also reports.
-type cppResult struct {
-	Result
-	P90 int64 `json:"p90_ns,omitempty"`
-}
-
 // measureCppEzRpc measures C++ EZ-RPC's ping and echo (workloads "ping" and
 // "echo", the latter at each of sizes) over a unix socket and over TCP on
-// loopback, with about a second of calls per measurement (at least 20).
-func measureCppEzRpc(ctx context.Context, workloads []string, sizes []int64) ([]cppResult, error) {
-	return measureCppEzRpcCounts(ctx, cppTransports, workloads, sizes, cppCalls)
-}
-
-// cppCalls is how many calls one measurement makes: 20000 pings (about a
-// second at C++'s 30-40 µs here), and 1 GiB of echoes, between 20 and 20000
-// of them (64 of 16 MiB, about 25 ms each here).
-func cppCalls(workload string, size int64) int {
-	if workload == "ping" {
-		return 20000
-	}
-	return int(min(max((1<<30)/size, 20), 20000))
+// loopback, with about a second of calls per measurement (cppCallsFor).
+// The bench's run does the same step by step (runner.cpp).
+func measureCppEzRpc(ctx context.Context, workloads []string, sizes []int64) ([]Result, error) {
+	return measureCppEzRpcCounts(ctx, cppTransports, workloads, sizes, func(w string, size int64) int {
+		return cppCallsFor(time.Second, w, size)
+	})
 }
 
 // measureCppEzRpcCounts is measureCppEzRpc on the given transports (of
 // cppTransports), making calls(workload, size) calls per measurement.
-func measureCppEzRpcCounts(ctx context.Context, transports, workloads []string, sizes []int64, calls func(string, int64) int) ([]cppResult, error) {
+func measureCppEzRpcCounts(ctx context.Context, transports, workloads []string, sizes []int64, calls func(string, int64) int) ([]Result, error) {
 	type job struct {
 		workload string
 		size     int64
@@ -105,16 +90,11 @@ func measureCppEzRpcCounts(ctx context.Context, transports, workloads []string, 
 	}
 	defer os.RemoveAll(dir)
 
-	var results []cppResult
+	var results []Result
 	for _, tr := range transports {
-		var bind string
-		switch tr {
-		case "unix":
-			bind = "unix:" + filepath.Join(dir, "peer.sock")
-		case "tcp":
-			bind = "127.0.0.1:0"
-		default:
-			return nil, fmt.Errorf("cpp-ezrpc: unknown transport %q (unix or tcp)", tr)
+		bind, err := cppBind(tr, dir)
+		if err != nil {
+			return nil, err
 		}
 		srv, err := startCppPeer(ctx, exe, bind)
 		if err != nil {
@@ -133,6 +113,18 @@ func measureCppEzRpcCounts(ctx context.Context, transports, workloads []string, 
 		}
 	}
 	return results, nil
+}
+
+// cppBind is where the C++ server listens for a medium (unix or tcp): a
+// socket in dir, or a free port on loopback.
+func cppBind(medium, dir string) (string, error) {
+	switch medium {
+	case "unix":
+		return "unix:" + filepath.Join(dir, "peer.sock"), nil
+	case "tcp":
+		return "127.0.0.1:0", nil
+	}
+	return "", fmt.Errorf("cpp-ezrpc: unknown transport %q (unix or tcp)", medium)
 }
 
 // cppMaxEcho is the largest echo the peer makes (its limit, see peer.c++).
@@ -384,7 +376,7 @@ type cppLine struct {
 }
 
 // runCppClient runs "peer client" and checks what it printed.
-func runCppClient(ctx context.Context, exe, addr, workload string, n int, size int64) (cppResult, error) {
+func runCppClient(ctx context.Context, exe, addr, workload string, n int, size int64) (Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, exe, "client", addr, workload, strconv.Itoa(n), strconv.FormatInt(size, 10))
@@ -394,24 +386,25 @@ func runCppClient(ctx context.Context, exe, addr, workload string, n int, size i
 	out, err := cmd.Output()
 	what := fmt.Sprintf("%s of %d B, %d calls", workload, size, n)
 	if err != nil {
-		return cppResult{}, fmt.Errorf("%s: the C++ client: %w: %s", what, err, bytes.TrimSpace(stderr.Bytes()))
+		return Result{}, fmt.Errorf("%s: the C++ client: %w: %s", what, err, bytes.TrimSpace(stderr.Bytes()))
 	}
 	var l cppLine
 	dec := json.NewDecoder(bytes.NewReader(out))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&l); err != nil {
-		return cppResult{}, fmt.Errorf("%s: the C++ client printed %q: %w", what, out, err)
+		return Result{}, fmt.Errorf("%s: the C++ client printed %q: %w", what, out, err)
 	}
 	switch {
 	case l.Workload != workload || l.Size != size || l.Count != int64(n):
-		return cppResult{}, fmt.Errorf("%s: the C++ client measured %s of %d B, %d calls", what, l.Workload, l.Size, l.Count)
+		return Result{}, fmt.Errorf("%s: the C++ client measured %s of %d B, %d calls", what, l.Workload, l.Size, l.Count)
 	case l.P50 <= 0 || l.P50 > l.P90 || l.P90 > l.P99 || l.P99 > l.P999 || l.P999 > l.Max || l.Mean <= 0:
-		return cppResult{}, fmt.Errorf("%s: the C++ client's figures are inconsistent: %s", what, out)
+		return Result{}, fmt.Errorf("%s: the C++ client's figures are inconsistent: %s", what, out)
 	}
-	r := cppResult{Result: Result{
+	r := Result{
 		Workload: workload, Size: size, Clients: 1, Ops: l.Count,
-		P50: l.P50, P99: l.P99, P999: l.P999, Max: l.Max, Mean: l.Mean,
-	}, P90: l.P90}
+		P50: l.P50, P90: l.P90, P99: l.P99, P999: l.P999, Max: l.Max, Mean: l.Mean,
+		OpsPerSec: 1e9 / float64(l.Mean),
+	}
 	if workload == "echo" {
 		r.MBps = float64(size) / (float64(l.Mean) / 1e9) / 1e6
 	}

@@ -1,15 +1,50 @@
 //go:build linux
 
-// Command bench measures capnshm against go-capnp's stream transport, with
-// client and server in separate processes, and against the floors of this
-// machine measured in the same run. It prints a table and writes a report
-// directory (report.md, results.json, SVG plots).
+// Command bench measures capnshm's RPC engine against go-capnp's rpc.Conn
+// and Cap'n Proto's C++ EZ-RPC, over shared memory, unix sockets, TCP on
+// loopback and in-process pipes, with client and server in separate
+// processes, and against the floors of this machine measured in the same
+// run. It prints a table and the targets of issue 11 with their status,
+// and writes a report directory.
 //
-//	go run ./bench                     # the whole suite, a few minutes
-//	go run ./bench -quick              # the whole suite in well under a minute
+//	go run ./bench                     # the whole suite, about 5 minutes
+//	go run ./bench -quick              # the whole suite in under a minute
 //	go run ./bench -quick -json        # one JSON document on stdout
-//	go run ./bench -workloads ping,echo -transports shm,unix -sizes 64,1MiB
+//	go run ./bench -workloads ping,echo -transports engine-shm,gocapnp -sizes 64,1MiB
 //	go run ./bench -workloads ping -rate 20000   # open loop at 20k calls/s
+//
+// Transports (-transports; "engine", "gocapnp" and "cpp-ezrpc" name each
+// group, and shm, shm-spin, shm-block, unix, tcp, pipe the engine's):
+//
+//	engine-shm, engine-shm-spin, engine-shm-block   capnshm's engine over shared memory,
+//	                                                adaptive, busy-spin and block wait strategy
+//	engine-unix, engine-tcp                         capnshm's engine over its stream transport
+//	engine-pipe, gocapnp-pipe                       both ends in this process, over net.Pipe
+//	gocapnp-shm                                     go-capnp's rpc.Conn over capnshm's shm transport
+//	gocapnp-unix, gocapnp-tcp                       go-capnp's rpc.Conn over its own stream transport
+//	cpp-ezrpc-unix, cpp-ezrpc-tcp                   C++ EZ-RPC (cpp/peer.c++, built with g++ and
+//	                                                libcapnp-dev when present; "not measured" otherwise)
+//
+// Workloads (-workloads): floors (spin, eventfd, memcpy), ring (the raw
+// ring per wait strategy), ping, echo (-sizes), inplace (a request built
+// in place), stream (-stream-total in 1 MiB `-> stream` calls), clients
+// (-clients connections pinging at once: calls/s) and idle (the CPU of a
+// connected pair). The C++ peer runs ping and echo only.
+//
+// The report directory (-out) holds report.md (the machine, the targets
+// marked met or missed with a closing note on each miss, every result),
+// results.json (what -json prints), bench.txt (Go benchmark format) and
+// SVG plots. To compare two runs:
+//
+//	go run ./bench -out old && ...change... && go run ./bench -out new
+//	benchstat old/bench.txt new/bench.txt
+//
+// (benchstat: go install golang.org/x/perf/cmd/benchstat@latest). A run
+// holds one sample of each figure; for confidence intervals concatenate
+// the bench.txt of several runs into each side
+// (cat a1/bench.txt a2/bench.txt a3/bench.txt > old.txt).
+// On a terminal a progress bar covers the whole run; otherwise each step
+// prints a line on stderr.
 //
 // The program re-executes itself as the peer: "-child server" serves
 // echoproto.Echo on a fresh address for one transport; "-child spin",
@@ -31,11 +66,8 @@ import (
 	"time"
 )
 
-// Every workload and transport, in the order they run.
-var (
-	allWorkloads  = []string{"floors", "ring", "ping", "echo", "inplace", "stream", "clients", "idle"}
-	allTransports = []string{"shm", "shm-spin", "shm-block", "unix", "tcp"}
-)
+// Every workload, in the order they run.
+var allWorkloads = []string{"floors", "ring", "ping", "echo", "inplace", "stream", "clients", "idle"}
 
 type config struct {
 	workloads   []string
@@ -64,7 +96,7 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var (
 		workloads  = fs.String("workloads", strings.Join(allWorkloads, ","), "comma list of workloads: "+strings.Join(allWorkloads, ","))
-		transports = fs.String("transports", strings.Join(allTransports, ","), "comma list of transports: "+strings.Join(allTransports, ","))
+		transports = fs.String("transports", strings.Join(allTransports, ","), "comma list of transports: "+strings.Join(allTransports, ",")+"; or engine, gocapnp, cpp-ezrpc for a group")
 		sizes      = fs.String("sizes", "64,4KiB,64KiB,1MiB,16MiB,64MiB", "echo message sizes (B, KiB, MiB suffixes)")
 		duration   = fs.Duration("duration", time.Second, "time per latency/throughput workload (per size, per client count)")
 		rounds     = fs.Int("rounds", 200_000, "round trips of each floor and raw-ring ping-pong")
@@ -75,7 +107,7 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		rate       = fs.Float64("rate", 0, "open loop: calls per second for ping and echo, latency measured from each call's intended send time, corrected for coordinated omission; the sender yield-spins up to 2 ms before each send (0: closed loop)")
 		out        = fs.String("out", "bench-report", "report directory (empty: no report)")
 		jsonOut    = fs.Bool("json", false, "print exactly one JSON document on stdout (progress goes to stderr)")
-		quick      = fs.Bool("quick", false, "the whole suite in under 60 s (for CI): short durations, fewer rounds, 1 s idle, 128 MiB streamed")
+		quick      = fs.Bool("quick", false, "the whole suite in under 60 s (for CI): 100 ms per measurement, 20000 rounds, 1 s idle, 128 MiB streamed, 1 and 8 clients")
 		role       = fs.String("child", "", "internal: run as the peer (server, spin, eventfd, ring)")
 		transport  = fs.String("transport", "", "internal: the transport the server child serves")
 		strategy   = fs.Int("strategy", 0, "internal: the ring child's wait strategy")
@@ -108,13 +140,16 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		if !set["stream-total"] {
 			*stream = "128MiB"
 		}
+		if !set["clients"] {
+			*clients = "1,8" // 8 is issue 11's target
+		}
 	}
 	var err error
 	if cfg.workloads, err = parseList(*workloads, allWorkloads); err != nil {
 		fmt.Fprintln(stderr, "bench: -workloads:", err)
 		return 2
 	}
-	if cfg.transports, err = parseList(*transports, allTransports); err != nil {
+	if cfg.transports, err = parseTransports(*transports); err != nil {
 		fmt.Fprintln(stderr, "bench: -transports:", err)
 		return 2
 	}
@@ -125,6 +160,10 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		cfg.sizes = append(cfg.sizes, n)
+	}
+	if slices.ContainsFunc(cfg.transports, func(t string) bool { return strings.HasPrefix(t, implCpp) }) && slices.Max(cfg.sizes) > cppMaxEcho && cfg.has("echo") {
+		fmt.Fprintf(stderr, "bench: -sizes: %s is over the C++ peer's largest echo (%s): leave out the cpp-ezrpc transports or that size\n", sizeName(slices.Max(cfg.sizes)), sizeName(cppMaxEcho))
+		return 2
 	}
 	if cfg.streamTotal, err = parseSize(*stream); err != nil || cfg.streamTotal <= 0 {
 		fmt.Fprintf(stderr, "bench: -stream-total: bad size %q\n", *stream)
@@ -146,19 +185,25 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		cfg.workloads = slices.DeleteFunc(cfg.workloads, func(w string) bool { return w == "idle" })
 	}
 
+	if len(cfg.workloads) == 0 || len(plan(cfg)) == 0 {
+		fmt.Fprintf(stderr, "bench: nothing to measure: workloads %v on transports %v\n", cfg.workloads, cfg.transports)
+		return 2
+	}
+
 	start := time.Now()
-	rep, err := run(context.Background(), cfg, stderr)
+	rep, err := run(context.Background(), cfg, stderr, isTerminal(stderr))
 	if err != nil {
 		fmt.Fprintln(stderr, "bench:", err)
 		return 1
 	}
 	rep.Elapsed = time.Since(start).Round(time.Millisecond).String()
+	rep.Targets = targets(rep)
 	if cfg.out != "" {
 		if err := writeReport(cfg.out, rep); err != nil {
 			fmt.Fprintln(stderr, "bench: writing the report:", err)
 			return 1
 		}
-		fmt.Fprintf(stderr, "report written to %s/ (report.md, results.json, latency-ping.svg, throughput-echo.svg)\n", cfg.out)
+		fmt.Fprintf(stderr, "report written to %s/ (%s)\n", cfg.out, strings.Join(reportFiles, ", "))
 	}
 	if cfg.json {
 		enc := json.NewEncoder(stdout)
@@ -171,7 +216,7 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	}
 	printTable(stdout, rep)
 	fmt.Fprintln(stdout)
-	printTargets(stdout, rep)
+	printTargets(stdout, rep.Targets)
 	fmt.Fprintf(stdout, "\ntotal %s\n", rep.Elapsed)
 	return 0
 }

@@ -8,13 +8,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	capnp "capnproto.org/go/capnp/v3"
+	gorpc "capnproto.org/go/capnp/v3/rpc"
+	"capnproto.org/go/capnp/v3/rpc/transport"
 	"golang.org/x/sys/unix"
 
 	"github.com/capnshm/capnshm/internal/child"
@@ -33,34 +37,12 @@ const ringCapacity = 64 << 10
 // stream transport's default (64 MiB) refuses a 64 MiB echo.
 const maxMessage = 1 << 30
 
-// strategyOf returns the ring wait strategy of an shm transport.
-func strategyOf(transport string) (ringbuf.WaitStrategy, bool) {
-	switch transport {
-	case "shm":
-		return ringbuf.Adaptive, true
-	case "shm-spin":
-		return ringbuf.BusySpin, true
-	case "shm-block":
-		return ringbuf.Block, true
-	}
-	return 0, false
-}
-
-// rpcOptions are the options of both sides of transport.
-func rpcOptions(transport string) []rpc.Option {
-	opts := []rpc.Option{rpc.WithMaxMessage(maxMessage)}
-	if st, ok := strategyOf(transport); ok {
-		opts = append(opts, rpc.WithWaitStrategy(st), rpc.WithFallback(rpc.FallbackRequire))
-	}
-	return opts
-}
-
 // peer is a child process: this program run with -child.
 type peer struct {
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
 	lines  chan string
-	stderr strings.Builder
+	stderr lockedBuffer
 }
 
 func startPeer(args []string, handles []uintptr) (*peer, error) {
@@ -137,15 +119,17 @@ func (p *peer) stop() {
 	}
 }
 
-// server is a server child for one transport.
+// server is a server child for one transport: it implements endpoint.
 type server struct {
 	*peer
-	transport string
-	addr      string
+	def transportDef
+	// addr is what the child printed: an address for rpc.Dial (engine), or
+	// "NETWORK ADDRESS" for net.Dial (go-capnp).
+	addr string
 }
 
-func startServer(transport string) (*server, error) {
-	p, err := startPeer([]string{"-child", "server", "-transport", transport}, nil)
+func startServer(d transportDef) (*server, error) {
+	p, err := startPeer([]string{"-child", "server", "-transport", d.name}, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -154,15 +138,20 @@ func startServer(transport string) (*server, error) {
 		p.stop()
 		return nil, err
 	}
-	return &server{peer: p, transport: transport, addr: addr}, nil
+	return &server{peer: p, def: d, addr: addr}, nil
+}
+
+// query sends the server a command line and returns its answer.
+func (s *server) query(cmd string) (string, error) {
+	if _, err := io.WriteString(s.stdin, cmd+"\n"); err != nil {
+		return "", fmt.Errorf("asking the server for %s: %w", cmd, err)
+	}
+	return s.line()
 }
 
 // cpu returns the CPU time the server process has used.
 func (s *server) cpu() (time.Duration, error) {
-	if _, err := io.WriteString(s.stdin, "cpu\n"); err != nil {
-		return 0, err
-	}
-	l, err := s.line()
+	l, err := s.query("cpu")
 	if err != nil {
 		return 0, err
 	}
@@ -173,35 +162,71 @@ func (s *server) cpu() (time.Duration, error) {
 	return time.Duration(ns), nil
 }
 
-// dial connects to the server.
-func (s *server) dial(ctx context.Context) (*rpc.Conn, echoproto.Echo, error) {
-	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	conn, err := rpc.Dial(dctx, s.addr, rpcOptions(s.transport)...)
+// copied returns the bytes the server's transports have copied (rpc.Stats
+// BytesCopied, summed over its connections), if they count them.
+func (s *server) copied() (uint64, bool, error) {
+	l, err := s.query("copied")
 	if err != nil {
-		return nil, echoproto.Echo{}, err
+		return 0, false, err
 	}
-	if _, shmWanted := strategyOf(s.transport); conn.SharedMemory() != shmWanted {
-		conn.Close()
-		return nil, echoproto.Echo{}, fmt.Errorf("%s: connection on shared memory: %v, want %v", s.transport, conn.SharedMemory(), shmWanted)
+	if l == "-" {
+		return 0, false, nil
 	}
-	boot := echoproto.Echo(conn.Bootstrap(dctx))
-	if err := ping(dctx, boot); err != nil {
-		boot.Release()
-		conn.Close()
-		return nil, echoproto.Echo{}, fmt.Errorf("first ping: %w", err)
+	n, err := strconv.ParseUint(l, 10, 64)
+	if err != nil {
+		return 0, false, fmt.Errorf("server said %q, want the bytes it copied", l)
 	}
-	return conn, boot, nil
+	return n, true, nil
 }
 
-// closeConn closes a connection made by dial and releases its bootstrap.
-func closeConn(conn *rpc.Conn, boot echoproto.Echo) {
-	conn.Close()
-	select {
-	case <-conn.Done():
-	case <-time.After(10 * time.Second):
+// dial connects to the server; ctx bounds the connection's life, and
+// connecting takes at most 30 s of it.
+func (s *server) dial(ctx context.Context) (*client, error) {
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var c *client
+	switch s.def.impl {
+	case implEngine:
+		conn, err := rpc.Dial(dctx, s.addr, engineOptions(s.def)...)
+		if err != nil {
+			return nil, err
+		}
+		if shmWanted := s.def.medium == "shm"; conn.SharedMemory() != shmWanted {
+			conn.Close()
+			return nil, fmt.Errorf("connection on shared memory: %v, want %v", conn.SharedMemory(), shmWanted)
+		}
+		c = engineClient(ctx, conn)
+	case implGoCapnp:
+		network, address, ok := strings.Cut(s.addr, " ")
+		if !ok {
+			return nil, fmt.Errorf("server said %q, want NETWORK ADDRESS", s.addr)
+		}
+		var d net.Dialer
+		conn, err := d.DialContext(dctx, network, address)
+		if err != nil {
+			return nil, err
+		}
+		if s.def.medium != "shm" {
+			c = goCapnpClient(ctx, streamTransport(conn), rpc.DefaultStreamFlowWindow, noStats)
+			break
+		}
+		uc, ok := conn.(*net.UnixConn)
+		if !ok {
+			conn.Close()
+			return nil, fmt.Errorf("%s is not a unix socket", s.addr)
+		}
+		tr, err := rpc.NewTransport(dctx, uc, rpc.Dialer, shmTransportOptions(s.def)...)
+		if err != nil {
+			return nil, err
+		}
+		c = goCapnpClient(ctx, tr, rpc.DefaultPoolSize/2, func() (rpc.Stats, bool) { return tr.Stats(), true })
+	default:
+		return nil, fmt.Errorf("%s: no Go client", s.def.name)
 	}
-	boot.Release()
+	if err := ping(dctx, c.boot); err != nil {
+		return nil, errors.Join(fmt.Errorf("first ping: %w", err), c.close())
+	}
+	return c, nil
 }
 
 // cpuTime returns the CPU time this process has used.
@@ -267,40 +292,167 @@ func runChild(role, transport string, rounds, strategy, regionSize int) error {
 
 // serverChild serves echoproto.Echo for transport on a fresh address,
 // prints the address, answers "cpu" lines on stdin with its CPU time in
-// nanoseconds, and exits when stdin ends.
+// nanoseconds and "copied" lines with the bytes its transports copied (or
+// "-"), and exits when stdin ends.
 func serverChild(transport string) error {
-	var addr string
-	switch transport {
-	case "shm", "shm-spin", "shm-block":
-		addr = fmt.Sprintf("shm-abstract:capnshm-bench-%d", os.Getpid())
-	case "unix":
-		addr = fmt.Sprintf("unix-abstract:capnshm-bench-%d", os.Getpid())
-	case "tcp":
-		addr = "tcp:127.0.0.1:0"
-	default:
-		return fmt.Errorf("unknown transport %q", transport)
+	d, ok := lookupTransport(transport)
+	if !ok || d.medium == "pipe" || d.impl == implCpp {
+		return fmt.Errorf("no server child for transport %q", transport)
 	}
-	boot := echoproto.Echo_ServerToClient(&echoproto.Server{})
-	srv, err := rpc.Listen(addr, capnp.Client(boot), rpcOptions(transport)...)
-	if err != nil {
-		return err
-	}
-	defer srv.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go func() { _ = srv.Serve(ctx) }()
-	fmt.Println(srv.Addr().String())
+	var copied func() (uint64, bool)
+	if d.impl == implEngine {
+		stop, c, err := serveEngine(ctx, d)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		copied = c
+	} else {
+		stop, c, err := serveGoCapnp(ctx, d)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		copied = c
+	}
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
-		if sc.Text() == "cpu" {
+		switch sc.Text() {
+		case "cpu":
 			d, err := cpuTime()
 			if err != nil {
 				return err
 			}
 			fmt.Println(d.Nanoseconds())
+		case "copied":
+			if n, ok := copied(); ok {
+				fmt.Println(n)
+			} else {
+				fmt.Println("-")
+			}
+		default:
+			return fmt.Errorf("unknown command %q on stdin", sc.Text())
 		}
 	}
 	return nil
+}
+
+// statsSet sums the transports' copied bytes of a server's connections.
+type statsSet struct {
+	mu    sync.Mutex
+	stats []func() rpc.Stats
+}
+
+func (s *statsSet) add(f func() rpc.Stats) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stats = append(s.stats, f)
+}
+
+func (s *statsSet) copied() (uint64, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n uint64
+	for _, f := range s.stats {
+		n += f().BytesCopied
+	}
+	return n, true
+}
+
+// serveEngine serves with capnshm's engine (rpc.Listen) and prints the
+// address rpc.Dial takes.
+func serveEngine(ctx context.Context, d transportDef) (stop func(), copied func() (uint64, bool), err error) {
+	var addr string
+	switch d.medium {
+	case "shm":
+		addr = fmt.Sprintf("shm-abstract:capnshm-bench-%d", os.Getpid())
+	case "unix":
+		addr = fmt.Sprintf("unix-abstract:capnshm-bench-%d", os.Getpid())
+	case "tcp":
+		addr = "tcp:127.0.0.1:0"
+	}
+	var set statsSet
+	opts := append(engineOptions(d), rpc.WithConnState(func(info rpc.ConnInfo, st rpc.ConnState) {
+		// The stream transport does not count copies (see client.stats).
+		if st == rpc.StateActive && info.Conn != nil && info.Conn.SharedMemory() {
+			conn := info.Conn
+			set.add(func() rpc.Stats { return conn.Stats().Stats })
+		}
+	}))
+	boot := echoproto.Echo_ServerToClient(&echoproto.Server{})
+	srv, err := rpc.Listen(addr, capnp.Client(boot), opts...)
+	if err != nil {
+		return nil, nil, err
+	}
+	go func() { _ = srv.Serve(ctx) }()
+	fmt.Println(srv.Addr().String())
+	copied = func() (uint64, bool) { return 0, false }
+	if d.medium == "shm" {
+		copied = set.copied
+	}
+	return func() { srv.Close() }, copied, nil
+}
+
+// serveGoCapnp serves with go-capnp's rpc.Conn, one per accepted
+// connection, and prints the listener's network and address.
+func serveGoCapnp(ctx context.Context, d transportDef) (stop func(), copied func() (uint64, bool), err error) {
+	network, address := "unix", fmt.Sprintf("@capnshm-bench-gocapnp-%d", os.Getpid())
+	if d.medium == "tcp" {
+		network, address = "tcp", "127.0.0.1:0"
+	}
+	l, err := net.Listen(network, address)
+	if err != nil {
+		return nil, nil, err
+	}
+	boot := echoproto.Echo_ServerToClient(&echoproto.Server{})
+	var set statsSet
+	var mu sync.Mutex
+	var conns []*gorpc.Conn
+	serve := func(c net.Conn) {
+		var t transport.Transport
+		if d.medium == "shm" {
+			hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			tr, err := rpc.NewTransport(hctx, c.(*net.UnixConn), rpc.Listener, shmTransportOptions(d)...)
+			cancel()
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "bench server: handshake:", err)
+				return
+			}
+			set.add(tr.Stats)
+			t = tr
+		} else {
+			t = streamTransport(c)
+		}
+		conn := gorpc.NewConn(t, &gorpc.Options{BootstrapClient: capnp.Client(boot.AddRef()), Logger: quietLogger()})
+		mu.Lock()
+		conns = append(conns, conn)
+		mu.Unlock()
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go serve(c)
+		}
+	}()
+	fmt.Println(l.Addr().Network(), l.Addr().String())
+	copied = func() (uint64, bool) { return 0, false }
+	if d.medium == "shm" {
+		copied = set.copied
+	}
+	return func() {
+		l.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			_ = bounded(func() error { c.Close(); <-c.Done(); return nil })
+		}
+		boot.Release()
+	}, copied, nil
 }
 
 // pairRun creates a ping-pong region and a doorbell, starts the peer for

@@ -4,8 +4,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
 	"sync"
 	"time"
@@ -14,155 +16,307 @@ import (
 	"github.com/HdrHistogram/hdrhistogram-go"
 
 	"github.com/capnshm/capnshm/internal/echoproto"
-	"github.com/capnshm/capnshm/rpc"
 )
 
-// Report is what -json prints and results.json holds.
-type Report struct {
-	Floors  Floors    `json:"floors"`
-	Results []*Result `json:"results"`
-	// The run's settings and host, for the reader of results.json.
-	Host    string  `json:"host,omitempty"`
-	Quick   bool    `json:"quick,omitempty"`
-	Rate    float64 `json:"rate,omitempty"`
-	Elapsed string  `json:"elapsed,omitempty"`
-}
-
-// Floors are this machine's floors, measured in the same run: the p50
-// round trip of a spin on one shared cache line and of two blocking
-// eventfds between two processes, and memcpy bandwidth in one process.
-type Floors struct {
-	SpinRTT    int64   `json:"spin_rtt_ns,omitempty"`
-	EventfdRTT int64   `json:"eventfd_rtt_ns,omitempty"`
-	MemcpyGBps float64 `json:"memcpy_gbps,omitempty"`
-}
-
-// Result is one workload on one transport. Latencies are per call (per
-// round trip); mbps is payload bytes (one direction) per second / 1e6.
-type Result struct {
-	Workload  string   `json:"workload"`
-	Transport string   `json:"transport,omitempty"`
-	Size      int64    `json:"size,omitempty"`
-	Clients   int      `json:"clients,omitempty"`
-	Ops       int64    `json:"ops,omitempty"`
-	P50       int64    `json:"p50_ns,omitempty"`
-	P99       int64    `json:"p99_ns,omitempty"`
-	P999      int64    `json:"p999_ns,omitempty"`
-	Max       int64    `json:"max_ns,omitempty"`
-	Mean      int64    `json:"mean_ns,omitempty"`
-	MBps      float64  `json:"mbps,omitempty"`
-	OpsPerSec float64  `json:"ops_per_sec,omitempty"`
-	CPUPct    *float64 `json:"cpu_pct,omitempty"`
-	// OpenLoop: latencies measured from each call's intended send time at
-	// -rate calls per second (corrected for coordinated omission).
-	OpenLoop bool `json:"open_loop,omitempty"`
-
-	hist *hdrhistogram.Histogram
-}
-
-func newHist() *hdrhistogram.Histogram { return hdrhistogram.New(1, int64(10*time.Minute), 3) }
-
-func record(h *hdrhistogram.Histogram, d time.Duration) {
-	v := max(d.Nanoseconds(), 1)
-	_ = h.RecordValue(min(v, h.HighestTrackableValue()))
-}
-
-// fill sets the latency fields of r from its histogram.
-func (r *Result) fill(h *hdrhistogram.Histogram) {
-	r.hist = h
-	r.Ops = h.TotalCount()
-	r.P50 = h.ValueAtQuantile(50)
-	r.P99 = h.ValueAtQuantile(99)
-	r.P999 = h.ValueAtQuantile(99.9)
-	r.Max = h.Max()
-	r.Mean = int64(h.Mean())
-}
-
-func fromSamples(s []time.Duration) *hdrhistogram.Histogram {
-	h := newHist()
-	for _, d := range s {
-		record(h, d)
+// run runs the steps of cfg's plan and returns their report (targets
+// not yet computed). With bar, progress is a bar on stderr.
+func run(ctx context.Context, cfg *config, stderr io.Writer, bar bool) (*Report, error) {
+	m := thisMachine()
+	rep := &Report{Quick: cfg.quick, Rate: cfg.rate, Machine: m, Host: m.String(), Duration: cfg.duration.String()}
+	steps := plan(cfg)
+	var total time.Duration
+	for _, s := range steps {
+		total += s.weight
 	}
-	return h
-}
-
-// progress writes one line per step to stderr.
-type progress struct {
-	w     io.Writer
-	start time.Time
-}
-
-func (p *progress) printf(format string, args ...any) {
-	fmt.Fprintf(p.w, "[%6.1fs] %s\n", time.Since(p.start).Seconds(), fmt.Sprintf(format, args...))
-}
-
-func (p *progress) result(r *Result) {
-	s := fmt.Sprintf("%-7s %-9s", r.Workload, r.Transport)
-	if r.Size > 0 {
-		s += " " + sizeName(r.Size)
-	}
-	if r.Clients > 1 {
-		s += fmt.Sprintf(" x%d clients", r.Clients)
-	}
-	if r.Ops > 0 && r.P50 > 0 {
-		s += fmt.Sprintf(": p50 %v p99 %v (%d ops)", time.Duration(r.P50), time.Duration(r.P99), r.Ops)
-	}
-	if r.MBps > 0 {
-		s += fmt.Sprintf(" %.0f MB/s", r.MBps)
-	}
-	if r.CPUPct != nil {
-		s += fmt.Sprintf(": %.3f%% of a core", *r.CPUPct)
-	}
-	p.printf("%s", s)
-}
-
-func run(ctx context.Context, cfg *config, stderr io.Writer) (*Report, error) {
-	rep := &Report{Quick: cfg.quick, Rate: cfg.rate, Host: fmt.Sprintf("%s/%s, %d CPUs, %s", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version())}
-	pr := &progress{w: stderr, start: time.Now()}
-	add := func(r *Result) {
-		rep.Results = append(rep.Results, r)
-		pr.result(r)
-	}
-	pr.printf("bench: workloads %v, transports %v, %v per workload", cfg.workloads, cfg.transports, cfg.duration)
-
-	if cfg.has("floors") {
-		pr.printf("floor: spin on a shared cache line, %d round trips", cfg.rounds)
-		s, err := spinFloor(cfg.rounds)
+	pr := newProgress(stderr, steps, bar)
+	defer pr.finish()
+	pr.printf("bench: %d measurements, about %v: workloads %v, transports %v, %v per measurement", len(steps), total.Round(time.Second), cfg.workloads, cfg.transports, cfg.duration)
+	r := &runner{cfg: cfg, rep: rep, pr: pr}
+	for i := 0; i < len(steps); {
+		s := steps[i]
+		if s.workload == "floors" || s.workload == "ring" {
+			pr.begin(s)
+			if err := r.mechanism(s); err != nil {
+				return nil, err
+			}
+			pr.done(s)
+			i++
+			continue
+		}
+		j := i + 1
+		for j < len(steps) && steps[j].transport == s.transport {
+			j++
+		}
+		d, _ := lookupTransport(s.transport)
+		var err error
+		if d.impl == implCpp {
+			err = r.cpp(ctx, d, steps[i:j])
+		} else {
+			err = r.transport(ctx, d, steps[i:j])
+		}
 		if err != nil {
-			return nil, fmt.Errorf("spin floor: %w", err)
+			return nil, fmt.Errorf("%s: %w", s.transport, err)
 		}
-		rep.Floors.SpinRTT = fromSamples(s).ValueAtQuantile(50)
-		pr.printf("floor: blocking eventfd pair, %d round trips", cfg.rounds)
-		if s, err = eventfdFloor(cfg.rounds); err != nil {
-			return nil, fmt.Errorf("eventfd floor: %w", err)
-		}
-		rep.Floors.EventfdRTT = fromSamples(s).ValueAtQuantile(50)
-		pr.printf("floor: memcpy bandwidth")
-		rep.Floors.MemcpyGBps = memcpyGBps(cfg.duration)
-		pr.printf("floors: spin %v, eventfd %v, memcpy %.1f GB/s", time.Duration(rep.Floors.SpinRTT), time.Duration(rep.Floors.EventfdRTT), rep.Floors.MemcpyGBps)
-	}
-	if cfg.has("ring") {
-		for _, tr := range cfg.transports {
-			st, ok := strategyOf(tr)
-			if !ok {
-				continue
-			}
-			pr.printf("ring: raw ring round trip, %v, %d round trips", st, cfg.rounds)
-			s, err := ringRoundTrips(cfg.rounds, st)
-			if err != nil {
-				return nil, fmt.Errorf("ring %v: %w", st, err)
-			}
-			r := &Result{Workload: "ring", Transport: tr, Size: 8, Clients: 1}
-			r.fill(fromSamples(s))
-			add(r)
-		}
-	}
-	for _, tr := range cfg.transports {
-		if err := runTransport(ctx, cfg, tr, pr, add); err != nil {
-			return nil, fmt.Errorf("%s: %w", tr, err)
-		}
+		i = j
 	}
 	return rep, nil
+}
+
+// runner runs a plan's steps into rep.
+type runner struct {
+	cfg *config
+	rep *Report
+	pr  *progress
+	// cppExe and cppErr are the C++ peer, built once a run.
+	cppExe   string
+	cppErr   error
+	cppBuilt bool
+}
+
+func (r *runner) add(res *Result) {
+	r.rep.Results = append(r.rep.Results, res)
+	r.pr.result(res)
+}
+
+// mechanism runs the floors or a raw ring step.
+func (r *runner) mechanism(s step) error {
+	cfg, rep, pr := r.cfg, r.rep, r.pr
+	if s.workload == "floors" {
+		rep.Floors.Rounds = cfg.rounds
+		sp, err := spinFloor(cfg.rounds)
+		if err != nil {
+			return fmt.Errorf("spin floor: %w", err)
+		}
+		rep.Floors.SpinRTT = fromSamples(sp).ValueAtQuantile(50)
+		if sp, err = eventfdFloor(cfg.rounds); err != nil {
+			return fmt.Errorf("eventfd floor: %w", err)
+		}
+		rep.Floors.EventfdRTT = fromSamples(sp).ValueAtQuantile(50)
+		rep.Floors.MemcpyGBps = memcpyGBps(cfg.duration)
+		pr.printf("floors: spin %v, eventfd %v, memcpy %.1f GB/s (%d round trips each)", time.Duration(rep.Floors.SpinRTT), time.Duration(rep.Floors.EventfdRTT), rep.Floors.MemcpyGBps, cfg.rounds)
+		return nil
+	}
+	for _, d := range transportDefs {
+		if d.ringLabel != s.transport {
+			continue
+		}
+		sp, err := ringRoundTrips(cfg.rounds, d.strategy)
+		if err != nil {
+			return fmt.Errorf("ring %v: %w", d.strategy, err)
+		}
+		res := &Result{Workload: "ring", Transport: s.transport, Size: 8, Clients: 1}
+		res.fill(fromSamples(sp))
+		r.add(res)
+		return nil
+	}
+	return fmt.Errorf("no ring %q", s.transport)
+}
+
+// transport starts the server of d and runs its steps on it.
+func (r *runner) transport(ctx context.Context, d transportDef, steps []step) (err error) {
+	r.pr.printf("%s: starting the server", d.name)
+	ep, err := startEndpoint(d)
+	if err != nil {
+		return err
+	}
+	defer ep.stop()
+	callCtx, cancel := context.WithTimeout(ctx, 15*time.Minute)
+	defer cancel()
+	main, err := ep.dial(callCtx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := main.close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	for _, s := range steps {
+		r.pr.begin(s)
+		res, err := r.measure(callCtx, s, ep, main)
+		if err != nil {
+			return fmt.Errorf("%s: %w", s, err)
+		}
+		res.Workload, res.Transport = s.workload, s.transport
+		if res.Clients == 0 {
+			res.Clients = s.clients
+		}
+		if s.workload == "clients" {
+			res.Workload = "ping"
+		}
+		r.add(res)
+		r.pr.done(s)
+	}
+	return nil
+}
+
+// measure runs one RPC step.
+func (r *runner) measure(ctx context.Context, s step, ep endpoint, c *client) (*Result, error) {
+	cfg := r.cfg
+	pb := &probe{c: c, ep: ep}
+	switch s.workload {
+	case "ping":
+		return latency(ctx, cfg, func(ctx context.Context, _ int) error { return ping(ctx, c.boot) }, pb)
+	case "echo":
+		src := make([]byte, s.size)
+		echoproto.FillPattern(src, 3, 0)
+		res, err := latency(ctx, cfg, func(ctx context.Context, i int) error { return echo(ctx, c.boot, src, i) }, pb)
+		if err != nil {
+			return nil, err
+		}
+		res.Size = s.size
+		res.MBps = float64(s.size) / (float64(res.Mean) / 1e9) / 1e6
+		return res, nil
+	case "inplace":
+		n := s.size
+		want := uint64(0)
+		for i := int64(0); i < n; i++ {
+			want += uint64(byte(i) ^ 0x5a)
+		}
+		closed := *cfg
+		closed.rate = 0 // always closed loop: one 64 MiB call at a time
+		res, err := latency(ctx, &closed, func(ctx context.Context, _ int) error { return sum(ctx, c.boot, int(n), want) }, pb)
+		if err != nil {
+			return nil, err
+		}
+		res.Size = n
+		res.MBps = float64(n) / (float64(res.Mean) / 1e9) / 1e6
+		return res, nil
+	case "stream":
+		return stream(ctx, c, s.size, pb)
+	case "clients":
+		return concurrent(ctx, cfg, ep, s.clients)
+	case "idle":
+		return idle(ctx, cfg.idle, ep, c)
+	}
+	return nil, fmt.Errorf("unknown workload %q", s.workload)
+}
+
+// cpp runs the C++ steps of d: builds the peer (once a run), starts its
+// server and runs its client once per step. A missing toolchain is
+// recorded in the report as the reason these were not measured.
+func (r *runner) cpp(ctx context.Context, d transportDef, steps []step) error {
+	if !r.cppBuilt {
+		r.pr.printf("%s: building the C++ peer (or finding it in the cache)", d.name)
+		r.cppExe, r.cppErr = buildCppPeer(ctx)
+		r.cppBuilt = true
+	}
+	if errors.Is(r.cppErr, errNotMeasured) {
+		if r.rep.NotMeasured == nil {
+			r.rep.NotMeasured = map[string]string{}
+		}
+		r.rep.NotMeasured[d.name] = r.cppErr.Error()
+		r.pr.printf("%s: %v", d.name, r.cppErr)
+		for _, s := range steps {
+			r.pr.done(s)
+		}
+		return nil
+	}
+	if r.cppErr != nil {
+		return r.cppErr
+	}
+	dir, err := os.MkdirTemp("", "capnshm-cpp-ezrpc-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	bind, err := cppBind(d.medium, dir)
+	if err != nil {
+		return err
+	}
+	srv, err := startCppPeer(ctx, r.cppExe, bind)
+	if err != nil {
+		return err
+	}
+	for _, s := range steps {
+		r.pr.begin(s)
+		res, err := runCppClient(ctx, r.cppExe, srv.addr, s.workload, s.calls, s.size)
+		if err != nil {
+			return errors.Join(fmt.Errorf("%s: %w", s, err), srv.stop())
+		}
+		res.Transport = d.name
+		r.add(&res)
+		r.pr.done(s)
+	}
+	return srv.stop()
+}
+
+// probe reads the counters a measurement reports around its measured
+// calls: this process's allocations and the transports' copied bytes.
+type probe struct {
+	c      *client
+	ep     endpoint
+	before counters
+}
+
+type counters struct {
+	mallocs                uint64
+	copied, peerCopied     uint64
+	hasCopied, hasPeerCopy bool
+}
+
+// read reads the counters; the allocations last when starting and first
+// when stopping, so that asking the server counts none of them.
+func (p *probe) read(starting bool) (counters, error) {
+	var c counters
+	var ms runtime.MemStats
+	peer := func() error {
+		if p.ep == nil {
+			return nil
+		}
+		var err error
+		c.peerCopied, c.hasPeerCopy, err = p.ep.copied()
+		return err
+	}
+	if !starting {
+		runtime.ReadMemStats(&ms)
+		c.mallocs = ms.Mallocs
+	}
+	if p.c != nil {
+		s, ok := p.c.stats()
+		c.copied, c.hasCopied = s.BytesCopied, ok
+	}
+	if err := peer(); err != nil {
+		return c, err
+	}
+	if starting {
+		runtime.ReadMemStats(&ms)
+		c.mallocs = ms.Mallocs
+	}
+	return c, nil
+}
+
+func (p *probe) start() error {
+	if p == nil {
+		return nil
+	}
+	var err error
+	p.before, err = p.read(true)
+	return err
+}
+
+// stop sets res's counters from the start to now, over ops calls.
+func (p *probe) stop(res *Result, ops int64) error {
+	if p == nil {
+		return nil
+	}
+	after, err := p.read(false)
+	if err != nil {
+		return err
+	}
+	if ops > 0 {
+		a := float64(after.mallocs-p.before.mallocs) / float64(ops)
+		res.AllocsPerOp = &a
+	}
+	if after.hasCopied && p.before.hasCopied {
+		n := after.copied - p.before.copied
+		res.CopiedBytes = &n
+	}
+	if after.hasPeerCopy && p.before.hasPeerCopy {
+		n := after.peerCopied - p.before.peerCopied
+		res.PeerCopiedBytes = &n
+	}
+	return nil
 }
 
 // memcpyGBps copies 64 MiB between two buffers for about d (at least 4
@@ -183,104 +337,12 @@ func memcpyGBps(d time.Duration) float64 {
 	return float64(copied) / time.Since(start).Seconds() / 1e9
 }
 
-// runTransport starts a server for tr and runs the RPC workloads on it.
-func runTransport(ctx context.Context, cfg *config, tr string, pr *progress, add func(*Result)) error {
-	rpcWorkloads := false
-	for _, w := range []string{"ping", "echo", "inplace", "stream", "clients", "idle"} {
-		rpcWorkloads = rpcWorkloads || cfg.has(w)
-	}
-	if !rpcWorkloads {
-		return nil
-	}
-	pr.printf("%s: starting the server", tr)
-	srv, err := startServer(tr)
-	if err != nil {
-		return err
-	}
-	defer srv.stop()
-	conn, boot, err := srv.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer closeConn(conn, boot)
-	callCtx, cancel := context.WithTimeout(ctx, 15*time.Minute)
-	defer cancel()
-
-	if cfg.has("ping") {
-		r, err := latency(callCtx, cfg, func(ctx context.Context, _ int) error { return ping(ctx, boot) })
-		if err != nil {
-			return fmt.Errorf("ping: %w", err)
-		}
-		r.Workload, r.Transport, r.Clients = "ping", tr, 1
-		add(r)
-	}
-	if cfg.has("echo") {
-		for _, n := range cfg.sizes {
-			src := make([]byte, n)
-			echoproto.FillPattern(src, 3, 0)
-			r, err := latency(callCtx, cfg, func(ctx context.Context, i int) error { return echo(ctx, boot, src, i) })
-			if err != nil {
-				return fmt.Errorf("echo %s: %w", sizeName(n), err)
-			}
-			r.Workload, r.Transport, r.Size, r.Clients = "echo", tr, n, 1
-			r.MBps = float64(n) / (float64(r.Mean) / 1e9) / 1e6
-			add(r)
-		}
-	}
-	if cfg.has("inplace") {
-		n := cfg.inplaceSize
-		want := uint64(0)
-		for i := int64(0); i < n; i++ {
-			want += uint64(byte(i) ^ 0x5a)
-		}
-		c := *cfg
-		c.rate = 0 // always closed loop: one 64 MiB call at a time
-		r, err := latency(callCtx, &c, func(ctx context.Context, _ int) error { return sum(ctx, boot, int(n), want) })
-		if err != nil {
-			return fmt.Errorf("inplace: %w", err)
-		}
-		r.Workload, r.Transport, r.Size, r.Clients = "inplace", tr, n, 1
-		r.MBps = float64(n) / (float64(r.Mean) / 1e9) / 1e6
-		add(r)
-	}
-	if cfg.has("stream") {
-		r, err := stream(callCtx, conn, boot, cfg.streamTotal)
-		if err != nil {
-			return fmt.Errorf("stream: %w", err)
-		}
-		r.Transport = tr
-		add(r)
-	}
-	if cfg.has("clients") {
-		for _, n := range cfg.clients {
-			if n == 1 && cfg.has("ping") {
-				continue // the ping workload
-			}
-			r, err := concurrent(callCtx, cfg, srv, n)
-			if err != nil {
-				return fmt.Errorf("%d clients: %w", n, err)
-			}
-			r.Transport = tr
-			add(r)
-		}
-	}
-	if cfg.has("idle") {
-		pr.printf("%s: idle connected pair for %v", tr, cfg.idle)
-		r, err := idle(callCtx, cfg.idle, srv, boot)
-		if err != nil {
-			return fmt.Errorf("idle: %w", err)
-		}
-		r.Transport = tr
-		add(r)
-	}
-	return nil
-}
-
 // latency runs op for cfg.duration (at least 3 times, after a short
 // warm-up): back to back (closed loop), or at cfg.rate calls per second
 // with each latency measured from the call's intended send time (open
-// loop, so a stall counts against every call it delayed).
-func latency(ctx context.Context, cfg *config, op func(context.Context, int) error) (*Result, error) {
+// loop, so a stall counts against every call it delayed). pb, if not nil,
+// counts allocations and copies over the measured calls.
+func latency(ctx context.Context, cfg *config, op func(context.Context, int) error, pb *probe) (*Result, error) {
 	warm := time.Now()
 	for i := 0; i < 3 || (i < 1000 && time.Since(warm) < cfg.duration/20); i++ {
 		if err := op(ctx, i); err != nil {
@@ -289,6 +351,9 @@ func latency(ctx context.Context, cfg *config, op func(context.Context, int) err
 	}
 	h := newHist()
 	r := &Result{}
+	if err := pb.start(); err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	if cfg.rate > 0 {
 		r.OpenLoop = true
@@ -319,41 +384,48 @@ func latency(ctx context.Context, cfg *config, op func(context.Context, int) err
 		}
 	}
 	r.OpsPerSec = float64(h.TotalCount()) / time.Since(start).Seconds()
+	if err := pb.stop(r, h.TotalCount()); err != nil {
+		return nil, err
+	}
 	r.fill(h)
 	return r, nil
 }
 
 // concurrent runs n clients, each on its own connection, pinging back to
-// back for cfg.duration; the histogram holds every client's calls.
-func concurrent(ctx context.Context, cfg *config, srv *server, n int) (*Result, error) {
-	type client struct {
-		conn *rpc.Conn
-		boot echoproto.Echo
-		h    *hdrhistogram.Histogram
-		err  error
+// back for cfg.duration (each at least once); the histogram holds every
+// client's calls, and ops_per_sec is all of them together.
+func concurrent(ctx context.Context, cfg *config, ep endpoint, n int) (res *Result, err error) {
+	type conn struct {
+		c   *client
+		h   *hdrhistogram.Histogram
+		err error
 	}
-	cs := make([]*client, n)
+	cs := make([]*conn, 0, n)
 	defer func() {
 		for _, c := range cs {
-			if c != nil {
-				closeConn(c.conn, c.boot)
+			if cerr := c.c.close(); cerr != nil && err == nil {
+				err = cerr
 			}
 		}
 	}()
-	for i := range cs {
-		conn, boot, err := srv.dial(ctx)
+	for range n {
+		c, err := ep.dial(ctx)
 		if err != nil {
 			return nil, err
 		}
-		cs[i] = &client{conn: conn, boot: boot, h: newHist()}
+		cs = append(cs, &conn{c: c, h: newHist()})
+	}
+	pb := &probe{}
+	if err := pb.start(); err != nil {
+		return nil, err
 	}
 	var wg sync.WaitGroup
 	start := time.Now()
 	for _, c := range cs {
 		wg.Go(func() {
-			for i := 0; i < 3 || time.Since(start) < cfg.duration; i++ {
+			for i := 0; i < 1 || time.Since(start) < cfg.duration; i++ {
 				t := time.Now()
-				if err := ping(ctx, c.boot); err != nil {
+				if err := ping(ctx, c.c.boot); err != nil {
 					c.err = err
 					return
 				}
@@ -371,6 +443,9 @@ func concurrent(ctx context.Context, cfg *config, srv *server, n int) (*Result, 
 		h.Merge(c.h)
 	}
 	r := &Result{Workload: "ping", Clients: n}
+	if err := pb.stop(r, h.TotalCount()); err != nil {
+		return nil, err
+	}
 	r.fill(h)
 	r.OpsPerSec = float64(h.TotalCount()) / elapsed.Seconds()
 	return r, nil
@@ -379,18 +454,21 @@ func concurrent(ctx context.Context, cfg *config, srv *server, n int) (*Result, 
 // stream pushes total bytes in 1 MiB chunks through `-> stream` calls on a
 // reference with the connection's flow limiter, waits for them all, and
 // checks what the server received.
-func stream(ctx context.Context, conn *rpc.Conn, boot echoproto.Echo, total int64) (*Result, error) {
+func stream(ctx context.Context, c *client, total int64, pb *probe) (*Result, error) {
 	const chunk = 1 << 20
 	src := make([]byte, chunk)
 	echoproto.FillPattern(src, 9, 0)
-	before, err := pushed(ctx, boot)
+	before, err := pushed(ctx, c.boot)
 	if err != nil {
 		return nil, err
 	}
-	s := boot.AddRef()
+	s := c.boot.AddRef()
 	defer s.Release()
-	s.SetFlowLimiter(conn.FlowLimiter())
+	s.SetFlowLimiter(c.limiter)
 	h := newHist() // time each Push call takes to return: flow-control waits
+	if err := pb.start(); err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	var sent int64
 	for sent < total {
@@ -414,24 +492,28 @@ func stream(ctx context.Context, conn *rpc.Conn, boot echoproto.Echo, total int6
 		return nil, err
 	}
 	elapsed := time.Since(start)
-	after, err := pushed(ctx, boot)
+	r := &Result{Workload: "stream", Size: total, Clients: 1, Ops: h.TotalCount(), MBps: float64(total) / elapsed.Seconds() / 1e6}
+	if err := pb.stop(r, h.TotalCount()); err != nil {
+		return nil, err
+	}
+	after, err := pushed(ctx, c.boot)
 	if err != nil {
 		return nil, err
 	}
 	if got := after - before; got != uint64(total) {
 		return nil, fmt.Errorf("the server received %d bytes, sent %d", got, total)
 	}
-	return &Result{Workload: "stream", Size: total, Clients: 1, Ops: h.TotalCount(), MBps: float64(total) / elapsed.Seconds() / 1e6}, nil
+	return r, nil
 }
 
 // idle measures the CPU both processes of a connected pair use over d with
 // no traffic, in percent of one core.
-func idle(ctx context.Context, d time.Duration, srv *server, boot echoproto.Echo) (*Result, error) {
-	if err := ping(ctx, boot); err != nil {
+func idle(ctx context.Context, d time.Duration, ep endpoint, c *client) (*Result, error) {
+	if err := ping(ctx, c.boot); err != nil {
 		return nil, err
 	}
 	runtime.GC()
-	s0, err := srv.cpu()
+	s0, err := ep.cpu()
 	if err != nil {
 		return nil, err
 	}
@@ -440,12 +522,18 @@ func idle(ctx context.Context, d time.Duration, srv *server, boot echoproto.Echo
 		return nil, err
 	}
 	start := time.Now()
-	time.Sleep(d)
+	t := time.NewTimer(d)
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		t.Stop()
+		return nil, ctx.Err()
+	}
 	c1, err := cpuTime()
 	if err != nil {
 		return nil, err
 	}
-	s1, err := srv.cpu()
+	s1, err := ep.cpu()
 	if err != nil {
 		return nil, err
 	}

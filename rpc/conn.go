@@ -95,6 +95,9 @@ func NewConn(t transport.Transport, bootstrap capnp.Client, opts ...Option) (*Co
 
 // newConn makes a Conn over t and starts it.
 func newConn(t transport.Transport, cfg *config, boot capnp.Client, peer Peer) *Conn {
+	if o, ok := t.(engineOwned); ok {
+		o.ownedByEngine() // before the first message either way
+	}
 	c := &Conn{
 		t:          t,
 		peer:       peer,

@@ -75,6 +75,7 @@ type answer struct {
 type capWaiter struct {
 	resolver  capnp.Resolver[capnp.Client]
 	transform []capnp.PipelineOp
+	hook      *answerPipeHook // the promise's hook, told the target at Return
 }
 
 // errResultsGone is the error of a call that reaches an answer's results
@@ -353,6 +354,7 @@ func (a *answer) Return() {
 		if werrs[i] = err; err == nil {
 			targets[i], werrs[i] = capAt(content, w.transform)
 		}
+		w.hook.resolvedLocked(targets[i].AddRef(), werrs[i])
 	}
 	var flush bool
 	var taker *question
@@ -565,6 +567,9 @@ func (a *answer) abandon() {
 	c.mu.Lock()
 	waiters := a.waiters
 	a.waiters = nil
+	for _, w := range waiters {
+		w.hook.resolvedLocked(capnp.Client{}, dErr)
+	}
 	c.mu.Unlock()
 	for _, w := range waiters {
 		w.resolver.Reject(dErr)

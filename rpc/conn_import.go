@@ -131,34 +131,110 @@ func (c *Conn) answerCapLocked(a *answer, transform []capnp.PipelineOp) capnp.Cl
 		}
 		return client
 	}
-	client, resolver := capnp.NewPromisedClient(&answerPipeHook{a: a, transform: transform})
-	a.waiters = append(a.waiters, capWaiter{resolver: resolver, transform: transform})
+	h := &answerPipeHook{a: a, transform: transform}
+	client, resolver := capnp.NewPromisedClient(h)
+	a.waiters = append(a.waiters, capWaiter{resolver: resolver, transform: transform, hook: h})
 	return client
 }
 
 // answerPipeHook is a capability in the results of an answer of this side
-// that has not returned: calls wait in the answer's pipeline.
+// that has not returned: calls wait in the answer's pipeline. Once the
+// answer returns, before its promise is fulfilled, calls go straight to
+// the capability the results hold (or fail with the call's error): the
+// peer may finish with the answer as soon as it has the Return, and a
+// call made meanwhile must not find the results gone (as C++, the
+// capability outlives the answer's table entry).
 type answerPipeHook struct {
 	a         *answer
 	transform []capnp.PipelineOp
+	// Under Conn.mu: set by the answer's Return.
+	returned bool
+	target   capnp.Client // a reference of the hook's, released by Shutdown
+	err      error
+}
+
+// resolvedLocked records what the capability resolved to. Called with mu
+// held; target is a reference the hook takes over.
+func (h *answerPipeHook) resolvedLocked(target capnp.Client, err error) {
+	h.returned, h.target, h.err = true, target, err
+}
+
+// resolution returns the capability's target once its answer returned (a
+// new reference), or ok false while it has not.
+func (h *answerPipeHook) resolution() (target capnp.Client, err error, ok bool) {
+	c := h.a.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !h.returned {
+		return capnp.Client{}, nil, false
+	}
+	if h.err != nil {
+		return capnp.Client{}, h.err, true
+	}
+	return h.target.AddRef(), nil, true
 }
 
 func (h *answerPipeHook) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
+	if target, err, ok := h.resolution(); ok {
+		if err != nil {
+			return capnp.ErrorAnswer(s.Method, err), func() {}
+		}
+		defer target.Release()
+		return target.SendCall(ctx, s)
+	}
 	lc, err := newLocalCall(s)
 	if err != nil {
 		return capnp.ErrorAnswer(s.Method, failed(err)), func() {}
 	}
-	h.a.pipe.recv(ctx, h.transform, lc.recv())
+	h.recv(ctx, lc.recv())
 	return lc.p.Answer(), lc.release
 }
 
 func (h *answerPipeHook) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCaller {
-	h.a.pipe.recv(ctx, h.transform, r)
+	if target, err, ok := h.resolution(); ok {
+		if err != nil {
+			r.Reject(err)
+			return nil
+		}
+		defer target.Release()
+		return target.RecvCall(ctx, r)
+	}
+	h.recv(ctx, r)
 	return unpipelinable{}
 }
 
+// recv delivers r through the answer's pipeline, or, if the results went
+// between the caller's look at the resolution and now (the answer returned
+// and the peer finished with it), to what the capability resolved to.
+func (h *answerPipeHook) recv(ctx context.Context, r capnp.Recv) {
+	if h.a.pipe.recvUnlessForgotten(ctx, h.transform, r) {
+		return
+	}
+	// forget runs after the Return, which recorded the resolution.
+	target, err, _ := h.resolution()
+	if err != nil {
+		r.Reject(err)
+		return
+	}
+	if !target.IsValid() {
+		r.Reject(errResultsGone)
+		return
+	}
+	target.RecvCall(ctx, r)
+	target.Release()
+}
+
 func (h *answerPipeHook) Brand() capnp.Brand { return capnp.Brand{Value: h} }
-func (h *answerPipeHook) Shutdown()          {}
+
+// Shutdown releases the hook's reference to its target.
+func (h *answerPipeHook) Shutdown() {
+	c := h.a.c
+	c.mu.Lock()
+	t := h.target
+	h.target = capnp.Client{}
+	c.mu.Unlock()
+	t.Release()
+}
 func (h *answerPipeHook) String() string {
 	return fmt.Sprintf("capnshm: results of answer %d", h.a.id)
 }

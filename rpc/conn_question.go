@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 
 	capnp "capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/rpc/transport"
@@ -183,9 +184,20 @@ func (c *Conn) sendCall(ctx context.Context, q *question, tgt callTarget, s capn
 		c.dropExports(exps)
 		return err
 	}
+	var lateRef capnp.Client // released after mu is, on every path
+	defer func() { lateRef.Release() }()
 	if tgt.q != nil && (tgt.q.finished || tgt.q.returned) {
-		// The question returned while these params were being built: the
-		// caller goes to the resolved capability instead.
+		// The question returned while these params were being built. When
+		// the capability it resolved to is one of the peer's, the call
+		// goes there as built, no copy; otherwise the caller sends it to
+		// the resolved capability.
+		id, ref, ok := c.lateImportLocked(tgt)
+		lateRef = ref
+		if ok {
+			tgt = callTarget{importID: id}
+		}
+	}
+	if tgt.q != nil && (tgt.q.finished || tgt.q.returned) {
 		c.mu.Unlock()
 		c.dropExports(exps)
 		if o.late != nil {
@@ -224,6 +236,24 @@ func (c *Conn) sendCall(ctx context.Context, q *question, tgt callTarget, s capn
 		c.out.handOff()
 	}
 	return nil
+}
+
+// lateImportLocked returns, when tgt's question has returned and the
+// capability at tgt's transform in its results is an import of this
+// connection, that import's ID and a reference that keeps it (release it
+// once mu is released). Called with mu held.
+func (c *Conn) lateImportLocked(tgt callTarget) (uint32, capnp.Client, bool) {
+	ref, err := tgt.q.resultCapLocked(tgt.transform)
+	if err != nil || !ref.IsValid() {
+		return 0, ref, false
+	}
+	snap := ref.Snapshot()
+	ic, ok := snap.Brand().Value.(*importClient)
+	snap.Release()
+	if !ok || ic.c != c || c.imports[ic.ent.id] != ic.ent {
+		return 0, ref, false
+	}
+	return ic.ent.id, ref, true
 }
 
 // errLateTarget: a pipelined call's question returned while the call was
@@ -504,6 +534,8 @@ func (q *question) PipelineSend(ctx context.Context, transform []capnp.PipelineO
 			return
 		}
 		defer target.Release()
+		// Copying reads the params whole, however large: no read limit.
+		params.Message().ResetReadLimit(math.MaxUint64)
 		lateAns, lateRel = target.SendCall(ctx, capnp.Send{
 			Method:    s.Method,
 			ArgsSize:  params.Size(),
@@ -533,6 +565,11 @@ func (q *question) resultCap(transform []capnp.PipelineOp) (capnp.Client, error)
 	c := q.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return q.resultCapLocked(transform)
+}
+
+// resultCapLocked is resultCap, with mu held.
+func (q *question) resultCapLocked(transform []capnp.PipelineOp) (capnp.Client, error) {
 	if q.resolvedTo.IsValid() && len(transform) == 0 {
 		return q.resolvedTo.AddRef(), nil
 	}

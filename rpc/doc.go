@@ -195,6 +195,9 @@
 // Conn does not need: a call that go-capnp pipelines on a question it has
 // already finished (go-capnp #626) is not sent, and fails with ErrLateCall;
 // an incoming call pipelined on its own question ID, which crashes a
-// go-capnp Conn, aborts that connection. docs/transport.md in the
-// repository has the long form.
+// go-capnp Conn, aborts that connection. Under capnshm's Conn (NewConn,
+// Dial, Listen) the stream transport drops both: the engine never
+// pipelines on a finished question, and answers a call pipelined on its
+// own ID with an exception, the connection going on. docs/transport.md in
+// the repository has the long form.
 package rpc

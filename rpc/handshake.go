@@ -47,7 +47,8 @@ type rendezvous interface {
 
 // peerID is the peer's identity as the system reported it.
 type peerID struct {
-	pid  int
+	pid int
+	//lint:ignore U1000 the Linux rendezvous reads it; the Windows one will (userKey)
 	uid  int    // Linux: the uid; Windows: a number for user (userKey)
 	user string // Linux: the uid in decimal; Windows: the token's user SID
 }

@@ -157,6 +157,11 @@ func (t *Transport) PeerPID() int { return t.ep.peer.pid }
 // PeerMaxMessage returns the largest message the peer accepts (its HELLO).
 func (t *Transport) PeerMaxMessage() uint64 { return t.ep.peerMax }
 
+// ownedByEngine drops the guards only go-capnp's Conn needs: capnshm's
+// engine runs on this transport (see engineOwned). Called before the first
+// message.
+func (t *Transport) ownedByEngine() { t.send.noGuards.Store(true) }
+
 // Err returns why the transport stopped: nil while it runs, ErrClosed after
 // Close, or the error that ended it (ErrPeerGone, ErrProtocol, ...).
 func (t *Transport) Err() error {

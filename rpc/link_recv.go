@@ -29,7 +29,10 @@ type recvState struct {
 	rec        wire.Msg // the MSG record being parsed, reused
 }
 
-// inMsg is a message received from the peer.
+// inMsg is a message received from the peer. A message that came through
+// the ring has its capnp.Message, arena and segment list inside (one
+// allocation for a message of one segment in one region; a copy adds its
+// buffer); one that came on the socket has the socket reader's.
 type inMsg struct {
 	t        *Transport
 	msg      *capnp.Message
@@ -37,6 +40,30 @@ type inMsg struct {
 	id       uint64 // peer's message id to FREE, 0 if copied
 	maps     []*mapped
 	released atomic.Bool
+
+	own    capnp.Message
+	arena  roArena
+	one    [1][]byte  // segs of a one-segment message
+	oneMap [1]*mapped // maps of a message in one region
+	// small holds the copy of a message of up to its size (a Return
+	// without capabilities, a Finish, a Release): no buffer of its own.
+	small [smallCopy]byte
+}
+
+// smallCopy is the size of the messages an inMsg copies into itself.
+const smallCopy = 128
+
+// newInMsg returns an inMsg for a message of n segments, its segment list
+// and mapping list ready to fill.
+func newInMsg(t *Transport, n int) *inMsg {
+	im := &inMsg{t: t}
+	if n == 1 {
+		im.arena.segs = im.one[:]
+	} else {
+		im.arena.segs = make([][]byte, n)
+	}
+	im.maps = im.oneMap[:0]
+	return im
 }
 
 func (im *inMsg) Message() rpccp.Message { return im.rm }
@@ -187,48 +214,64 @@ func (t *Transport) recvInline(rec []byte) (*inMsg, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
 	}
-	return t.copyOut(segs, 0, nil)
+	im := newInMsg(t, len(segs))
+	copy(im.arena.segs, segs)
+	return t.copyOut(im)
 }
 
-// copyOut builds a private copy of segs, which the peer may change at any
-// time; id, if not zero, is freed at once.
-func (t *Transport) copyOut(segs [][]byte, id uint64, maps []*mapped) (*inMsg, error) {
+// copyOut replaces im's segments, which the peer may change at any time,
+// with a private copy; the peer's message (im.id, if not zero) is freed
+// and its mappings let go at once.
+func (t *Transport) copyOut(im *inMsg) (*inMsg, error) {
 	var total int
-	for _, s := range segs {
+	for _, s := range im.arena.segs {
 		total += len(s)
 	}
-	buf := make([]byte, total)
-	own := make([][]byte, len(segs))
+	var buf []byte
+	if total <= len(im.small) {
+		buf = im.small[:total]
+	} else {
+		buf = make([]byte, total)
+	}
 	off := 0
-	for i, s := range segs {
-		own[i] = buf[off : off+len(s) : off+len(s)]
-		off += copy(own[i], s)
+	for i, s := range im.arena.segs {
+		own := buf[off : off+len(s) : off+len(s)]
+		off += copy(own, s)
+		im.arena.segs[i] = own
 	}
 	t.stats.bytesCopied.Add(uint64(total))
-	if id != 0 {
-		t.queueFree(id)
+	if im.id != 0 {
+		t.queueFree(im.id)
+		im.id = 0
 	}
-	for _, m := range maps {
+	for _, m := range im.maps {
 		m.unref()
 	}
-	return t.newIn(own, total, 0, nil)
+	clear(im.maps)
+	im.maps = im.maps[:0]
+	return t.finishIn(im, total)
 }
 
-func (t *Transport) newIn(segs [][]byte, total int, id uint64, maps []*mapped) (*inMsg, error) {
-	msg := &capnp.Message{Arena: &roArena{segs: segs}, TraverseLimit: t.readLimit(total)}
-	rm, err := readRoot(msg)
+// finishIn makes im's Message over its segments and reads its root. On
+// error the peer's message is freed and im's mappings let go.
+func (t *Transport) finishIn(im *inMsg, total int) (*inMsg, error) {
+	im.own.Arena = &im.arena
+	im.own.TraverseLimit = t.readLimit(total)
+	im.msg = &im.own
+	rm, err := readRootGuarded(im.msg, !t.send.noGuards.Load())
 	if err != nil {
-		if id != 0 {
-			t.queueFree(id)
+		if im.id != 0 {
+			t.queueFree(im.id)
 		}
-		for _, m := range maps {
+		for _, m := range im.maps {
 			m.unref()
 		}
 		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
 	}
+	im.rm = rm
 	t.stats.bytesReceived.Add(uint64(total))
 	t.life.liveIn.Add(1)
-	return &inMsg{t: t, msg: msg, rm: rm, id: id, maps: maps}, nil
+	return im, nil
 }
 
 // readLimit is the traversal limit of a total-byte message: generous for
@@ -243,10 +286,9 @@ func (t *Transport) recvByReference(rec []byte) (*inMsg, error) {
 	}
 	m := &t.recv.rec
 	var total uint64
-	segs := make([][]byte, len(m.Segs))
-	var maps []*mapped
+	im := newInMsg(t, len(m.Segs))
 	fail := func(err error) (*inMsg, error) {
-		for _, mm := range maps {
+		for _, mm := range im.maps {
 			mm.unref()
 		}
 		return nil, err
@@ -270,14 +312,15 @@ func (t *Transport) recvByReference(rec []byte) (*inMsg, error) {
 		if total > uint64(t.opts.MaxMessage) {
 			return fail(fmt.Errorf("%w: message %d is over %d bytes (WithMaxMessage)", ErrTooLarge, m.ID, t.opts.MaxMessage))
 		}
-		segs[i] = b[s.Offset : s.Offset+s.Length : s.Offset+s.Length]
+		im.arena.segs[i] = b[s.Offset : s.Offset+s.Length : s.Offset+s.Length]
 		region.ref()
-		maps = append(maps, region)
+		im.maps = append(im.maps, region)
 	}
+	im.id = m.ID
 	if int(total) <= t.opts.InlineMax || t.opts.CopyOnReceive {
-		return t.copyOut(segs, m.ID, maps)
+		return t.copyOut(im)
 	}
-	return t.newIn(segs, int(total), m.ID, maps)
+	return t.finishIn(im, int(total))
 }
 
 func locName(loc uint32) string {
@@ -303,7 +346,7 @@ func (t *Transport) recvFromSocket(rec []byte) (*inMsg, error) {
 	if err != nil {
 		return nil, err
 	}
-	rm, err := readRoot(msg.msg)
+	rm, err := readRootGuarded(msg.msg, !t.send.noGuards.Load())
 	if err != nil {
 		return nil, fmt.Errorf("%w: socket message: %w", ErrProtocol, err)
 	}

@@ -30,6 +30,8 @@ type pipeline struct {
 	// to, when set, receives the calls instead (the results come from a
 	// tail call: calls follow it).
 	to func(context.Context, []capnp.PipelineOp, capnp.Recv)
+	// forgotten: forget ran (the results are gone).
+	forgotten bool
 }
 
 type pipeState uint8
@@ -50,16 +52,33 @@ type pipelined struct {
 // recv delivers r to the capability at transform in the results, now or
 // once they exist.
 func (p *pipeline) recv(ctx context.Context, transform []capnp.PipelineOp, r capnp.Recv) {
+	p.take(ctx, transform, r, false)
+}
+
+// recvUnlessForgotten is recv, except that once forget has run it leaves r
+// alone and reports false: a capability that outlives the results (an
+// answerPipeHook) then delivers r to what it resolved to.
+func (p *pipeline) recvUnlessForgotten(ctx context.Context, transform []capnp.PipelineOp, r capnp.Recv) bool {
+	return p.take(ctx, transform, r, true)
+}
+
+// take is recv; with unlessForgotten it returns false, r untouched, if
+// forget has run (checked under the same lock as the delivery).
+func (p *pipeline) take(ctx context.Context, transform []capnp.PipelineOp, r capnp.Recv, unlessForgotten bool) bool {
 	p.mu.Lock()
 	if p.state != pipeDone {
 		p.q = append(p.q, pipelined{ctx, transform, r})
 		p.mu.Unlock()
-		return
+		return true
 	}
 	if to := p.to; to != nil {
 		p.mu.Unlock()
 		to(ctx, transform, r)
-		return
+		return true
+	}
+	if unlessForgotten && p.forgotten {
+		p.mu.Unlock()
+		return false
 	}
 	// The target is found under mu: forget may release the results as
 	// soon as mu is released.
@@ -73,16 +92,18 @@ func (p *pipeline) recv(ctx context.Context, transform []capnp.PipelineOp, r cap
 	p.mu.Unlock()
 	if err != nil {
 		r.Reject(err)
-		return
+		return true
 	}
 	client.RecvCall(ctx, r)
 	client.Release()
+	return true
 }
 
 // forget is called before the results are released: later calls fail
 // with err.
 func (p *pipeline) forget(err error) {
 	p.mu.Lock()
+	p.forgotten = true
 	p.content = capnp.Ptr{}
 	if p.err == nil {
 		p.err = err

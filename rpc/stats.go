@@ -16,7 +16,9 @@ type Stats struct {
 	SentOnSocket uint64
 	// BytesCopied counts message bytes the transport copied: inline
 	// messages (both sides), messages on the socket, small messages copied
-	// out on receipt. It stays 0 for messages carried by reference.
+	// out on receipt. It stays 0 for messages carried by reference. On the
+	// stream transport every byte is copied, once each way: it is
+	// BytesSent plus BytesReceived.
 	BytesCopied uint64
 	// FreesSent and FreesReceived count messages released back to their
 	// owner.

@@ -50,6 +50,9 @@ type StreamTransport struct {
 	hdr       []byte      // the segment table being written; under wmu
 	bufs      net.Buffers // the writev list; under wmu
 	questions questionGuard
+	// noGuards: capnshm's engine runs on this transport (ownedByEngine),
+	// so go-capnp's guards are off. Set before the first message.
+	noGuards bool
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -90,6 +93,8 @@ func newStreamTransport(c io.ReadWriteCloser, maxMessage int64, peerMax uint64) 
 	}
 	return &StreamTransport{c: c, r: bufio.NewReaderSize(c, 64<<10), max: max, peerMax: peerMax}
 }
+
+func (t *StreamTransport) ownedByEngine() { t.noGuards = true }
 
 // PeerMaxMessage returns the largest message the peer accepts (or is taken
 // to accept).
@@ -180,8 +185,10 @@ func (t *StreamTransport) send(msg *capnp.Message, rm rpccp.Message) error {
 	}
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
-	if err := t.questions.check(rm); err != nil {
-		return err
+	if !t.noGuards {
+		if err := t.questions.check(rm); err != nil {
+			return err
+		}
 	}
 	if err := t.writeLocked(msg); err != nil {
 		if t.closed.Load() && !errors.Is(err, ErrPeerGone) {
@@ -241,7 +248,7 @@ func (t *StreamTransport) RecvMessage() (transport.IncomingMessage, error) {
 		}
 		return nil, err
 	}
-	rm, err := readRoot(&in.msg)
+	rm, err := readRootGuarded(&in.msg, !t.noGuards)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
 	}
@@ -418,12 +425,14 @@ type streamStats struct {
 }
 
 func (s *streamStats) stats() Stats {
-	return Stats{
+	st := Stats{
 		MessagesSent:     s.msgsSent.Load(),
 		MessagesReceived: s.msgsRecv.Load(),
 		BytesSent:        s.bytesSent.Load(),
 		BytesReceived:    s.bytesRecv.Load(),
 	}
+	st.BytesCopied = st.BytesSent + st.BytesReceived // through the socket, both ways
+	return st
 }
 
 // traverseLimit is the traversal limit of a message of total bytes:

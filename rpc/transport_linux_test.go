@@ -188,14 +188,18 @@ func dialPeer(t *testing.T, opts []rpc.Option, peerArgs ...string) (*conformance
 	}, tr, p
 }
 
-// TestConformance runs the transport conformance suite across two processes.
-func TestConformance(t *testing.T) {
+// TestConformanceGoCapnpShm runs the conformance suite on go-capnp's
+// rpc.Conn, at both ends, over capnshm's shared-memory Transport, across two
+// processes, in the lenient mode (Env.GoCapnp): what a user who brings
+// go-capnp's Conn gets. The engine's runs are TestConformanceEngine*.
+func TestConformanceGoCapnpShm(t *testing.T) {
 	env := conformance.Env{
 		Dial: func(t *testing.T) *conformance.Conn {
 			c, _, _ := dialPeer(t, nil)
 			return c
 		},
-		Huge: 1 << 30,
+		Huge:    1 << 30,
+		GoCapnp: true,
 	}
 	if testing.Short() || raceEnabled {
 		env.Sizes = []int{0, 1, 1 << 20}

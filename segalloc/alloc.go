@@ -312,11 +312,19 @@ func roundUp(n, g int) int { return (n + g - 1) / g * g }
 // NewArena returns an empty arena with one reference (go-capnp's), for one
 // message.
 func (a *Allocator) NewArena() *Arena {
-	ar := &Arena{a: a}
+	ar := new(Arena)
+	a.InitArena(ar)
+	return ar
+}
+
+// InitArena makes ar, a zero Arena the caller holds (in a struct of its
+// own, which saves an allocation per message), what NewArena returns. ar
+// must not be copied afterwards.
+func (a *Allocator) InitArena(ar *Arena) {
+	ar.a = a
 	ar.segs = ar.inline[:0]
 	ar.refs.Store(1)
 	a.arenasAlive.Add(1)
-	return ar
 }
 
 // Stats returns a snapshot of the counters.

@@ -1,8 +1,15 @@
-// Package conformance is the transport conformance suite: the behaviour
-// every transport must show under go-capnp's rpc.Conn, run against an Echo
-// server (internal/echoproto) at the other end of a connection that the
-// caller sets up: in-process over go-capnp's own transport (to check the
-// suite itself) or across processes over shared memory.
+// Package conformance is the conformance suite: the behaviour every
+// transport and RPC engine must show, run against an Echo server
+// (internal/echoproto) at the other end of a connection that the caller
+// sets up: in-process over a pipe, or across processes over shared memory,
+// unix and tcp sockets.
+//
+// The client side is capnshm's engine (rpc.Conn) or go-capnp's rpc.Conn
+// (over capnshm's transports, for users who bring it). The engine is held
+// to the protocol strictly: every pipelined call runs, in E-order, with no
+// wait for a promise to resolve first. go-capnp v3.0.1-alpha.2 has known
+// bugs in exactly those places (go-capnp #626, #631), so when Env.GoCapnp
+// is set the suite tolerates them, and says where.
 package conformance
 
 import (
@@ -43,8 +50,17 @@ type Env struct {
 	// Huge, if non-zero, is the size of the chunked message checked in
 	// both directions (the 1 GiB case).
 	Huge int
-	// Concurrent is the number of calls in flight at once; 0 means 10000.
+	// Concurrent is the size of the load cases: the calls in flight at
+	// once in Concurrent, the calls made in all in PromisePassedBack;
+	// 0 means 10000.
 	Concurrent int
+	// GoCapnp says the client side is go-capnp's rpc.Conn, not capnshm's
+	// engine: the suite then tolerates its known bugs (calls that race a
+	// Return fail with rpc.ErrLateCall and are retried, the embargo race
+	// may abort the connection or run calls out of order, the bootstrap is
+	// resolved before calls are pipelined on it). Without it each of those
+	// is a failure.
+	GoCapnp bool
 }
 
 // DefaultSizes are the message sizes the suite echoes.
@@ -63,6 +79,8 @@ func Run(t *testing.T, env Env) {
 		{"Echo", testEcho},
 		{"Huge", testHuge},
 		{"Pipelining", testPipelining},
+		{"ReturnWhileBuilding", testReturnWhileBuilding},
+		{"PromisePassedBack", testPromisePassedBack},
 		{"Embargo", testEmbargo},
 		{"Cancel", testCancel},
 		{"Exception", testException},
@@ -163,7 +181,10 @@ func testHuge(t *testing.T, env Env) {
 	size &^= 7
 	// Client to server: the client builds count chunks in place.
 	var want uint64
+	placed := 0
 	f, release := c.Boot.SumChunks(ctx, func(p echoproto.Echo_sumChunks_Params) error {
+		placed++
+		want = 0
 		l, err := p.NewChunks(int32(count))
 		if err != nil {
 			return err
@@ -182,6 +203,11 @@ func testHuge(t *testing.T, env Env) {
 		return nil
 	})
 	res, err := f.Struct()
+	if placed != 1 {
+		// Seconds of building, during which the bootstrap the call is
+		// pipelined on resolves.
+		t.Errorf("the %d-byte params were built %d times, want once (capnp.Send.PlaceArgs is called at most once)", count*size, placed)
+	}
 	if err != nil {
 		t.Fatalf("sending %d bytes: %v", count*size, err)
 	}
@@ -226,7 +252,7 @@ func testPipelining(t *testing.T, env Env) {
 	c := dial(t, env)
 	ctx := ctxT(t)
 	// Call add on the counter before the call that returns it has returned.
-	retryLateCall(t, func() error {
+	retryLateCall(t, env, func() error {
 		f, release := c.Boot.Counter(ctx, func(p echoproto.Echo_counter_Params) error {
 			p.SetStart(40)
 			return nil
@@ -249,16 +275,162 @@ func testPipelining(t *testing.T, env Env) {
 	})
 }
 
-// retryLateCall runs attempt, and runs it again (3 times in all at most)
-// while it fails with rpc.ErrLateCall: if a Return wins the race against a
-// call pipelined on its answer, go-capnp v3.0.1-alpha.2 makes the call on
-// the finished question and capnshm does not send it (go-capnp #626). Any
-// other error fails t.
-func retryLateCall(t *testing.T, attempt func() error) {
+// testReturnWhileBuilding makes calls pipelined on a promise whose
+// resolution arrives while the call's params are being built (the
+// application's PlaceArgs waits for it): a call on the bootstrap, which
+// waits for the bootstrap's Return (pipelined unless that Return has
+// already arrived), then a call on the counter a gate call returns, which
+// opens the gate and waits for that call's Return (always pipelined: the
+// gate opens only then). Each must run once, on the right object, with its
+// params built once (capnp.Send: PlaceArgs is called at most once).
+func testReturnWhileBuilding(t *testing.T, env Env) {
+	if env.GoCapnp {
+		t.Skip("go-capnp v3.0.1-alpha.2 holds its connection lock while PlaceArgs runs: the Return it would wait for cannot arrive")
+	}
+	c := dial(t, env)
+	ctx := ctxT(t)
+	var bootPlaced, addPlaced int
+	f, release := c.Boot.Counter(ctx, func(p echoproto.Echo_counter_Params) error {
+		bootPlaced++
+		if err := capnp.Client(c.Boot).Resolve(ctx); err != nil {
+			return err
+		}
+		p.SetStart(40)
+		return nil
+	})
+	defer release()
+	if _, err := f.Struct(); err != nil {
+		t.Fatal(err)
+	}
+	g, release2 := f.Counter().Get(ctx, nil)
+	defer release2()
+	if r, err := g.Struct(); err != nil || r.Value() != 40 {
+		t.Errorf("the counter made by a call on the bootstrap holds %d, %v, want 40", r.Value(), err)
+	}
+
+	gate, release3 := c.Boot.Gate(ctx, func(p echoproto.Echo_gate_Params) error {
+		p.SetStart(10)
+		return nil
+	})
+	defer release3()
+	add, release4 := gate.Counter().Add(ctx, func(p echoproto.Counter_add_Params) error {
+		addPlaced++
+		if err := openGate(ctx, c.Boot, gate.Future); err != nil {
+			return err
+		}
+		p.SetDelta(2)
+		return nil
+	})
+	defer release4()
+	r, err := add.Struct()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Value() != 12 {
+		t.Errorf("add on the gate's counter = %d, want 12", r.Value())
+	}
+	if bootPlaced != 1 || addPlaced != 1 {
+		t.Errorf("params built %d times for the call on the bootstrap and %d for the call on the gate's counter, want once each (capnp.Send.PlaceArgs is called at most once)", bootPlaced, addPlaced)
+	}
+}
+
+// testPromisePassedBack passes the same unresolved promise (the counter a
+// gate call will return) back to the server in several calls at once, as
+// the official C++ calculator client passes a result not yet received; the
+// promise's question is finished as soon as its Return arrives, as C++
+// does, while the server's handlers call the counter. Every call must reach
+// the counter: a capability passed back as receiverAnswer stays valid after
+// the Finish. Under load, many times: the race it looks for is narrow.
+func testPromisePassedBack(t *testing.T, env Env) {
+	if env.GoCapnp {
+		t.Skip("go-capnp v3.0.1-alpha.2's Conn deadlocks when two messages name the same unresolved promise (examples/calculator/README.md)")
+	}
+	c := dial(t, env)
+	ctx := ctxT(t)
+	calls := 10
+	rounds := env.Concurrent / calls
+	if env.Concurrent == 0 {
+		rounds = 10000 / calls
+	}
+	failed := 0
+	for i := 0; i < rounds; i++ {
+		gate, release := c.Boot.Gate(ctx, nil)
+		counter := gate.Counter()
+		futures := make([]echoproto.Echo_add_Results_Future, calls)
+		releases := make([]capnp.ReleaseFunc, calls)
+		for j := range futures {
+			futures[j], releases[j] = c.Boot.Add(ctx, func(p echoproto.Echo_add_Params) error {
+				p.SetDelta(1)
+				return p.SetCounter(counter.AddRef())
+			})
+		}
+		finished := make(chan struct{})
+		go func() {
+			defer close(finished)
+			<-gate.Done() // the Finish right after the Return
+			counter.Release()
+			release()
+		}()
+		if err := openGate(ctx, c.Boot, gate.Future); err != nil {
+			t.Fatal(err)
+		}
+		seen := make(map[int64]bool, calls)
+		for j, f := range futures {
+			res, err := f.Struct()
+			switch {
+			case err != nil:
+				if failed++; failed <= 3 {
+					t.Errorf("round %d, call %d: %v", i, j, err)
+				}
+			case res.Value() < 1 || res.Value() > int64(calls) || seen[res.Value()]:
+				t.Errorf("round %d, call %d saw %d: a call ran twice or on another counter", i, j, res.Value())
+			default:
+				seen[res.Value()] = true
+			}
+			releases[j]()
+		}
+		<-finished
+	}
+	if failed > 0 {
+		t.Errorf("%d of %d calls given a promise passed back failed", failed, rounds*calls)
+	}
+}
+
+// openGate opens the echo server's gate until the gate call gate has
+// returned. The server's gate call lets other calls run before it waits on
+// the gate (echoproto.Server.Gate calls Go first), so an openGate that
+// overtakes it opens a gate nobody waits on: it is sent again until the
+// call returns.
+func openGate(ctx context.Context, boot echoproto.Echo, gate *capnp.Future) error {
+	for {
+		o, release := boot.OpenGate(ctx, nil)
+		_, err := o.Struct()
+		release()
+		if err != nil {
+			return err
+		}
+		select {
+		case <-gate.Done():
+			return nil
+		case <-time.After(10 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// retryLateCall runs attempt once; any error fails t. Under go-capnp's
+// Conn (env.GoCapnp) it runs it again (3 times in all at most) while it
+// fails with rpc.ErrLateCall: if a Return wins the race against a call
+// pipelined on its answer, go-capnp v3.0.1-alpha.2 makes the call on the
+// finished question and capnshm's transport does not send it (go-capnp
+// #626). capnshm's engine never makes such a call, so there it is a
+// failure like any other.
+func retryLateCall(t *testing.T, env Env, attempt func() error) {
 	t.Helper()
 	for i := 1; ; i++ {
 		err := attempt()
-		if errors.Is(err, capnshm.ErrLateCall) && i < 3 {
+		if env.GoCapnp && errors.Is(err, capnshm.ErrLateCall) && i < 3 {
 			t.Logf("attempt %d: %v", i, err)
 			continue
 		}
@@ -272,15 +444,16 @@ func retryLateCall(t *testing.T, attempt func() error) {
 func testEmbargo(t *testing.T, env Env) {
 	c := dial(t, env)
 	ctx := ctxT(t)
-	// The self call is itself pipelined on the counter call: when it
-	// races that call's Return, a fresh counter, a new attempt.
-	retryLateCall(t, func() error { return embargo(t, ctx, c) })
+	// The self call is itself pipelined on the counter call: under
+	// go-capnp, when it races that call's Return, a fresh counter, a new
+	// attempt.
+	retryLateCall(t, env, func() error { return embargo(t, ctx, env, c) })
 }
 
 // embargo runs one attempt of the embargo case on a fresh counter. It
-// returns the self call's error, to be retried if it is rpc.ErrLateCall;
-// it fails t for anything else.
-func embargo(t *testing.T, ctx context.Context, c *Conn) error {
+// returns the self call's error (retried under go-capnp if it is
+// rpc.ErrLateCall); it fails t for anything else.
+func embargo(t *testing.T, ctx context.Context, env Env, c *Conn) error {
 	f, release := c.Boot.Counter(ctx, func(p echoproto.Echo_counter_Params) error { return nil })
 	defer release()
 	counter := f.Counter()
@@ -304,32 +477,32 @@ func embargo(t *testing.T, ctx context.Context, c *Conn) error {
 			}
 		}
 	}
-	// Every call must run exactly once. E-order (each call sees the
-	// value after the one before) is what Cap'n Proto promises, but go-capnp
-	// v3.0.1-alpha.2 breaks it under real timing over any transport
-	// (go-capnp #626 and #631, fixed on its main branch only; its own
-	// stream transport on a unix socket shows it in about one run in
-	// five): violations are logged, and the transport's own FIFO order is
-	// checked directly by the transport's tests.
+	// Every call must run exactly once, and in E-order: each call sees the
+	// value after the one before, whether it went to the promise or, once
+	// it resolved, to the capability itself. go-capnp v3.0.1-alpha.2
+	// breaks both under real timing over any transport (go-capnp #626 and
+	// #631, fixed on its main branch only; its own stream transport on a
+	// unix socket shows it in about one run in five): under it
+	// (env.GoCapnp) late calls and violations of E-order are logged, and
+	// the transport's own FIFO order is checked by the transport's tests.
 	seen := make(map[int64]bool, n)
-	outOfOrder, late := 0, 0
+	outOfOrder, late, first := 0, 0, ""
 	for i, g := range futures {
 		res, err := g.Struct()
-		if errors.Is(err, capnshm.ErrLateCall) {
+		if env.GoCapnp && errors.Is(err, capnshm.ErrLateCall) {
 			// A call that raced the Return of self: go-capnp made it on
 			// the finished question, and capnshm did not send it.
 			late++
 			continue
 		}
-		if err != nil && capnp.IsDisconnected(err) {
+		if env.GoCapnp && err != nil && capnp.IsDisconnected(err) {
 			// go-capnp v3.0.1-alpha.2 can also abort the connection in
 			// this race (a call pipelined after its promise's Finish,
-			// go-capnp #626), on any transport. The transport's part,
-			// FIFO order, is tested on its own.
+			// go-capnp #626), on any transport.
 			t.Skipf("go-capnp aborted the connection during the embargo race (go-capnp #626): %v", err)
 		}
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("call %d of %d: %v", i, n, err)
 		}
 		v := res.Value()
 		if v < 1 || v > n || seen[v] {
@@ -337,6 +510,9 @@ func embargo(t *testing.T, ctx context.Context, c *Conn) error {
 		}
 		seen[v] = true
 		if v != int64(i+1-late) {
+			if outOfOrder == 0 {
+				first = fmt.Sprintf("call %d saw %d, want %d", i, v, i+1-late)
+			}
 			outOfOrder++
 		}
 	}
@@ -346,8 +522,11 @@ func embargo(t *testing.T, ctx context.Context, c *Conn) error {
 	if len(seen) != n-late {
 		t.Fatalf("%d calls succeeded, want %d", len(seen), n-late)
 	}
-	if outOfOrder > 0 {
-		t.Logf("go-capnp ran %d of %d pipelined calls out of order (known go-capnp bug, see comment)", outOfOrder, n)
+	switch {
+	case outOfOrder > 0 && env.GoCapnp:
+		t.Logf("go-capnp ran %d of %d pipelined calls out of order (go-capnp #631, see comment); first: %s", outOfOrder, n, first)
+	case outOfOrder > 0:
+		t.Fatalf("E-order broken: %d of %d pipelined calls ran out of order; first: %s", outOfOrder, n, first)
 	}
 	return nil
 }
@@ -461,13 +640,17 @@ func testConcurrent(t *testing.T, env Env) {
 		release capnp.ReleaseFunc
 	}
 	calls := make([]call, n)
-	// go-capnp v3.0.1-alpha.2 can send the Finish of a promise's question
-	// before calls already pipelined on that promise (go-capnp issue #626,
-	// fixed by PR #632 on its main branch, in no tag yet): calls racing
-	// with the bootstrap's resolution then fail, over any transport
-	// (TestStreamTransport shows it too). Resolve the bootstrap first.
-	if err := capnp.Client(c.Boot).Resolve(ctx); err != nil {
-		t.Fatal(err)
+	// The calls start at once, pipelined on the bootstrap if it has not
+	// resolved yet. go-capnp v3.0.1-alpha.2 can send the Finish of a
+	// promise's question before calls already pipelined on that promise
+	// (go-capnp issue #626, fixed by PR #632 on its main branch, in no tag
+	// yet): calls racing with the bootstrap's resolution then fail, over
+	// any transport. Under it (env.GoCapnp) the bootstrap is resolved
+	// first.
+	if env.GoCapnp {
+		if err := capnp.Client(c.Boot).Resolve(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -506,16 +689,24 @@ func testCloseClient(t *testing.T, env Env) {
 	f, release := c.Boot.Block(ctx, nil)
 	defer release()
 	c.Boot.Release()
-	if err := c.RPC.Close(); err != nil && !errors.Is(err, rpc.ErrConnClosed) {
-		t.Logf("close: %v", err)
+	err := c.RPC.Close()
+	switch {
+	case env.GoCapnp && err != nil && !errors.Is(err, rpc.ErrConnClosed):
+		t.Logf("close: %v", err) // go-capnp reports the transport's errors
+	case !env.GoCapnp && err != nil:
+		t.Errorf("close: %v", err)
 	}
 	select {
 	case <-c.RPC.Done():
 	case <-ctx.Done():
 		t.Fatal("the connection is not done after Close")
 	}
-	if _, err := f.Struct(); err == nil {
+	_, err = f.Struct()
+	switch {
+	case err == nil:
 		t.Fatal("a call outstanding at Close succeeded")
+	case !env.GoCapnp && !capnp.IsDisconnected(err):
+		t.Fatalf("a call outstanding at Close failed with %v, want a disconnected error", err)
 	}
 }
 
@@ -535,8 +726,12 @@ func testCloseServer(t *testing.T, env Env) {
 		t.Logf("server close: %v", err)
 	}
 	start := time.Now()
-	if _, err := f.Struct(); err == nil {
+	_, err := f.Struct()
+	switch {
+	case err == nil:
 		t.Fatal("a call outstanding when the server closed succeeded")
+	case !env.GoCapnp && !capnp.IsDisconnected(err):
+		t.Fatalf("a call outstanding when the server closed failed with %v, want a disconnected error", err)
 	}
 	select {
 	case <-c.RPC.Done():

@@ -12,12 +12,13 @@ import (
 	capnshm "github.com/capnshm/capnshm/rpc"
 )
 
-// TestStreamTransport runs the suite over go-capnp's own stream transport on
-// an in-process pipe: the reference behaviour, and a check of the suite.
+// TestConformanceGoCapnpPipe runs the suite on go-capnp's rpc.Conn (both
+// ends) over capnshm's stream transport on an in-process pipe, in the
+// lenient mode (Env.GoCapnp): a check of the suite against the other engine.
 // capnshm's NewStreamTransport is go-capnp's with its incoming-message
 // checks, without which the embargo race can crash the process (go-capnp
 // #626: see rpc.NewStreamTransport).
-func TestStreamTransport(t *testing.T) {
+func TestConformanceGoCapnpPipe(t *testing.T) {
 	conformance.Run(t, conformance.Env{
 		Dial: func(t *testing.T) *conformance.Conn {
 			a, b := net.Pipe()
@@ -37,13 +38,15 @@ func TestStreamTransport(t *testing.T) {
 				},
 			}
 		},
-		Sizes: []int{0, 1, 1 << 20},
+		Sizes:      []int{0, 1, 1 << 20},
+		Concurrent: load(),
+		GoCapnp:    true,
 	})
 }
 
-// TestEngineOverPipe runs the suite on capnshm's engine, both ends in this
-// process over an in-process pipe.
-func TestEngineOverPipe(t *testing.T) {
+// TestConformanceEnginePipe runs the suite strictly on capnshm's engine,
+// both ends in this process over an in-process pipe.
+func TestConformanceEnginePipe(t *testing.T) {
 	conformance.Run(t, conformance.Env{
 		Dial: func(t *testing.T) *conformance.Conn {
 			a, b := net.Pipe()
@@ -63,8 +66,17 @@ func TestEngineOverPipe(t *testing.T) {
 				CloseServer: server.Close,
 			}
 		},
-		Sizes: []int{0, 1, 1 << 20},
+		Sizes:      []int{0, 1, 1 << 20},
+		Concurrent: load(),
 	})
+}
+
+// load is the size of the load cases: smaller under the race detector.
+func load() int {
+	if testing.Short() || raceEnabled {
+		return 2000
+	}
+	return 0
 }
 
 // stream returns capnshm's stream transport on c.

@@ -66,9 +66,10 @@ func (s *Server) gateChan() chan struct{} {
 // its context ends first.
 func (s *Server) Gate(ctx context.Context, call Echo_gate) error {
 	start := call.Args().Start()
-	call.Go() // other calls to this object proceed meanwhile
+	gate := s.gateChan() // before Go: an openGate after this call opens this gate
+	call.Go()            // other calls to this object proceed meanwhile
 	select {
-	case <-s.gateChan():
+	case <-gate:
 	case <-ctx.Done():
 		return ctx.Err()
 	}

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"math"
 	"strings"
-
-	"github.com/capnshm/capnshm/rpc"
 )
 
 // ErrWrongAnswer is what RunChecks returns when the calculator computed a
@@ -35,7 +33,10 @@ func (r Result) String() string {
 // (calculator-client.c++), and the same as ../cpp/client.c++: a literal,
 // operators from getOperator, pipelined evaluations that use results not
 // yet received, functions defined with defFunction, and a callback (a
-// Function served by this side and called by the calculator). report, if
+// Function served by this side and called by the calculator). As the
+// sample client, it never waits for a result before passing it on: a
+// promise (an operator, a Value, a defined function) goes back to the
+// calculator in as many messages as use it, before it has arrived. report, if
 // not nil, is called with each result. RunChecks returns an error on a
 // failed call, or one wrapping ErrWrongAnswer (after every check ran) if
 // an answer was wrong.
@@ -72,27 +73,13 @@ func (c *checker) runAll(checks ...func() error) error {
 	return nil
 }
 
-// lateCallAttempts bounds how often run repeats a check that met
-// rpc.ErrLateCall.
-const lateCallAttempts = 3
-
-// run runs check and waits for its answers. A pipelined call that raced
-// the Return resolving its target is not sent by capnshm (rpc.ErrLateCall,
-// a go-capnp v3.0.1-alpha.2 bug): that check is run again, its calls
-// then going to resolved capabilities. A check that failed reported
-// nothing (see wait), so each result is reported once.
+// run runs check and waits for its answers. A check that failed reports
+// nothing (see wait).
 func (c *checker) run(check func() error) error {
-	var err error
-	for range lateCallAttempts {
-		if err = check(); err == nil {
-			err = c.wait()
-		}
-		if !errors.Is(err, rpc.ErrLateCall) {
-			return err
-		}
-		c.pending = c.pending[:0]
+	if err := check(); err != nil {
+		return err
 	}
-	return err
+	return c.wait()
 }
 
 // checker issues calls, keeps what must be released, and collects the
@@ -133,8 +120,8 @@ func (c *checker) expect(name string, want float64, v Calculator_Value) {
 }
 
 // wait collects the answers of every pending read or call, then reports
-// them and records the wrong ones. If any failed, it reports none: run may
-// repeat the check, which must report each result once.
+// them and records the wrong ones. If any failed, it reports none: a check
+// reports all its results, each once, or none.
 func (c *checker) wait() error {
 	defer func() { c.pending = c.pending[:0] }()
 	results := make([]Result, 0, len(c.pending))
@@ -194,25 +181,6 @@ func (c *checker) define(paramCount int32, body expr) Calculator_Function {
 	return f.Func()
 }
 
-// settle waits until each promise has resolved: until the calculator has
-// returned the capability. A promise (a capability in results not yet
-// received) is passed to the calculator in at most one message; a second
-// message waits for it to settle first. go-capnp v3.0.1-alpha.2 peers
-// deadlock the connection when two messages name the same promise before
-// it resolves (Future.Client keeps the promise locked when it hands out a
-// client it made before, so the Return that resolves it blocks for good,
-// holding the connection's lock), and the C++ client follows the same rule
-// against the Go server. Calls made on a promise (pipelined calls such as
-// read) are not affected and are never delayed.
-func (c *checker) settle(caps ...interface{ Resolve(context.Context) error }) error {
-	for _, x := range caps {
-		if err := x.Resolve(c.ctx); err != nil {
-			return fmt.Errorf("calculator: waiting for a result: %w", err)
-		}
-	}
-	return nil
-}
-
 // literal: the simplest evaluation, read back pipelined (the read is sent
 // before evaluate has returned).
 func (c *checker) literal() error {
@@ -220,14 +188,12 @@ func (c *checker) literal() error {
 	return nil
 }
 
-// operators: add and subtract from getOperator, used before they arrive.
+// operators: add and subtract from getOperator, used before they arrive,
+// add in two messages.
 func (c *checker) operators() error {
 	add := c.operator(Calculator_Operator_add)
 	sub := c.operator(Calculator_Operator_subtract)
 	c.expect("123 + 45 - 67", 101, c.evaluate(apply(sub, apply(add, lit(123), lit(45)), lit(67))))
-	if err := c.settle(add); err != nil {
-		return err
-	}
 	c.expect("123 + 45", 168, c.evaluate(apply(add, lit(123), lit(45))))
 	return nil
 }
@@ -243,36 +209,25 @@ func (c *checker) pipelining() error {
 	c.expect("4 * 6 + 3", 27, c.evaluate(apply(add, prev(product), lit(3))))
 
 	// (4 + 6) * 7, then / 14, each on the result before: one round trip.
-	if err := c.settle(add, mul); err != nil {
-		return err
-	}
 	sum := c.evaluate(apply(add, lit(4), lit(6)))
 	times7 := c.evaluate(apply(mul, prev(sum), lit(7)))
 	c.expect("(4 + 6) * 7", 70, times7)
 	c.expect("(4 + 6) * 7 / 14", 5, c.evaluate(apply(div, prev(times7), lit(14))))
 
-	// The product again, in a second message: once it has arrived.
-	if err := c.settle(product); err != nil {
-		return err
-	}
+	// The product again, in a second message, still not arrived: the
+	// official client's "add 3 and add 5".
 	c.expect("4 * 6 + 5", 29, c.evaluate(apply(add, prev(product), lit(5))))
 	return nil
 }
 
 // functions: f(x, y) = x * 100 + y and g(x) = f(x, x + 1) * 2, defined on
-// the server; g is evaluated before it has arrived, f is also called
-// directly.
+// the server, each body naming operators (and g's, f) not yet arrived; f
+// and g are evaluated before they have arrived, f is also called directly.
 func (c *checker) functions() error {
 	add := c.operator(Calculator_Operator_add)
 	mul := c.operator(Calculator_Operator_multiply)
 	f := c.define(2, apply(add, apply(mul, param(0), lit(100)), param(1)))
-	if err := c.settle(add, mul); err != nil {
-		return err
-	}
 	g := c.define(1, apply(mul, apply(f, param(0), apply(add, param(0), lit(1))), lit(2)))
-	if err := c.settle(f); err != nil {
-		return err
-	}
 	c.expect("f(12, 34)", 1234, c.evaluate(apply(f, lit(12), lit(34))))
 	c.expect("g(21)", 4244, c.evaluate(apply(g, lit(21))))
 

@@ -2,48 +2,46 @@ package calculator
 
 import (
 	"errors"
-	"fmt"
 	"testing"
-
-	"github.com/capnshm/capnshm/rpc"
 )
 
-// TestRunRepeatsLateCalls: a check whose answers meet rpc.ErrLateCall is run
-// again, and each of its results is reported once, from the attempt that
-// succeeded; other errors end the run at once.
-func TestRunRepeatsLateCalls(t *testing.T) {
-	late := fmt.Errorf("call: %w", rpc.ErrLateCall)
-	other := errors.New("disconnected")
+// TestRunReportsOnce: a check whose answers all arrive reports each result
+// once; a check with a failed answer reports none and returns its error;
+// either way the check runs once and nothing stays pending.
+func TestRunReportsOnce(t *testing.T) {
+	failed := errors.New("disconnected")
 	for _, tc := range []struct {
 		name     string
-		fails    []error // the second answer's error on each attempt; nil: it succeeds
-		attempts int
+		fail     error // the second answer's error; nil: it succeeds
 		reported int
-		err      error
 	}{
-		{"first attempt", []error{nil}, 1, 2, nil},
-		{"one late call", []error{late, nil}, 2, 2, nil},
-		{"late every time", []error{late, late, late}, lateCallAttempts, 0, rpc.ErrLateCall},
-		{"other error", []error{other}, 1, 0, other},
+		{"every answer", nil, 2},
+		{"a failed answer", failed, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var reported []Result
 			c := &checker{report: func(r Result) { reported = append(reported, r) }}
-			attempts := 0
+			runs := 0
 			check := func() error {
-				fail := tc.fails[attempts]
-				attempts++
+				runs++
 				c.pending = append(c.pending,
 					pending{name: "a", want: 1, answer: func() (float64, error) { return 1, nil }},
-					pending{name: "b", want: 2, answer: func() (float64, error) { return 2, fail }})
+					pending{name: "b", want: 2, answer: func() (float64, error) { return 2, tc.fail }})
 				return nil
 			}
 			err := c.run(check)
-			if !errors.Is(err, tc.err) || (tc.err == nil) != (err == nil) {
-				t.Errorf("run: %v, want %v", err, tc.err)
+			if !errors.Is(err, tc.fail) || (tc.fail == nil) != (err == nil) {
+				t.Errorf("run: %v, want %v", err, tc.fail)
 			}
-			if attempts != tc.attempts || len(reported) != tc.reported {
-				t.Errorf("%d attempts, %d results reported (%v); want %d, %d", attempts, len(reported), reported, tc.attempts, tc.reported)
+			if runs != 1 || len(reported) != tc.reported {
+				t.Errorf("check ran %d times, %d results reported (%v); want 1, %d", runs, len(reported), reported, tc.reported)
+			}
+			seen := map[string]bool{}
+			for _, r := range reported {
+				if seen[r.Name] {
+					t.Errorf("%s reported twice", r.Name)
+				}
+				seen[r.Name] = true
 			}
 			if len(c.wrong) != 0 || len(c.pending) != 0 {
 				t.Errorf("wrong %v, pending %d after run", c.wrong, len(c.pending))

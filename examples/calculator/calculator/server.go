@@ -90,18 +90,17 @@ func (Server) GetOperator(_ context.Context, call Calculator_getOperator) error 
 
 // evaluate computes expr, where parameter i stands for params[i]. It waits
 // for every capability the expression names: previous results are read,
-// functions are called on the values of their parameters.
+// functions are called on the values of their parameters. A capability
+// the client passed before it had it (a promise: a previous result or an
+// operator not yet returned to the client) is called at once; the calls
+// are pipelined until it resolves.
 func evaluate(ctx context.Context, expr Calculator_Expression, params []float64) (float64, error) {
 	switch expr.Which() {
 	case Calculator_Expression_Which_literal:
 		return expr.Literal(), nil
 
 	case Calculator_Expression_Which_previousResult:
-		v := expr.PreviousResult()
-		if err := settle(ctx, v); err != nil {
-			return 0, err
-		}
-		f, release := v.Read(ctx, nil)
+		f, release := expr.PreviousResult().Read(ctx, nil)
 		defer release()
 		res, err := f.Struct()
 		if err != nil {
@@ -128,28 +127,9 @@ func evaluate(ctx context.Context, expr Calculator_Expression, params []float64)
 				return 0, err
 			}
 		}
-		fn := c.Function()
-		if err := settle(ctx, fn); err != nil {
-			return 0, err
-		}
-		return callFunction(ctx, fn, vals)
+		return callFunction(ctx, c.Function(), vals)
 	}
 	return 0, fmt.Errorf("unknown expression type %d", uint16(expr.Which()))
-}
-
-// settle waits until a capability received in a call's arguments has
-// resolved, before calling it. A client may pass back a result of this
-// server before it has received it (a promise; the classic pipelining of
-// previousResult); go-capnp v3.0.1-alpha.2 then delivers calls made on it
-// before it resolves by reading the results message of the call that
-// produced it, which the client's Finish may already have released (a data
-// race, and on shared memory a read of recycled memory). Once resolved, the
-// capability is called directly.
-func settle(ctx context.Context, c interface{ Resolve(context.Context) error }) error {
-	if err := c.Resolve(ctx); err != nil {
-		return fmt.Errorf("waiting for a capability to resolve: %w", err)
-	}
-	return nil
 }
 
 // callFunction calls fn on vals and returns its value.

@@ -4,22 +4,16 @@
 //
 //	./calculator-client HOST:PORT        e.g. 127.0.0.1:4000
 //	./calculator-client unix:/tmp/calc.sock
-//	./calculator-client --no-settle ADDR
 //
 // It runs the checks the Go client runs (../calculator/checks.go: RunChecks
-// and RunTailCallCheck), prints
-// each result, and "PASS" at the end; it exits with status 1 on a wrong
-// answer or a failed call.
+// and RunTailCallCheck), prints each result, and "PASS" at the end; it
+// exits with status 1 on a wrong answer or a failed call.
 //
-// By default a promise (a capability in results not yet received) is
-// passed to the calculator in at most one message; a second message waits
-// for it with whenResolved() first: go-capnp v3.0.1-alpha.2, the Go
-// server's RPC library today, deadlocks the connection when two messages
-// name the same unresolved promise (see settle in
-// ../calculator/checks.go). Calls on a promise (pipelined calls such as
-// read) are not affected. --no-settle never waits, as the official sample
-// client does not: every promise is passed on as soon as it is made, in as
-// many messages as use it.
+// As the official sample client, it never waits for a promise (a
+// capability in results not yet received) before passing it on: every
+// promise goes back to the calculator as soon as it is made, in as many
+// messages as use it, and the Finish of each call follows its pipelined
+// calls at once.
 #include "calculator.capnp.h"
 
 #include <capnp/ez-rpc.h>
@@ -80,8 +74,7 @@ class PowerFunction final : public Calculator::Function::Server {
 
 class Checker {
  public:
-  Checker(Calculator::Client calc, kj::WaitScope& ws, bool settling)
-      : calc(calc), ws(ws), settling(settling) {}
+  Checker(Calculator::Client calc, kj::WaitScope& ws) : calc(calc), ws(ws) {}
 
   int wrong = 0;
 
@@ -137,14 +130,6 @@ class Checker {
     pending.clear();
   }
 
-  // settle waits until c has resolved, unless --no-settle.
-  template <typename C>
-  void settle(C& c) {
-    if (settling) {
-      c.whenResolved().wait(ws);
-    }
-  }
-
  private:
   struct Pending {
     const char* name;
@@ -163,7 +148,6 @@ class Checker {
 
   Calculator::Client calc;
   kj::WaitScope& ws;
-  bool settling;
   std::vector<Pending> pending;
 };
 
@@ -172,30 +156,28 @@ void run(Checker& c) {
   c.expect("123", 123, c.evaluate(lit(123)));
   c.wait();
 
-  // Operators from getOperator, used before they arrive.
+  // Operators from getOperator, used before they arrive, add in two
+  // messages.
   {
     auto add = c.op(Calculator::Operator::ADD);
     auto sub = c.op(Calculator::Operator::SUBTRACT);
     c.expect("123 + 45 - 67", 101, c.evaluate(apply(sub, {apply(add, {lit(123), lit(45)}), lit(67)})));
-    c.settle(add);
     c.expect("123 + 45", 168, c.evaluate(apply(add, {lit(123), lit(45)})));
     c.wait();
   }
 
-  // Pipelining: results used in further evaluations before they arrive.
+  // Pipelining: results used in further evaluations before they arrive,
+  // the product in two messages (the official client's add 3 and add 5).
   {
     auto add = c.op(Calculator::Operator::ADD);
     auto mul = c.op(Calculator::Operator::MULTIPLY);
     auto div = c.op(Calculator::Operator::DIVIDE);
     auto product = c.evaluate(apply(mul, {lit(4), lit(6)}));
     c.expect("4 * 6 + 3", 27, c.evaluate(apply(add, {prev(product), lit(3)})));
-    c.settle(add);
-    c.settle(mul);
     auto sum = c.evaluate(apply(add, {lit(4), lit(6)}));
     auto times7 = c.evaluate(apply(mul, {prev(sum), lit(7)}));
     c.expect("(4 + 6) * 7", 70, times7);
     c.expect("(4 + 6) * 7 / 14", 5, c.evaluate(apply(div, {prev(times7), lit(14)})));
-    c.settle(product);
     c.expect("4 * 6 + 5", 29, c.evaluate(apply(add, {prev(product), lit(5)})));
     c.wait();
   }
@@ -205,10 +187,7 @@ void run(Checker& c) {
     auto add = c.op(Calculator::Operator::ADD);
     auto mul = c.op(Calculator::Operator::MULTIPLY);
     auto f = c.define(2, apply(add, {apply(mul, {param(0), lit(100)}), param(1)}));
-    c.settle(add);
-    c.settle(mul);
     auto g = c.define(1, apply(mul, {apply(f, {param(0), apply(add, {param(0), lit(1)})}), lit(2)}));
-    c.settle(f);
     c.expect("f(12, 34)", 1234, c.evaluate(apply(f, {lit(12), lit(34)})));
     c.expect("g(21)", 4244, c.evaluate(apply(g, {lit(21)})));
     c.expectCall("f(5, 7) called directly", 507, f, {5, 7});
@@ -239,26 +218,18 @@ void run(Checker& c) {
 }  // namespace
 
 int main(int argc, const char* argv[]) {
-  bool settling = true;
-  const char* addr = nullptr;
-  if (argc == 2) {
-    addr = argv[1];
-  } else if (argc == 3 && kj::StringPtr(argv[1]) == "--no-settle") {
-    settling = false;
-    addr = argv[2];
-  }
+  const char* addr = argc == 2 ? argv[1] : nullptr;
   if (addr == nullptr || addr[0] == '-') {
-    std::cerr << "usage: " << argv[0] << " [--no-settle] HOST:PORT\n"
+    std::cerr << "usage: " << argv[0] << " HOST:PORT\n"
                  "Runs the calculator checks against the server at HOST:PORT\n"
-                 "(or unix:PATH) with Cap'n Proto EZ-RPC. --no-settle: pass promises\n"
-                 "on without waiting for them, as the official sample client does." << std::endl;
+                 "(or unix:PATH) with Cap'n Proto EZ-RPC." << std::endl;
     return 2;
   }
   int wrong = 0;
   KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
     capnp::EzRpcClient client(addr);
     Calculator::Client calculator = client.getMain<Calculator>();
-    Checker c(calculator, client.getWaitScope(), settling);
+    Checker c(calculator, client.getWaitScope());
     run(c);
     wrong = c.wrong;
   })) {

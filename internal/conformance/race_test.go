@@ -1,5 +1,5 @@
 //go:build race
 
-package calculator_test
+package conformance_test
 
 const raceEnabled = true
