@@ -4,6 +4,10 @@
 #
 #   bash .ci/wine-test.sh [package patterns...]     (default: ./...)
 #
+# Without patterns it also runs the examples over shared memory on
+# Windows: examples/blob -quick, and examples/calculator's client against
+# its server in another process, both on their default shm: addresses.
+#
 # Each package runs in its own `go test` invocation, so one package's failure
 # is plain to see. Packages whose tests do inter-process communication (their
 # tests import internal/peertest, or their path matches CAPNSHM_WINE_SPLIT)
@@ -30,13 +34,17 @@ if command -v flock >/dev/null 2>&1 && ! flock -n 9; then
 	flock 9
 fi
 
+# Wine's processes (wineserver, services.exe, ...) must not inherit the
+# lock's descriptor: they outlive a run with CAPNSHM_WINE_KEEP=1 and
+# would hold the lock for good. Everything that starts Wine runs with
+# fd 9 closed.
 # shellcheck source=wine-setup.sh
-source "$root/.ci/wine-setup.sh" || {
+source "$root/.ci/wine-setup.sh" 9>&- || {
 	echo "wine-test: Wine setup failed" >&2
 	exit 1
 }
 stop_wine() {
-	[ "${CAPNSHM_WINE_KEEP:-0}" = 1 ] || /usr/lib/wine/wineserver -k >/dev/null 2>&1 || true
+	[ "${CAPNSHM_WINE_KEEP:-0}" = 1 ] || /usr/lib/wine/wineserver -k >/dev/null 2>&1 9>&- || true
 	[ -n "${work:-}" ] && rm -rf "$work"
 }
 trap stop_wine EXIT
@@ -78,7 +86,7 @@ run_split() {
 	fi
 	# -test.list prints Test, Benchmark, Fuzz and Example names; benchmarks
 	# are not run by go test without -bench.
-	names=$(cd "$dir" && go_windows_amd64_exec "$bin" -test.list '.*' </dev/null 2>"$work/list.err") || {
+	names=$(cd "$dir" && go_windows_amd64_exec "$bin" -test.list '.*' </dev/null 2>"$work/list.err" 9>&-) || {
 		echo "FAIL	$pkg [listing tests failed]"
 		cat "$work/list.err"
 		return 1
@@ -94,7 +102,7 @@ run_split() {
 		out="$work/out.txt"
 		start=$(date +%s.%N)
 		(cd "$dir" && go_windows_amd64_exec "$bin" -test.run "^${name}\$" -test.count=1 \
-			-test.timeout=5m ${verbose[@]+"${verbose[@]/-v/-test.v}"} </dev/null >"$out" 2>&1)
+			-test.timeout=5m ${verbose[@]+"${verbose[@]/-v/-test.v}"} </dev/null >"$out" 2>&1 9>&-)
 		rc=$?
 		local secs
 		secs=$(echo "$(date +%s.%N) - $start" | bc 2>/dev/null || echo "?")
@@ -119,9 +127,45 @@ for pkg in "${pkgs[@]}"; do
 		run_split "$pkg" || failed+=("$pkg")
 	else
 		echo "== $pkg =="
-		go test -count=1 -timeout 10m ${verbose[@]+"${verbose[@]}"} "$pkg" || failed+=("$pkg")
+		go test -count=1 -timeout 10m ${verbose[@]+"${verbose[@]}"} "$pkg" 9>&- || failed+=("$pkg")
 	fi
 done
+
+# run_examples: the examples as users run them, on shared memory.
+run_examples() {
+	local bin="$work/examples" out="$work/example.txt" srv_out="$work/calc-server.txt" pid i
+	mkdir -p "$bin"
+	go build -o "$bin/blob.exe" ./examples/blob &&
+		go build -o "$bin/calc-server.exe" ./examples/calculator/server &&
+		go build -o "$bin/calc-client.exe" ./examples/calculator/client || return 1
+	echo "-- examples/blob -quick"
+	(cd "$bin" && timeout 300 go_windows_amd64_exec ./blob.exe -quick -noprogress </dev/null 9>&-) | tr -d '\r' | tee "$out"
+	grep -q '^shared memory .* by reference' "$out" || {
+		echo "FAIL	examples/blob: no shared-memory run"
+		return 1
+	}
+	echo "-- examples/calculator: the client against the server, another process"
+	(cd "$bin" && exec go_windows_amd64_exec ./calc-server.exe </dev/null >"$srv_out" 2>&1 9>&-) &
+	pid=$!
+	for i in $(seq 300); do
+		grep -q 'calculator serving' "$srv_out" 2>/dev/null && break
+		sleep 0.1
+	done
+	(cd "$bin" && timeout 120 go_windows_amd64_exec ./calc-client.exe </dev/null 9>&-) | tr -d '\r' | tee "$out"
+	kill "$pid" 2>/dev/null
+	wait "$pid" 2>/dev/null
+	tr -d '\r' <"$srv_out"
+	grep -q 'shared memory: true' "$out" && grep -qx 'PASS' "$out" || {
+		echo "FAIL	examples/calculator: the client did not pass on shared memory"
+		return 1
+	}
+	echo "ok  	examples (blob, calculator) over shared memory"
+}
+
+if [ $# -eq 0 ]; then
+	echo "== examples over shared memory =="
+	run_examples || failed+=("examples")
+fi
 
 echo
 if [ ${#failed[@]} -gt 0 ]; then

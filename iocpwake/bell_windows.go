@@ -95,6 +95,11 @@ type Bell struct {
 	waitPacket windows.Handle
 	waitObject windows.Handle
 	regID      uintptr
+
+	// onWait, when a test sets it before any Wait, is called by each Wait
+	// as it begins to block (queued for the token or about to sleep on the
+	// port), so that tests wait for a parked waiter instead of sleeping.
+	onWait func()
 }
 
 // New creates a doorbell that this process waits on: an auto-reset event (the
@@ -194,6 +199,9 @@ func (b *Bell) postRing() error {
 // after an internal bound of about 100 ms): callers re-check the state they
 // wait for. Several goroutines may wait; a ring wakes one.
 func (b *Bell) Wait(ctx context.Context) error {
+	if b.onWait != nil {
+		b.onWait()
+	}
 	if err := b.enter(ctx); err != nil {
 		return err
 	}

@@ -69,13 +69,43 @@ func expectQuiet(t *testing.T, b *iocpwake.Bell, d time.Duration, what string) {
 	}
 }
 
+// TestWinBridgeKind: New bridges the event the way it is asked to, and by
+// default with wait completion packets wherever ntdll has them.
 func TestWinBridgeKind(t *testing.T) {
-	bridges(t, func(t *testing.T) {
-		b := newBell(t)
-		t.Logf("bridge: %s", iocpwake.BridgeKind(b))
-	})
-	b := newBell(t)
-	t.Logf("default bridge on this system: %s", iocpwake.BridgeKind(b))
+	const packet, register = "NtAssociateWaitCompletionPacket", "RegisterWaitForSingleObject"
+	def := register
+	if iocpwake.HaveWaitPackets() {
+		def = packet
+	}
+	for _, tc := range []struct {
+		name  string
+		force bool
+		want  string
+	}{
+		{"default", false, def},
+		{"forced RegisterWait", true, register},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Cleanup(iocpwake.ForceRegisterWait(tc.force))
+			b := newBell(t)
+			if got := iocpwake.BridgeKind(b); got != tc.want {
+				t.Fatalf("bridge = %s, want %s", got, tc.want)
+			}
+			// The bridge carries a ring set on the event itself.
+			if err := windows.SetEvent(windows.Handle(b.Handle())); err != nil {
+				t.Fatal(err)
+			}
+			waitOK(t, b, "after SetEvent")
+		})
+	}
+	if o, err := iocpwake.Open(dupEvent(t, newBell(t).Handle())); err != nil {
+		t.Fatal(err)
+	} else {
+		defer o.Close()
+		if got := iocpwake.BridgeKind(o); got != "none" {
+			t.Errorf("an opened (ring-only) bell has bridge %s, want none", got)
+		}
+	}
 }
 
 func TestWinLocalRing(t *testing.T) {
@@ -91,6 +121,7 @@ func TestWinLocalRing(t *testing.T) {
 		waitOK(t, b, "after 5 rings")
 		expectQuiet(t, b, 200*time.Millisecond, "after the coalesced ring was taken")
 		// Ring while a goroutine waits.
+		waits := iocpwake.NotifyWaits(b)
 		for i := 0; i < 20; i++ {
 			done := make(chan error, 1)
 			go func() {
@@ -98,7 +129,7 @@ func TestWinLocalRing(t *testing.T) {
 				defer cancel()
 				done <- b.Wait(ctx)
 			}()
-			time.Sleep(time.Millisecond)
+			<-waits
 			if err := b.Ring(); err != nil {
 				t.Fatal(err)
 			}
@@ -214,6 +245,7 @@ func TestWinPeerRing(t *testing.T) {
 func TestWinCancelEachWaiter(t *testing.T) {
 	noSpurious(t)
 	b := newBell(t)
+	waits := iocpwake.NotifyWaits(b)
 	const n = 4
 	var wg sync.WaitGroup
 	cancels := make([]context.CancelFunc, n)
@@ -234,7 +266,9 @@ func TestWinCancelEachWaiter(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(50 * time.Millisecond)
+	for range n {
+		<-waits // every waiter is in Wait before the first cancel
+	}
 	for i := range n {
 		start := time.Now()
 		cancels[i]()
@@ -272,6 +306,7 @@ func TestWinCloseWakesWaiters(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		waits := iocpwake.NotifyWaits(b)
 		const n = 5
 		errs := make(chan error, n)
 		for range n {
@@ -286,7 +321,9 @@ func TestWinCloseWakesWaiters(t *testing.T) {
 				}
 			}()
 		}
-		time.Sleep(50 * time.Millisecond)
+		for range n {
+			<-waits
+		}
 		ev := dupEvent(t, b.Handle())
 		defer windows.CloseHandle(windows.Handle(ev))
 		start := time.Now()
@@ -307,7 +344,11 @@ func TestWinCloseWakesWaiters(t *testing.T) {
 		if err := windows.SetEvent(windows.Handle(ev)); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		// Nothing takes that ring any more: the auto-reset event stays
+		// set (a bridge still registered would reset it).
+		if r, err := windows.WaitForSingleObject(windows.Handle(ev), 0); r != windows.WAIT_OBJECT_0 {
+			t.Errorf("the event after Close: WaitForSingleObject = %#x, %v; want it still set", r, err)
+		}
 	})
 }
 

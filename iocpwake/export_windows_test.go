@@ -26,3 +26,11 @@ func HaveWaitPackets() bool { return haveWaitPackets() }
 
 // BridgeKind names the event bridge of a bell from New.
 func BridgeKind(b *Bell) string { return b.bridgeKind() }
+
+// NotifyWaits returns a channel that receives a value each time a Wait on b
+// begins to block. Call it before any goroutine waits on b.
+func NotifyWaits(b *Bell) <-chan struct{} {
+	c := make(chan struct{}, 1024)
+	b.onWait = func() { c <- struct{}{} }
+	return c
+}

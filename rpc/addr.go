@@ -21,13 +21,24 @@ const (
 	SchemeUnixAbstract Scheme = "unix-abstract"
 	// SchemeTCP, "tcp:host:port" or "host:port": the stream transport.
 	SchemeTCP Scheme = "tcp"
-	// SchemeShm, "shm:/path": shared memory, negotiated over the unix
-	// socket file at path (the rendezvous).
+	// SchemeShm: shared memory, negotiated over the system's rendezvous:
+	// on Linux "shm:/path", the unix socket file at path; on Windows
+	// "shm:NAME", the named pipe \\.\pipe\NAME.
 	SchemeShm Scheme = "shm"
 	// SchemeShmAbstract, "shm-abstract:name": shared memory over a Linux
 	// abstract unix socket.
 	SchemeShmAbstract Scheme = "shm-abstract"
+	// SchemePipe, "pipe:NAME": a Windows named pipe, \\.\pipe\NAME; the
+	// stream transport.
+	SchemePipe Scheme = "pipe"
 )
+
+// pipePrefix makes a named pipe's path from its name.
+const pipePrefix = `\\.\pipe\`
+
+// maxPipeName is the longest pipe name: a pipe's path is at most 256
+// characters.
+const maxPipeName = 256 - len(pipePrefix)
 
 // maxUnixPath is the longest unix socket path or abstract name: sun_path
 // holds 108 bytes, including a terminating (or, for abstract names,
@@ -54,16 +65,18 @@ func (e *AddrError) Error() string {
 func (e *AddrError) Is(target error) bool { return target == ErrBadAddress }
 
 // allForms lists every address form, for errors.
-const allForms = "unix:/path, unix-abstract:name, tcp:host:port, host:port, shm:/path or shm-abstract:name"
+const allForms = "unix:/path, unix-abstract:name, tcp:host:port, host:port, shm:/path, shm-abstract:name or (Windows) pipe:name"
 
-// Addr is a parsed address. It implements net.Addr: Network is the Go
-// network ("unix" or "tcp") and String the address in the form ParseAddr
-// takes, so that a Server's Addr can be passed to Dial.
+// Addr is a parsed address. It implements net.Addr: Network is the
+// network ("unix", "tcp", or "pipe" for a Windows named pipe) and String
+// the address in the form ParseAddr takes, so that a Server's Addr can be
+// passed to Dial.
 type Addr struct {
 	Scheme Scheme
 	// Endpoint is what follows the scheme: the socket path (SchemeUnix,
-	// SchemeShm), the abstract name without any "@" (SchemeUnixAbstract,
-	// SchemeShmAbstract) or host:port (SchemeTCP).
+	// SchemeShm on Linux), the abstract name without any "@"
+	// (SchemeUnixAbstract, SchemeShmAbstract), host:port (SchemeTCP) or
+	// the pipe name without \\.\pipe\ (SchemePipe, SchemeShm on Windows).
 	Endpoint string
 }
 
@@ -71,10 +84,14 @@ type Addr struct {
 // "shm:/run/app.sock", "tcp:127.0.0.1:4000".
 func (a Addr) String() string { return string(a.Scheme) + ":" + a.Endpoint }
 
-// Network returns the Go network of the socket: "unix" or "tcp".
+// Network returns the network of the address: "unix", "tcp", or "pipe"
+// (a Windows named pipe: pipe: addresses, and shm: on Windows).
 func (a Addr) Network() string {
-	if a.Scheme == SchemeTCP {
+	switch {
+	case a.Scheme == SchemeTCP:
 		return "tcp"
+	case a.Scheme == SchemePipe, a.Scheme == SchemeShm && shmOverPipe:
+		return "pipe"
 	}
 	return "unix"
 }
@@ -89,22 +106,39 @@ func (a Addr) Abstract() bool {
 }
 
 // Net returns the network and address to give Go's net.Dial or
-// net.Listen: ("unix", "/path"), ("unix", "@name") or ("tcp", "host:port").
+// net.Listen: ("unix", "/path"), ("unix", "@name") or ("tcp",
+// "host:port"); for a named pipe ("pipe", `\\.\pipe\NAME`), which
+// DialPipe and ListenPipe take by name.
 func (a Addr) Net() (network, address string) {
-	if a.Abstract() {
+	switch {
+	case a.Abstract():
 		return "unix", "@" + a.Endpoint
+	case a.Network() == "pipe":
+		return "pipe", pipePrefix + a.Endpoint
 	}
 	return a.Network(), a.Endpoint
 }
 
 // ParseAddr parses an address as Cap'n Proto users write them:
 //
-//	unix:/path/to.sock       a unix socket file
-//	unix-abstract:name       a Linux abstract unix socket
+//	                         Linux                        Windows
+//	unix:/path/to.sock       a unix socket file           the same (AF_UNIX)
+//	unix-abstract:name       an abstract unix socket      -
 //	tcp:host:port            TCP ("*" or an empty host: every interface)
 //	host:port                the same
-//	shm:/path/to.sock        shared memory, rendezvous on a unix socket file
-//	shm-abstract:name        shared memory, rendezvous on an abstract socket
+//	shm:/path/to.sock        shared memory, rendezvous    -
+//	                         on a unix socket file
+//	shm:NAME                 (the socket file NAME)       shared memory, rendezvous
+//	                                                      on the pipe \\.\pipe\NAME
+//	shm-abstract:name        shared memory, rendezvous    -
+//	                         on an abstract socket
+//	pipe:NAME                -                            the named pipe \\.\pipe\NAME
+//
+// Every form parses on every system; Listen and Dial refuse the forms
+// marked - with an error wrapping ErrUnsupported. A shm: address's
+// endpoint is checked as what it names on this system: a socket path
+// (at most 107 bytes) on Linux, a pipe name (no backslash, at most 247
+// bytes) on Windows.
 //
 // A malformed address gives an *AddrError (matching ErrBadAddress) that
 // quotes it and says what was expected.
@@ -122,13 +156,26 @@ func ParseAddr(s string) (Addr, error) {
 	if strings.HasPrefix(rest, "//") && knownScheme(Scheme(scheme)) {
 		// shm://tmp/x.sock would otherwise be the path //tmp/x.sock.
 		want := scheme + ":/" + strings.TrimLeft(rest, "/") // a path
-		if Scheme(scheme) == SchemeTCP || Scheme(scheme) == SchemeUnixAbstract || Scheme(scheme) == SchemeShmAbstract {
+		if Scheme(scheme) == SchemeTCP || Scheme(scheme) == SchemeUnixAbstract || Scheme(scheme) == SchemeShmAbstract || Scheme(scheme) == SchemePipe {
 			want = scheme + ":" + strings.TrimLeft(rest, "/")
 		}
 		return bad("is written URL-style (scheme://)", want+" (capnshm addresses are scheme:rest, as Cap'n Proto writes them)")
 	}
 	switch Scheme(scheme) {
-	case SchemeUnix, SchemeShm:
+	case SchemePipe:
+		if p := checkPipeName(rest); p != "" {
+			return bad(p, "pipe:name")
+		}
+		return Addr{Scheme: SchemePipe, Endpoint: rest}, nil
+	case SchemeShm:
+		if shmOverPipe {
+			if p := checkPipeName(rest); p != "" {
+				return bad(p, "shm:name (the pipe \\\\.\\pipe\\name)")
+			}
+			return Addr{Scheme: SchemeShm, Endpoint: rest}, nil
+		}
+		fallthrough
+	case SchemeUnix:
 		want := scheme + ":/path/to.sock"
 		switch {
 		case rest == "":
@@ -173,7 +220,7 @@ func ParseAddr(s string) (Addr, error) {
 // knownScheme reports whether s is one of the address schemes.
 func knownScheme(s Scheme) bool {
 	switch s {
-	case SchemeUnix, SchemeUnixAbstract, SchemeTCP, SchemeShm, SchemeShmAbstract:
+	case SchemeUnix, SchemeUnixAbstract, SchemeTCP, SchemeShm, SchemeShmAbstract, SchemePipe:
 		return true
 	}
 	return false
@@ -214,4 +261,24 @@ func isSchemeName(s string) bool {
 		}
 	}
 	return true
+}
+
+// checkPipeName checks a pipe name (what follows \\.\pipe\), or returns
+// what is wrong with it.
+func checkPipeName(name string) string {
+	switch {
+	case name == "":
+		return "has no pipe name"
+	case len(name) > maxPipeName:
+		return fmt.Sprintf("has a pipe name of %d bytes, over the limit of %d", len(name), maxPipeName)
+	}
+	for i := 0; i < len(name); i++ {
+		switch name[i] {
+		case '\\':
+			return "has a backslash in its pipe name"
+		case 0:
+			return "has a NUL byte in its pipe name"
+		}
+	}
+	return ""
 }

@@ -43,8 +43,11 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Conn, error) {
 // Listen). Dial takes over the reference, and releases it if it fails.
 func WithBootstrap(c capnp.Client) Option { return func(cfg *config) { cfg.boot = c } }
 
-// dial opens the socket of a.
+// dial opens the socket of a, or its named pipe.
 func dial(ctx context.Context, a Addr) (net.Conn, error) {
+	if a.Network() == "pipe" {
+		return dialPipe(ctx, a)
+	}
 	var d net.Dialer
 	network, address := a.Net()
 	c, err := d.DialContext(ctx, network, address)
@@ -76,9 +79,7 @@ func (est established) peer(a Addr) Peer {
 		if ra := est.raw.RemoteAddr(); ra != nil && ra.Network() == "tcp" {
 			p.Remote = ra.String()
 		}
-		if uc, ok := est.raw.(*net.UnixConn); ok {
-			p.Creds, p.PID, p.UID, p.GID = unixCreds(uc)
-		}
+		p.Creds, p.PID, p.UID, p.GID, p.User = connCreds(est.raw)
 	}
 	return p
 }

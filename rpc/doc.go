@@ -7,21 +7,27 @@
 // # Listen and Dial
 //
 // Most programs need only Listen and Dial, with addresses as Cap'n Proto
-// users write them (ParseAddr): unix:/path, unix-abstract:name,
-// tcp:host:port or host:port run the stream transport; shm:/path and
-// shm-abstract:name mean shared memory, negotiated on that unix socket:
+// users write them (ParseAddr). shm: addresses mean shared memory,
+// negotiated on the system's rendezvous; the others run the stream
+// transport:
 //
-//	srv, err := rpc.Listen("shm:/run/app.sock", bootstrap)
+//	           shared memory                      stream transport
+//	Linux      shm:/path (a unix socket file),    unix:/path, unix-abstract:name,
+//	           shm-abstract:name                  tcp:host:port, host:port
+//	Windows    shm:NAME (the named pipe           pipe:NAME, tcp:host:port,
+//	           \\.\pipe\NAME)                     unix:/path
+//
+//	srv, err := rpc.Listen("shm:/run/app.sock", bootstrap) // Windows: "shm:app"
 //	go srv.Serve(ctx)
 //
 //	conn, err := rpc.Dial(ctx, "shm:/run/app.sock")
 //	client := conn.Bootstrap(ctx)
 //
-// The dialer sends a HELLO frame; the listener peeks at the first bytes of
+// The dialer sends a HELLO frame; the listener looks at the first bytes of
 // each connection, so that it also serves plain Cap'n Proto clients (C++
 // EzRpcClient, go-capnp) on a shm: address. When shared memory cannot be
 // had (the listener refuses it, another user, FallbackNever) both sides run
-// the stream transport on the same socket, or fail clearly under
+// the stream transport on the same socket or pipe, or fail clearly under
 // FallbackRequire (see Fallback). Options (see Option) are checked: an
 // invalid one is an error from Listen or Dial (ErrBadOption), never a
 // silent fallback.
@@ -124,8 +130,9 @@
 //	| peer pool (ro) <------- | <-- mapped ro ---- | pool (rw)               |
 //	| data bell, space bell   | <--- rings ------- | (and the reverse)       |
 //	+-----------+-------------+                    +------------+------------+
-//	            +------ unix socket: handshake, handles, -------+
-//	                    fallback messages, peer death (EOF)
+//	            +--- rendezvous: handshake, handles, fallback ---+
+//	                 messages, peer death (EOF); a unix socket
+//	                 (SCM_RIGHTS) on Linux, a named pipe on Windows
 //
 // A message travels as a MSG record naming its segments (pool offsets or
 // dedicated mappings for segments too large for the pool): zero copies, the
@@ -134,6 +141,17 @@
 // message that found shared memory exhausted goes on the socket, announced
 // in the ring so that order is kept. The receiver returns memory with FREE
 // records when it releases a message.
+//
+// On Windows the rendezvous is a named pipe whose listener end grants its
+// user only (a DACL; WithAllowOtherUsers adds local users) and refuses
+// remote clients; the peer is the pipe's peer process and its token's
+// user SID. The pipe's server end opens the client's process with
+// PROCESS_DUP_HANDLE and duplicates every handle, both ways, with the
+// least access the receiver needs (the pool read-only, the ring
+// read-write, the doorbells to ring): the client never holds a handle
+// into the server's process. Every handle received is checked (its type,
+// a section's size) before it is used. The peer's death is a broken pipe
+// or its process handle signalled, whichever comes first.
 //
 // One connection costs each side its pool (WithPoolSize, 32 MiB by
 // default, prefaulted unless WithPrefault(false)), its ring (256 KiB), a

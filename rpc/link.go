@@ -79,14 +79,19 @@ type lifetime struct {
 }
 
 // NewTransport runs the handshake on conn, a rendezvous connection (Linux:
-// a connected *net.UnixConn; Windows: not built yet, ErrUnsupported), as
-// side, and returns a transport that
-// carries messages through shared memory. conn stays open for the
-// transport's life (it detects the peer's death, carries handles and
-// fallback messages); the transport closes it. On error (including an
-// invalid option, ErrBadOption, and a conn of another kind) conn is closed
-// and everything made so far is released. The options that apply are
-// listed under Option.
+// a connected *net.UnixConn; Windows: a named-pipe connection from
+// DialPipe, or from Accept of ListenPipe's listener), as side, and returns
+// a transport that carries messages through shared memory. conn stays
+// open for the transport's life (it detects the peer's death, carries
+// handles and fallback messages); the transport closes it. On error
+// (including an invalid option, ErrBadOption, and a conn of another kind,
+// ErrUnsupported) conn is closed and everything made so far is released.
+// The options that apply are listed under Option.
+//
+// On Windows the pipe's server end duplicates the handles both ways (it
+// opens the client's process with PROCESS_DUP_HANDLE), whichever side it
+// is in the handshake: the client must trust the server's process, which
+// it checks (the pipe's server process and its user) before it speaks.
 func NewTransport(ctx context.Context, conn net.Conn, side Side, opts ...Option) (*Transport, error) {
 	cfg, err := newConfig(nil, opts)
 	if err != nil {

@@ -21,7 +21,7 @@ import (
 // The check and the takeover run under an exclusive flock of the socket's
 // directory, so that two servers starting at once on the same stale file
 // cannot both remove it: the second finds the first's live socket.
-func listenSocket(a Addr) (net.Listener, error) {
+func listenSocket(a Addr, _ *config) (net.Listener, error) {
 	network, address := a.Net()
 	if a.Network() != "unix" || a.Abstract() {
 		l, err := net.Listen(network, address)

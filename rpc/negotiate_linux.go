@@ -17,8 +17,19 @@ import (
 )
 
 // checkPlatform rejects addresses and policies this system cannot serve:
-// none on Linux.
-func checkPlatform(Addr, Fallback) error { return nil }
+// named pipes are Windows'.
+func checkPlatform(a Addr, _ Fallback) error {
+	if a.Scheme == SchemePipe {
+		return fmt.Errorf("%w: %s: named pipes exist only on Windows; use unix:/path", ErrUnsupported, a)
+	}
+	return nil
+}
+
+// dialPipe: named pipes are Windows' (checkPlatform refuses pipe:
+// addresses before anything dials one).
+func dialPipe(_ context.Context, a Addr) (net.Conn, error) {
+	return nil, fmt.Errorf("%w: %s: named pipes exist only on Windows", ErrUnsupported, a)
+}
 
 // shmRendezvous returns the rendezvous on raw if it can carry the
 // shared-memory handshake: a unix socket.

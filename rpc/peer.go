@@ -16,11 +16,16 @@ type Peer struct {
 	Remote string
 	// SharedMemory reports whether the connection runs on shared memory.
 	SharedMemory bool
-	// Creds reports whether PID, UID and GID are known: the kernel's
-	// credentials of a peer on a unix socket (SO_PEERCRED), which it
-	// cannot forge.
+	// Creds reports whether PID, UID, GID and User are known: the
+	// system's credentials of a peer on a unix socket (SO_PEERCRED) or a
+	// named pipe (the pipe's peer process and its token), which it cannot
+	// forge. On Windows UID is a number this process gives each user it
+	// sees, and GID is 0.
 	Creds         bool
 	PID, UID, GID int
+	// User names the peer's user: the uid in decimal (Linux), the token's
+	// user SID (Windows).
+	User string
 }
 
 // peerKey is the context key of the Peer in a handler's context.

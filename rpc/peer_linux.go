@@ -2,15 +2,20 @@ package rpc
 
 import (
 	"net"
+	"strconv"
 
 	"github.com/capnshm/capnshm/rpc/internal/wire"
 )
 
-// unixCreds returns the credentials of the peer of a unix socket.
-func unixCreds(c *net.UnixConn) (ok bool, pid, uid, gid int) {
-	u, g, p, err := wire.PeerCred(c)
-	if err != nil {
-		return false, 0, 0, 0
+// connCreds returns the credentials of the peer of c, a unix socket.
+func connCreds(c net.Conn) (ok bool, pid, uid, gid int, user string) {
+	uc, isUnix := c.(*net.UnixConn)
+	if !isUnix {
+		return false, 0, 0, 0, ""
 	}
-	return true, int(p), int(u), int(g)
+	u, g, p, err := wire.PeerCred(uc)
+	if err != nil {
+		return false, 0, 0, 0, ""
+	}
+	return true, int(p), int(u), int(g), strconv.Itoa(int(u))
 }

@@ -153,7 +153,7 @@ func (s *Server) Listen(addr string, opts ...Option) error {
 	if err := cfg.check(a); err != nil {
 		return err
 	}
-	l, err := listenSocket(a)
+	l, err := listenSocket(a, cfg)
 	if err != nil {
 		if errors.Is(err, ErrAddrInUse) {
 			return err

@@ -1,12 +1,13 @@
-//go:build linux
+//go:build linux || windows
 
 // Command blob sends a large blob from one process to another with
 // streaming Cap'n Proto calls, first zero-copy over shared memory, then
-// over a unix socket (go-capnp's stream transport), and prints both
-// throughputs and their ratio. The receiver is this program re-executed:
-// it serves internal/echoproto's Echo on a shm-abstract and a
-// unix-abstract address, and reads every byte it receives (a CRC-32C of
-// the whole stream, in order), which the sender compares with its own.
+// over a stream (a unix socket on Linux, a named pipe on Windows), and
+// prints both throughputs and their ratio. The receiver is this program
+// re-executed: it serves internal/echoproto's Echo on a shared-memory
+// and a stream address (Linux: shm-abstract: and unix-abstract:; Windows:
+// shm: and pipe:), and reads every byte it receives (a CRC-32C of the
+// whole stream, in order), which the sender compares with its own.
 //
 //	go run ./examples/blob               # 1 GiB each way
 //	go run ./examples/blob -quick        # 64 MiB, for CI
@@ -41,8 +42,8 @@ import (
 var (
 	size       = flag.Int64("size", 1<<30, "bytes of generated data to send (ignored with -file)")
 	chunk      = flag.Int("chunk", 1<<20, "bytes per push call")
-	addr       = flag.String("addr", "", "shm: or shm-abstract: address the receiver listens on (default: a fresh shm-abstract name)")
-	unixAddr   = flag.String("unix-addr", "", "unix: or unix-abstract: address for the socket run (default: a fresh unix-abstract name)")
+	addr       = flag.String("addr", "", "shm: (or shm-abstract:) address the receiver listens on (default: a fresh name)")
+	unixAddr   = flag.String("unix-addr", "", "address of the stream run: unix:, unix-abstract: or pipe: (default: a fresh "+streamScheme+" name)")
 	file       = flag.String("file", "", "send this file instead of generated data")
 	quick      = flag.Bool("quick", false, "send 64 MiB (for CI)")
 	noProgress = flag.Bool("noprogress", false, "no progress bar")
@@ -130,10 +131,10 @@ func run() error {
 		return fmt.Errorf("-chunk %d: want 1 byte up to, not including, 512 MiB (one Data holds less than 2^29 bytes)", *chunk)
 	}
 	if *addr == "" {
-		*addr = fmt.Sprintf("shm-abstract:capnshm-blob-%d", os.Getpid())
+		*addr = fmt.Sprintf("%s:capnshm-blob-%d", shmScheme, os.Getpid())
 	}
 	if *unixAddr == "" {
-		*unixAddr = fmt.Sprintf("unix-abstract:capnshm-blob-%d-unix", os.Getpid())
+		*unixAddr = fmt.Sprintf("%s:capnshm-blob-%d-stream", streamScheme, os.Getpid())
 	}
 	src, err := openSource()
 	if err != nil {
@@ -156,11 +157,11 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("shared memory: %w", err)
 	}
-	sockRate, err := transfer(rcv, src, *unixAddr, "unix socket")
+	sockRate, err := transfer(rcv, src, *unixAddr, streamLabel)
 	if err != nil {
-		return fmt.Errorf("unix socket: %w", err)
+		return fmt.Errorf("%s: %w", streamLabel, err)
 	}
-	fmt.Printf("\nshared memory is %.1fx the unix socket's throughput (%.0f vs %.0f MiB/s)\n", shmRate/sockRate, shmRate, sockRate)
+	fmt.Printf("\nshared memory is %.1fx the %s's throughput (%.0f vs %.0f MiB/s)\n", shmRate/sockRate, streamLabel, shmRate, sockRate)
 	return nil
 }
 

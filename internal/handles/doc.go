@@ -9,6 +9,8 @@
 //	                                       CloseIn       close a handle in a process
 //	                                       OnSignal      a call when a handle is signalled
 //	                                       Count         this process's handle count
+//	                                       Census        its handles by type (tests)
+//	                                       GrantedAccess a handle's access rights
 //	                                       IsWine        running under Wine?
 //
 // Nothing here keeps state except OnSignal's table of watches (one mutex,

@@ -1,6 +1,6 @@
 package calculator
 
 // DefaultAddr is the address the server and client commands use unless
-// given -addr. Abstract unix sockets exist only on Linux, and shared memory
-// is not built on Windows yet: TCP on the loopback.
-const DefaultAddr = "tcp:127.0.0.1:4000"
+// given -addr: shared memory, negotiated on the named pipe
+// \\.\pipe\capnshm-calculator.
+const DefaultAddr = "shm:capnshm-calculator"

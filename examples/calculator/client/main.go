@@ -21,7 +21,7 @@ import (
 )
 
 func main() {
-	addr := flag.String("addr", calculator.DefaultAddr, "server address: shm:/path, shm-abstract:name, unix:/path, unix-abstract:name or tcp:host:port")
+	addr := flag.String("addr", calculator.DefaultAddr, "server address: shm:/path, shm-abstract:name, unix:/path, unix-abstract:name, tcp:host:port; on Windows shm:NAME, pipe:NAME or tcp:host:port")
 	timeout := flag.Duration("timeout", 10*time.Second, "give up after this long")
 	flag.Parse()
 	if err := run(*addr, *timeout); err != nil {

@@ -28,7 +28,7 @@ import (
 )
 
 func main() {
-	addr := flag.String("addr", calculator.DefaultAddr, "address to listen on: shm:/path, shm-abstract:name, unix:/path, unix-abstract:name or tcp:host:port")
+	addr := flag.String("addr", calculator.DefaultAddr, "address to listen on: shm:/path, shm-abstract:name, unix:/path, unix-abstract:name, tcp:host:port; on Windows shm:NAME, pipe:NAME or tcp:host:port")
 	verbose := flag.Bool("v", false, "log each connection (whether it runs on shared memory) and how it ended, such as clients going away")
 	flag.Parse()
 	if err := run(*addr, *verbose); err != nil {

@@ -71,9 +71,13 @@
 //
 // # Socket frames
 //
-// The rendezvous socket is a SOCK_STREAM unix socket carrying frames back
-// to back; a frame's descriptors travel (SCM_RIGHTS) with its header's
-// bytes, never with payload bytes. FrameConn reads and writes them.
+// The rendezvous is a byte stream carrying frames back to back: a
+// SOCK_STREAM unix socket on Linux, where a frame's descriptors travel
+// (SCM_RIGHTS) with its header's bytes, never with payload bytes; a named
+// pipe on Windows, where they follow the header as 8-byte handle values
+// (handlevalues.go), duplicated by the pipe's server end both ways with
+// the least access the receiver needs (Access). FrameConn, one per
+// system, reads and writes them.
 //
 //	frame header (FrameHeaderSize = 16 bytes), then Length payload bytes
 //	+--------+------+--------------------------------------------------+
@@ -87,7 +91,8 @@
 //	type        fds  payload
 //	1 HELLO      4   Hello, exactly HelloSize; fds: pool, ring, data bell, space bell
 //	                 (the pool sealed against the receiver's writes; each bell
-//	                 the write end of a pipe or a unix datagram socket)
+//	                 the write end of a pipe or a unix datagram socket; on
+//	                 Windows sections and events)
 //	2 REFUSE     0   Refuse, RefuseHeaderSize..+MaxRefuseReason
 //	3 MAP        1   Mapping, exactly MappingSize; fd: the mapping
 //	4 MSG        0   Cap'n Proto message, unpacked stream framing:
@@ -136,5 +141,6 @@
 // REFUSE layout stays readable by every version.
 //
 // On Linux, PeerCred reads the peer's uid, gid and pid from the socket
-// (SO_PEERCRED), which the peer cannot forge.
+// (SO_PEERCRED), which the peer cannot forge. On Windows the rendezvous
+// asks the pipe for its peer process (rpc/rendezvous_windows.go).
 package wire

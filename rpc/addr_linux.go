@@ -1,0 +1,4 @@
+package rpc
+
+// shmOverPipe: on Linux a shm: address names a unix socket file.
+const shmOverPipe = false
