@@ -51,7 +51,14 @@ type outMsg struct {
 func (t *Transport) NewMessage() (transport.OutgoingMessage, error) {
 	om := &outMsg{t: t}
 	om.refs.Store(1)
+	// Counted live before closed is read: Close stores closed before it
+	// reads liveLocal (maybeFinalize), so either this sees closed, or
+	// Close sees this message and leaves the pool mapped until it is
+	// released. Counting after the check let Close unmap the pool under
+	// the first writes below.
+	t.life.liveLocal.Add(1)
 	if t.life.closed.Load() {
+		t.unlive()
 		return t.deadMessage(om, t.cause())
 	}
 	t.ep.mine.alloc.InitArena(&om.ownArena)
@@ -60,22 +67,31 @@ func (t *Transport) NewMessage() (transport.OutgoingMessage, error) {
 	// in it without allocating the segment map it makes otherwise.
 	if _, _, err := om.arena.Allocate(0, nil); err != nil {
 		om.arena.Release()
+		t.unlive()
 		return t.deadMessage(om, fmt.Errorf("capnshm: new message: %w", err))
 	}
 	seg, err := om.own.Reset(om.arena)
 	if err != nil {
 		om.arena.Release()
+		t.unlive()
 		return t.deadMessage(om, fmt.Errorf("capnshm: new message: %w", err))
 	}
 	om.msg = &om.own
 	rm, err := rpccp.NewRootMessage(seg)
 	if err != nil {
 		om.msg.Release()
+		t.unlive()
 		return t.deadMessage(om, fmt.Errorf("capnshm: new message: %w", err))
 	}
 	om.rm = rm
-	t.life.liveLocal.Add(1)
 	return om, nil
+}
+
+// unlive drops a live message's count and unmaps the pool if that was the
+// last thing keeping a closed transport's memory.
+func (t *Transport) unlive() {
+	t.life.liveLocal.Add(-1)
+	t.maybeFinalize()
 }
 
 // deadMessage returns a heap message that Send refuses with err.
@@ -104,9 +120,7 @@ func (om *outMsg) Release() {
 		om.arena.SetUsed(segmentLengths(om.msg, nil))
 	}
 	om.msg.Release() // drops the arena's local reference
-	t := om.t
-	t.life.liveLocal.Add(-1)
-	t.maybeFinalize()
+	om.t.unlive()
 }
 
 // dropPeerRef drops the peer's reference after its FREE.
