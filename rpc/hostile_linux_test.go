@@ -255,6 +255,31 @@ func within(t *testing.T, what string, f func()) time.Duration {
 	return 0
 }
 
+// ---- item 1: what the engine acts on is read once ----
+
+// TestRewriteAfterCheck: a client sends 1,000 calls by reference from its
+// pool and keeps rewriting them while the server reads them: torn mixes of
+// calls that differ in question ID, target, method and parameters (go-capnp
+// read the question ID again after the transport's check, and crashed on
+// the changed value 5 times in 5). The server does not crash; it answers or
+// ends that connection with a protocol error; the other client is served
+// throughout; and the server ends back at its base.
+func TestRewriteAfterCheck(t *testing.T) {
+	r := newRig(t)
+	stop := r.serving()
+	p := r.attack("rewrite", "1000")
+	ctx, cancel := context.WithTimeout(t.Context(), attackBound)
+	defer cancel()
+	line, err := p.Line(ctx)
+	if err != nil || !strings.HasPrefix(line, "rewrote ") {
+		t.Fatalf("attacker: %q, %v; stderr: %s", line, err, p.Stderr())
+	}
+	t.Logf("attacker: %s", line)
+	t.Logf("%d calls of the other client served during the attack", stop())
+	p.Kill()
+	r.settle()
+}
+
 // ---- item 2: the peer cannot write our memory ----
 
 // TestPeerCannotWriteOurMemory: a client that holds the server's pool and

@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	capnp "capnproto.org/go/capnp/v3"
 	gorpc "capnproto.org/go/capnp/v3/rpc"
 	"golang.org/x/sys/unix"
 
@@ -84,6 +86,25 @@ func hostilePeer(args []string) int {
 			time.Sleep(time.Millisecond)
 		}
 		peertest.Say("wedged")
+		return hold()
+
+	case "rewrite":
+		// Calls sent by reference from our pool, rewritten while the
+		// server reads them: torn mixes of calls that differ in question
+		// ID, target, method and parameters (the engine must have read
+		// the envelope once, into its own memory, before it acts on it).
+		p, err := connect(rawHello{})
+		if err != nil {
+			return peertest.Fail("handshake: %v", err)
+		}
+		if err := p.send(bootstrapMsg(0)); err != nil {
+			return peertest.Fail("%v", err)
+		}
+		sent, err := rewriteAttack(p, int(num(0)))
+		peertest.Say("rewrote %d", sent)
+		if err != nil {
+			peertest.Say("ended: %v", err)
+		}
 		return hold()
 
 	case "maps":
@@ -429,4 +450,98 @@ func sealClientPeer(args []string) int {
 // rawConnect runs the raw handshake on an already connected socket.
 func rawConnect(c *net.UnixConn, h rawHello) (*rawPeer, error) {
 	return rawHandshake(c, h)
+}
+
+// rewriteVariants are calls of the same shape, and so of the same length,
+// that differ in every envelope field the engine acts on: the question
+// ID, the target (the bootstrap, a question never asked), the method and
+// the parameters. Torn mixes of them are what a reader sees that reads a
+// field twice.
+func rewriteVariants(q uint32) ([][]byte, error) {
+	msgs := []*capnp.Message{
+		callMsg(q, 0, 0, nil), // ping
+		callMsg(q+1<<20, 0, 3, func(s capnp.Struct) { s.SetUint64(0, 64) }), // fill(64)
+		callMsg(q, 12345, 0, nil), // on a question never asked
+		callMsg(q^0xffff, 0, 3, func(s capnp.Struct) { s.SetUint64(0, 1<<40) }), // fill(1 TiB)
+	}
+	var out [][]byte
+	for _, m := range msgs {
+		if m.NumSegments() != 1 {
+			return nil, fmt.Errorf("a call of %d segments", m.NumSegments())
+		}
+		s, err := m.Segment(0)
+		if err != nil {
+			return nil, err
+		}
+		if len(out) > 0 && len(s.Data()) != len(out[0]) {
+			return nil, fmt.Errorf("variants of %d and %d bytes", len(out[0]), len(s.Data()))
+		}
+		out = append(out, s.Data())
+	}
+	return out, nil
+}
+
+// rewriteAttack publishes n calls that live in our pool (MSG records, by
+// reference) while a goroutine keeps rewriting each of them, a word at a
+// time, with the words of a variant picked at random. It returns how many
+// calls it published, and why it stopped early (the server ending the
+// connection, which is allowed).
+func rewriteAttack(p *rawPeer, n int) (int, error) {
+	const stride = 512
+	mem := p.pool.Bytes()
+	if n*stride > len(mem) {
+		n = len(mem) / stride
+	}
+	variants := make([][][]byte, n)
+	for i := range n {
+		v, err := rewriteVariants(uint32(i + 1))
+		if err != nil {
+			return 0, err
+		}
+		if len(v[0]) > stride {
+			return 0, fmt.Errorf("a call of %d bytes", len(v[0]))
+		}
+		variants[i] = v
+		copy(mem[i*stride:], v[0])
+	}
+	var published atomic.Int64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		rnd := uint64(0x9e3779b97f4a7c15)
+		next := func() uint64 { rnd ^= rnd << 13; rnd ^= rnd >> 7; rnd ^= rnd << 17; return rnd }
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			m := int(published.Load())
+			for i := 0; i < m; i++ {
+				v := variants[i][next()%uint64(len(variants[i]))]
+				for w := 0; w+8 <= len(v); w += 8 {
+					atomic.StoreUint64(word64(mem, i*stride+w), *word64(v, w))
+				}
+			}
+			if m == 0 {
+				runtime.Gosched()
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	rec := make([]byte, wire.MsgSize(1))
+	for i := range n {
+		k, err := wire.PutMsg(rec, uint64(i+1), []wire.SegRef{{Loc: 0, Offset: uint64(i * stride), Length: uint64(len(variants[i][0]))}})
+		if err != nil {
+			return i, err
+		}
+		published.Add(1)
+		if err := p.publish(rec[:k]); err != nil {
+			return i, err
+		}
+	}
+	// Keep rewriting while the server is still reading them.
+	time.Sleep(200 * time.Millisecond)
+	return n, nil
 }
