@@ -80,11 +80,15 @@
 // loop does not spin. BenchmarkPing measures the cost against an ordinary
 // go-capnp handler.
 //
-// The engine (rpc) can do without a hand-off per call: a connection's
-// receive loop can run as a watch callback on the loop (WatchFD, or
-// WatchBell, whose goroutine costs one hand-off per ring, and rings
-// coalesce), at High priority, taking many messages per turn and returning
-// more = true when it stopped at its budget.
+// A connection whose receiving and dispatch both run on the loop, with no
+// hand-off per call, is not built. Its receiving could run as a watch
+// callback (WatchFD, or WatchBell, whose goroutine costs one hand-off per
+// ring, and rings coalesce) at High priority, taking many messages per
+// turn; but dispatch goes through go-capnp's server.Server, which queues
+// every call to a goroutine of its own, and a server.Call with its
+// arguments and results cannot be built outside go-capnp's server
+// package, so a bound call costs the engine's receive goroutine, the
+// server's goroutine, then BindMethods' hand-off to the loop.
 //
 // # Hazards
 //

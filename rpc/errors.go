@@ -53,8 +53,9 @@ var (
 	// WithMaxSocketBytes, WithMaxPeerPool and the others): that connection
 	// is refused or ended, and the error names the limit.
 	ErrLimit = errors.New("capnshm: limit reached")
-	// ErrUnsupported: the feature is not available on this system (shared
-	// memory on Windows, for now).
+	// ErrUnsupported: the feature is not available on this system (a named
+	// pipe on Linux, an abstract unix socket on Windows), or a rendezvous
+	// connection of the wrong kind was given to NewTransport.
 	ErrUnsupported = errors.New("capnshm: not supported on this system")
 )
 

@@ -53,9 +53,10 @@ func WithFlowWindow(n int64) Option {
 // FlowLimiter returns the connection's flow limiter, for the capabilities
 // that stream large calls over it:
 //
-//	stream := echoproto.Echo(conn.Bootstrap(ctx)) // or any capability of conn
+//	stream := capability.AddRef() // a reference of its own, for streaming only
+//	defer stream.Release()
 //	stream.SetFlowLimiter(conn.FlowLimiter())
-//	for ... { stream.Push(ctx, fill) }            // waits while the window is full
+//	for ... { call a "-> stream" method of stream } // waits while the window is full
 //	err := stream.WaitStreaming()
 //
 // On shared memory it is a window over this side's pool (see WithFlowWindow):
