@@ -1,9 +1,10 @@
 package main
 
-// defaultAddr: the shared-memory rendezvous is not built on Windows yet, so
-// TCP on the loopback.
-const defaultAddr = "tcp:127.0.0.1:4100"
+import "fmt"
 
-// privateAddr is an address for one run of the demo or a test: a port the
-// system chooses.
-func privateAddr(string) string { return "tcp:127.0.0.1:0" }
+// defaultAddr: shared memory, negotiated on the named pipe
+// \\.\pipe\capnshm-window.
+const defaultAddr = "shm:capnshm-window"
+
+// privateAddr is an address for one run of the demo or a test.
+func privateAddr(tag string) string { return fmt.Sprintf("shm:capnshm-window-%s", tag) }
