@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -90,10 +91,12 @@ func serve(ctx context.Context, cfg appConfig) error {
 
 // floodReport is what a flood measured, and the server's status after it.
 type floodReport struct {
-	calls   int
-	elapsed time.Duration
-	lat     []time.Duration // sorted
-	status  statusReport
+	addr         string
+	sharedMemory bool // the flood's connection runs on shared memory
+	calls        int
+	elapsed      time.Duration
+	lat          []time.Duration // sorted
+	status       statusReport
 }
 
 type statusReport struct {
@@ -148,7 +151,7 @@ func flood(ctx context.Context, addr string, workers int, d time.Duration) (floo
 		}()
 	}
 	wg.Wait()
-	r := floodReport{calls: len(lat), elapsed: time.Since(start), lat: lat}
+	r := floodReport{addr: addr, sharedMemory: conn.SharedMemory(), calls: len(lat), elapsed: time.Since(start), lat: lat}
 	slices.Sort(r.lat)
 	if firstErr != nil {
 		return r, firstErr
@@ -185,6 +188,7 @@ func (r floodReport) percentile(p float64) time.Duration {
 
 func (r floodReport) print(out *os.File) {
 	s := r.status
+	fmt.Fprintf(out, "connection:     %s, shared memory: %v\n", r.addr, r.sharedMemory)
 	fmt.Fprintf(out, "draw calls:     %d in %v (%.0f/s), latency p50 %v, p99 %v\n", r.calls, r.elapsed.Round(time.Millisecond),
 		float64(r.calls)/r.elapsed.Seconds(), r.percentile(0.5).Round(time.Microsecond), r.percentile(0.99).Round(time.Microsecond))
 	fmt.Fprintf(out, "window:         %d frames drawn, %d events handled, %d liveness checks answered by the flood's end\n", s.frames, s.events, s.pings)
@@ -197,6 +201,9 @@ func (r floodReport) print(out *os.File) {
 func (r floodReport) check() error {
 	s := r.status
 	var errs []error
+	if strings.HasPrefix(r.addr, "shm") && !r.sharedMemory {
+		errs = append(errs, fmt.Errorf("the connection to %s fell back to its socket", r.addr))
+	}
 	if s.offThread != 0 || s.handlerThread != s.windowThread {
 		errs = append(errs, fmt.Errorf("%d handlers ran off the window's thread (status ran on %d, window %d)", s.offThread, s.handlerThread, s.windowThread))
 	}
