@@ -78,7 +78,9 @@
 // faster than Options.Spin, and a Do caller spins before it sleeps; both
 // give their processor to any other ready thread as they spin. An idle
 // loop does not spin. BenchmarkPing measures the cost against an ordinary
-// go-capnp handler.
+// go-capnp handler, and rpc's BenchmarkLoopBoundPing through capnshm's
+// engine over shared memory: a bound ping took 1.2x an ordinary one with
+// the default spin, 3.5x with none (2 vCPUs, one run).
 //
 // A connection whose receiving and dispatch both run on the loop, with no
 // hand-off per call, is not built. Its receiving could run as a watch
