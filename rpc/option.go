@@ -264,6 +264,13 @@ func WithMappingCache(maxBytes int64, idle time.Duration) Option {
 // WithWaitStrategy sets how the rings wait for the peer: ringbuf.Adaptive
 // (the default: spin for WithSpinTime, then park on the doorbell),
 // ringbuf.BusySpin or ringbuf.Block.
+//
+// BusySpin pays only with a core to spare for each spinning side: on a
+// 2-CPU machine (docs/bench/report.md, one run) an engine ping over shared
+// memory took 178 µs busy-spinning against 65 µs adaptive and 76 µs
+// blocking, two clients busy-spinning got 53 calls/s, and an idle pair
+// burned two cores. Keep the default there; measure before choosing
+// BusySpin on larger machines.
 func WithWaitStrategy(s ringbuf.WaitStrategy) Option {
 	return func(c *config) {
 		switch s {
