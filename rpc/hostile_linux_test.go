@@ -814,3 +814,45 @@ func TestConnectionLimitPerUser(t *testing.T) {
 	good.Send("ping")
 	good.Expect("pong <nil>")
 }
+
+// TestServerRestartUnderKillStorm (item 9): a server process is killed
+// (SIGKILL) while clients dial it and are killed at random points, then
+// started again on the same address, three times over. Each restart
+// takes over the dead server's socket file while clients are still
+// dialing, and a client that dials the last one is served over shared
+// memory.
+func TestServerRestartUnderKillStorm(t *testing.T) {
+	addr := apiAddr(t, rpc.SchemeShm)
+	const rounds, clients = 3, 16
+	spread := 150
+	if raceEnabled {
+		spread = 600
+	}
+	for round := range rounds {
+		srv := peertest.Start(t, "sigterm-server", nil, addr)
+		srv.Expect("listening")
+		var wg sync.WaitGroup
+		for i := range clients {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p := peertest.Start(t, "storm-client", nil, addr)
+				time.Sleep(time.Duration((i*7919)%spread) * time.Millisecond)
+				p.Kill()
+			}()
+			if i == clients/2 {
+				srv.Kill() // mid-storm: clients still starting and dialing
+			}
+		}
+		wg.Wait()
+		if _, err := os.Lstat(strings.TrimPrefix(addr, "shm:")); err != nil {
+			t.Fatalf("round %d: the killed server's socket file: %v", round, err)
+		}
+	}
+	srv := peertest.Start(t, "sigterm-server", nil, addr)
+	srv.Expect("listening")
+	c := startDialPeer(t, addr, "require")
+	c.Expect("dialed shm=true")
+	c.Send("ping")
+	c.Expect("pong <nil>")
+}
