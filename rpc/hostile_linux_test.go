@@ -343,11 +343,18 @@ func init() {
 }
 
 // sigtermServerPeer serves echo on args[0] until SIGTERM, as a daemon does
-// (signal.NotifyContext), then exits 0. args[1], if there, is the
+// (signal.NotifyContext), or until its stdin closes, then exits 0. args[1], if there, is the
 // handshake timeout.
 func sigtermServerPeer(args []string) int {
 	ctx, stop := signalContext()
 	defer stop()
+	// The test closing our stdin (its cleanup) stops us too.
+	go func() {
+		in := peertest.Stdin()
+		for in.Scan() {
+		}
+		stop()
+	}()
 	opts := []rpc.Option{rpc.WithPoolSize(1 << 20)}
 	if len(args) > 1 {
 		d, err := time.ParseDuration(args[1])
