@@ -72,14 +72,26 @@ func (ar *Arena) Data(id capnp.SegmentID) ([]byte, error) {
 	return s.Data, nil
 }
 
-// Allocate adds a new segment of at least minsz bytes (see the package
-// documentation for the sizes and where they come from). It never returns
-// an existing segment.
-func (ar *Arena) Allocate(minsz capnp.Size, _ map[capnp.SegmentID]*capnp.Segment) (capnp.SegmentID, []byte, error) {
+// Allocate returns a segment with at least minsz bytes free: one of the
+// message's segments that still has room (go-capnp asks whenever the
+// segment it is writing in is full, even if a later one has room), else a
+// new one (see the package documentation for the sizes and where they
+// come from). segs is the message's view of its segments, with the bytes
+// used so far; a segment missing from it is never reused.
+func (ar *Arena) Allocate(minsz capnp.Size, segs map[capnp.SegmentID]*capnp.Segment) (capnp.SegmentID, []byte, error) {
 	ar.mu.Lock()
 	defer ar.mu.Unlock()
 	if ar.released {
 		return 0, nil, errReleased
+	}
+	// Newest first: it is the largest, and the likeliest to have room.
+	for i := len(ar.segs) - 1; i >= 0 && segs != nil; i-- {
+		id := capnp.SegmentID(i)
+		if seg := segs[id]; seg != nil {
+			if d := seg.Data(); cap(d)-len(d) >= int(minsz) {
+				return id, d, nil
+			}
+		}
 	}
 	if int64(len(ar.segs)) >= 1<<32 {
 		return 0, nil, errors.New("segalloc: too many segments")

@@ -361,3 +361,57 @@ func TestCapnpConcurrent(t *testing.T) {
 		t.Errorf("pool byte %d not zero at rest", i)
 	}
 }
+
+// TestArenaReusesRoom: go-capnp asks the arena for a segment whenever the
+// segment it allocates in is full, even when a later segment has room
+// (setting many pointers of a struct whose segment was filled by a large
+// field). The arena hands back the segment with room instead of a new one
+// each time; before, each of those allocations made a segment twice the
+// size of the last, and 1,000 of them exhausted the allocator.
+func TestArenaReusesRoom(t *testing.T) {
+	a, _ := newTestAlloc(t, 1<<20, Options{MaxHeap: 64 << 20})
+	ar := a.NewArena()
+	msg, seg, err := capnp.NewMessage(ar)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer msg.Release()
+	st, err := capnp.NewRootStruct(seg, capnp.ObjectSize{PointerCount: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fill the root's segment to the last byte.
+	first, _ := msg.Segment(0)
+	room := cap(first.Data()) - len(first.Data()) - 8 // the Data's list pointer lands in st
+	if err := st.SetData(0, make([]byte, room)); err != nil {
+		t.Fatal(err)
+	}
+	list, err := capnp.NewPointerList(st.Segment(), 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetPtr(1, list.ToPtr()); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 1000 {
+		// Each text is allocated in the (full) root segment first.
+		txt, err := capnp.NewText(st.Segment(), fmt.Sprintf("element %d", i))
+		if err != nil {
+			t.Fatalf("text %d: %v (segments: %d)", i, err, msg.NumSegments())
+		}
+		if err := list.Set(i, txt.ToPtr()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := msg.NumSegments(); n > 4 {
+		t.Errorf("1,000 small objects after a full segment took %d segments, want a few", n)
+	}
+	var total int
+	for i := range msg.NumSegments() {
+		s, _ := msg.Segment(capnp.SegmentID(i))
+		total += cap(s.Data())
+	}
+	if total > 4*cap(first.Data())+64<<10 {
+		t.Errorf("segments of %d bytes in all for a %d-byte first segment and 1,000 short texts", total, cap(first.Data()))
+	}
+}

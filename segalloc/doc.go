@@ -54,7 +54,10 @@
 //
 // # Growth and fallback
 //
-// An arena's first segment is max(FirstSegment, minsz rounded up to a power
+// Allocate first hands back one of the message's segments that still has
+// minsz bytes free (go-capnp asks whenever the segment it writes in is
+// full, even if a later one has room). Otherwise it adds a segment: an
+// arena's first segment is max(FirstSegment, minsz rounded up to a power
 // of two) bytes; each later segment is max(2 × the previous one, minsz),
 // rounded up to a power of two and capped at MaxBlock when minsz fits in
 // MaxBlock. A request larger than MaxBlock gets a dedicated mapping of its own
