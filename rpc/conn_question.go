@@ -161,6 +161,7 @@ func (c *Conn) sendCall(ctx context.Context, q *question, tgt callTarget, s capn
 		err = c.placeParams(call, s, o.args)
 	}
 	if err != nil {
+		err = allocCause(om, err)
 		om.Release()
 		return failed(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"capnproto.org/go/capnp/v3/exc"
+	"capnproto.org/go/capnp/v3/rpc/transport"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 )
 
@@ -140,3 +141,24 @@ func exceptionOf(err error) error {
 	}
 	return err
 }
+
+// allocCause adds the allocator's own error to err, an error met while
+// building om: go-capnp reports a failed allocation as text only, and with
+// the cause attached callers can test errors.Is(err, segalloc.ErrExhausted).
+func allocCause(om transport.OutgoingMessage, err error) error {
+	a, ok := om.(interface{ allocErr() error })
+	if !ok {
+		return err
+	}
+	cause := a.allocErr()
+	if cause == nil || errors.Is(err, cause) {
+		return err
+	}
+	return &withCause{err: err, cause: cause}
+}
+
+// withCause is err, which says it all, with a cause that its chain lost.
+type withCause struct{ err, cause error }
+
+func (e *withCause) Error() string   { return e.err.Error() }
+func (e *withCause) Unwrap() []error { return []error{e.err, e.cause} }

@@ -104,6 +104,14 @@ func (t *Transport) deadMessage(om *outMsg, err error) (transport.OutgoingMessag
 
 func (om *outMsg) Message() rpccp.Message { return om.rm }
 
+// allocErr is the pool's error if building the message ran out of memory.
+func (om *outMsg) allocErr() error {
+	if om.arena == nil {
+		return nil
+	}
+	return om.arena.Err()
+}
+
 // Release drops go-capnp's reference. The segments return to the pool when
 // the peer has released its reference too.
 func (om *outMsg) Release() {

@@ -39,6 +39,7 @@ type Arena struct {
 	mu       sync.Mutex
 	segs     []segment
 	released bool
+	failed   error      // the last Allocate's error, for Err
 	inline   [4]segment // backing for segs: most messages have few segments
 }
 
@@ -46,6 +47,15 @@ var _ capnp.Arena = (*Arena)(nil)
 
 // errReleased is returned by Allocate and Data on a released arena.
 var errReleased = errors.New("segalloc: arena used after its last Release")
+
+// Err returns the error of the arena's last failed Allocate, nil if none
+// failed. go-capnp passes an allocation error up as text only; Err gives
+// callers the error itself (errors.Is(err, ErrExhausted)).
+func (ar *Arena) Err() error {
+	ar.mu.Lock()
+	defer ar.mu.Unlock()
+	return ar.failed
+}
 
 // NumSegments returns the number of segments allocated so far.
 func (ar *Arena) NumSegments() int64 {
@@ -102,6 +112,7 @@ func (ar *Arena) Allocate(minsz capnp.Size, segs map[capnp.SegmentID]*capnp.Segm
 	}
 	s, err := ar.a.alloc(prev, int(minsz))
 	if err != nil {
+		ar.failed = err
 		return 0, nil, err
 	}
 	ar.segs = append(ar.segs, s)

@@ -415,3 +415,20 @@ func TestArenaReusesRoom(t *testing.T) {
 		t.Errorf("segments of %d bytes in all for a %d-byte first segment and 1,000 short texts", total, cap(first.Data()))
 	}
 }
+
+// TestArenaErr: an arena keeps the error of its last failed Allocate, which
+// go-capnp passes up as text only.
+func TestArenaErr(t *testing.T) {
+	a, _ := newTestAlloc(t, 64<<10, Options{MaxHeap: -1}) // no heap fallback, no Mapper
+	ar := a.NewArena()
+	defer ar.Release()
+	if err := ar.Err(); err != nil {
+		t.Fatalf("Err of a fresh arena = %v", err)
+	}
+	if _, _, err := ar.Allocate(1<<20, nil); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("Allocate(1 MiB) from a 64 KiB pool = %v, want ErrExhausted", err)
+	}
+	if err := ar.Err(); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("Err after a failed Allocate = %v, want ErrExhausted", err)
+	}
+}
