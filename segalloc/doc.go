@@ -74,4 +74,12 @@
 //  5. an error wrapping ErrExhausted that names the limits.
 //
 // Stats counts every path taken.
+//
+// # Files
+//
+//	alloc.go   Allocator, Options, Stats, Close; choosing where a segment comes from
+//	arena.go   Arena: go-capnp's capnp.Arena, reference counts, release
+//	buddy.go   the pool's buddy tree of blocks
+//	scrub.go   the scrubber that zeroes released blocks and mappings
+//	cache.go   the cache of idle dedicated mappings and its trimming
 package segalloc
