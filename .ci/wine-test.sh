@@ -109,6 +109,18 @@ run_split() {
 		if [ $rc -eq 0 ] && ! grep -q '^FAIL' "$out"; then
 			[ ${#verbose[@]} -gt 0 ] && tr -d '\r' <"$out"
 			printf 'ok  \t%s\t%s (%.2fs)\n' "$pkg" "$name" "$secs" 2>/dev/null || echo "ok  	$pkg	$name"
+		elif [ $rc -eq 137 ] && ! grep -q '^FAIL' "$out" &&
+			[ "$(tr -d '\r' <"$out" | sed '/^$/d' | tail -n 1)" = PASS ]; then
+			# The test binary passed, printed PASS and called
+			# ExitProcess(0); wineserver then SIGKILLs a process it has
+			# marked terminated (strace of wineserver shows a
+			# kill(pid, SIGKILL) for exiting processes), and under load
+			# that can land before the Unix exit does: seen 1 run in 30
+			# of a loop test with two CPUs busy. The verdict is the
+			# binary's own; say that this happened.
+			[ ${#verbose[@]} -gt 0 ] && tr -d '\r' <"$out"
+			printf 'ok  \t%s\t%s (%.2fs; PASS, then Wine killed the exiting process: exit 137)\n' "$pkg" "$name" "$secs" 2>/dev/null ||
+				echo "ok  	$pkg	$name (PASS, then exit 137)"
 		else
 			tr -d '\r' <"$out"
 			echo "FAIL	$pkg	$name (exit $rc)"
