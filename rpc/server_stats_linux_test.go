@@ -94,8 +94,10 @@ func TestPeerAndServerStats(t *testing.T) {
 			if want := map[bool]int{true: 2, false: 0}[tc.wantShm]; st.SharedMemory != want {
 				t.Errorf("Stats.SharedMemory = %d, want %d", st.SharedMemory, want)
 			}
-			if st.Total.Answers != 1 {
-				t.Errorf("Stats.Total.Answers = %d with one call in flight, want 1", st.Total.Answers)
+			// At least the gate call; a bootstrap or a ping whose Finish is
+			// still on its way counts too.
+			if st.Total.Answers < 1 {
+				t.Errorf("Stats.Total.Answers = %d with a call in flight, want at least 1", st.Total.Answers)
 			}
 			for _, c := range st.Conns {
 				if c.Peer.SharedMemory != tc.wantShm || c.Stats.MessagesReceived < 2 {
