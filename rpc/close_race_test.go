@@ -16,9 +16,9 @@ import (
 // order, live count after the closed check, faulted the server of
 // TestKillStorm in NewMessage's first write).
 func TestNewMessageRacingClose(t *testing.T) {
-	rounds := 100
+	rounds := racingCloseRounds
 	if testing.Short() {
-		rounds = 20
+		rounds = min(rounds, 20)
 	}
 	body := make([]byte, 8<<10)
 	for r := range rounds {

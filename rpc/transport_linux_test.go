@@ -308,3 +308,7 @@ func TestHandshakeTimeout(t *testing.T) {
 		})
 	}
 }
+
+// racingCloseRounds is how many transport pairs TestNewMessageRacingClose
+// closes under their builders.
+const racingCloseRounds = 100
