@@ -169,7 +169,7 @@ func apiAddr(t *testing.T, scheme rpc.Scheme) string {
 func apiServe(t *testing.T, addr string, opts ...rpc.Option) *rpc.Server {
 	t.Helper()
 	boot := capnp.Client(echoproto.Echo_ServerToClient(&echoproto.Server{}))
-	opts = append([]rpc.Option{rpc.WithPoolSize(2 << 20), rpc.WithLogger(apiLogger(t))}, opts...)
+	opts = append([]rpc.Option{rpc.WithPoolSize(2 << 20), rpc.WithLogger(testLogger(t))}, opts...)
 	srv, err := rpc.Listen(addr, boot, opts...)
 	if err != nil {
 		t.Fatalf("Listen(%q): %v", addr, err)
@@ -190,44 +190,11 @@ func apiServe(t *testing.T, addr string, opts ...rpc.Option) *rpc.Server {
 	return srv
 }
 
-// apiLogger logs at Warn and above to the test log until the test's
-// cleanups run.
-func apiLogger(t *testing.T) *slog.Logger {
-	w := &testWriter{t: t}
-	t.Cleanup(w.stop)
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-// testWriter writes lines to t's log until stop. go-capnp reports a
-// connection's error from a goroutine that may outlive Conn.Done (and so
-// Server.Close); a t.Logf after the test has ended is a data race in the
-// testing package.
-type testWriter struct {
-	t       *testing.T
-	mu      sync.Mutex
-	stopped bool
-}
-
-func (w *testWriter) Write(b []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.stopped {
-		w.t.Logf("%s", bytes.TrimRight(b, "\n"))
-	}
-	return len(b), nil
-}
-
-func (w *testWriter) stop() {
-	w.mu.Lock()
-	w.stopped = true
-	w.mu.Unlock()
-}
-
 func apiDial(t *testing.T, addr string, opts ...rpc.Option) *rpc.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	opts = append([]rpc.Option{rpc.WithPoolSize(2 << 20), rpc.WithLogger(apiLogger(t))}, opts...)
+	opts = append([]rpc.Option{rpc.WithPoolSize(2 << 20), rpc.WithLogger(testLogger(t))}, opts...)
 	c, err := rpc.Dial(ctx, addr, opts...)
 	if err != nil {
 		t.Fatalf("Dial(%q): %v", addr, err)
@@ -573,7 +540,7 @@ func TestServerCloseInFlight(t *testing.T) {
 	for _, scheme := range []rpc.Scheme{rpc.SchemeShm, rpc.SchemeTCP} {
 		t.Run(string(scheme), func(t *testing.T) {
 			boot := capnp.Client(echoproto.Echo_ServerToClient(&echoproto.Server{}))
-			srv, err := rpc.Listen(apiAddr(t, scheme), boot, rpc.WithPoolSize(2<<20), rpc.WithLogger(apiLogger(t)))
+			srv, err := rpc.Listen(apiAddr(t, scheme), boot, rpc.WithPoolSize(2<<20), rpc.WithLogger(testLogger(t)))
 			if err != nil {
 				t.Fatal(err)
 			}

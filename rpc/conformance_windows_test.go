@@ -62,7 +62,7 @@ func TestWinConformanceGoCapnp(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		tr, err := rpc.NewTransport(ctx, raw, rpc.Dialer, rpc.WithPoolSize(winPool), rpc.WithLogger(winLogger(t)))
+		tr, err := rpc.NewTransport(ctx, raw, rpc.Dialer, rpc.WithPoolSize(winPool), rpc.WithLogger(testLogger(t)))
 		if err != nil {
 			t.Fatalf("handshake: %v", err)
 		}

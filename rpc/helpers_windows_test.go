@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -51,35 +50,6 @@ func winFallback(s string) rpc.Fallback {
 	return rpc.FallbackAuto
 }
 
-// winLogger logs warnings and faults to the test's log until the test
-// ends.
-func winLogger(t *testing.T) *slog.Logger {
-	w := &winTestWriter{t: t}
-	t.Cleanup(w.stop)
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-type winTestWriter struct {
-	t       *testing.T
-	mu      sync.Mutex
-	stopped bool
-}
-
-func (w *winTestWriter) Write(b []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.stopped {
-		w.t.Logf("%s", bytes.TrimRight(b, "\n"))
-	}
-	return len(b), nil
-}
-
-func (w *winTestWriter) stop() {
-	w.mu.Lock()
-	w.stopped = true
-	w.mu.Unlock()
-}
-
 // winPool is the pool size of the Windows tests' connections: Wine backs
 // a section with a file under /tmp, so they stay small.
 const winPool = 2 << 20
@@ -88,7 +58,7 @@ const winPool = 2 << 20
 func winServe(t *testing.T, addr string, opts ...rpc.Option) *rpc.Server {
 	t.Helper()
 	boot := capnp.Client(echoproto.Echo_ServerToClient(&echoproto.Server{}))
-	opts = append([]rpc.Option{rpc.WithPoolSize(winPool), rpc.WithLogger(winLogger(t))}, opts...)
+	opts = append([]rpc.Option{rpc.WithPoolSize(winPool), rpc.WithLogger(testLogger(t))}, opts...)
 	srv, err := rpc.Listen(addr, boot, opts...)
 	if err != nil {
 		t.Fatalf("Listen(%q): %v", addr, err)
@@ -115,7 +85,7 @@ func winDial(t *testing.T, addr string, opts ...rpc.Option) *rpc.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	opts = append([]rpc.Option{rpc.WithPoolSize(winPool), rpc.WithLogger(winLogger(t))}, opts...)
+	opts = append([]rpc.Option{rpc.WithPoolSize(winPool), rpc.WithLogger(testLogger(t))}, opts...)
 	c, err := rpc.Dial(ctx, addr, opts...)
 	if err != nil {
 		t.Fatalf("Dial(%q): %v", addr, err)

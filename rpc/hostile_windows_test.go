@@ -198,7 +198,7 @@ func TestWinHostileHandles(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 			defer cancel()
-			tr, err := rpc.NewTransport(ctx, raw, rpc.Listener, rpc.WithPoolSize(winPool), rpc.WithLogger(winLogger(t)))
+			tr, err := rpc.NewTransport(ctx, raw, rpc.Listener, rpc.WithPoolSize(winPool), rpc.WithLogger(testLogger(t)))
 			if tt.when != after {
 				if !errors.Is(err, rpc.ErrProtocol) || !strings.Contains(err.Error(), tt.want) {
 					t.Fatalf("handshake: %v, want ErrProtocol containing %q", err, tt.want)
@@ -260,7 +260,7 @@ func TestWinPeerDeathByProcess(t *testing.T) {
 	defer windows.CloseHandle(windows.Handle(held))
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	tr, err := rpc.NewTransport(ctx, raw, rpc.Listener, rpc.WithPoolSize(winPool), rpc.WithLogger(winLogger(t)))
+	tr, err := rpc.NewTransport(ctx, raw, rpc.Listener, rpc.WithPoolSize(winPool), rpc.WithLogger(testLogger(t)))
 	if err != nil {
 		t.Fatalf("handshake: %v", err)
 	}
