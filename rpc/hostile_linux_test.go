@@ -258,7 +258,8 @@ func within(t *testing.T, what string, f func()) time.Duration {
 // ---- item 1: what the engine acts on is read once ----
 
 // TestRewriteAfterCheck: a client sends 1,000 calls by reference from its
-// pool and keeps rewriting them while the server reads them: torn mixes of
+// pool (2 KiB each: read in place, not copied) and keeps rewriting them
+// while the server reads them: torn mixes of
 // calls that differ in question ID, target, method and parameters (go-capnp
 // read the question ID again after the transport's check, and crashed on
 // the changed value 5 times in 5). The server does not crash; it answers or
@@ -275,6 +276,22 @@ func TestRewriteAfterCheck(t *testing.T) {
 		t.Fatalf("attacker: %q, %v; stderr: %s", line, err, p.Stderr())
 	}
 	t.Logf("attacker: %s", line)
+	// The calls are over InlineMax, so they were read in place, where the
+	// attacker kept writing; unless the server ended that connection
+	// (also allowed), its counters say so.
+	attacked := false
+	for _, c := range r.srv.Stats().Conns {
+		if st := c.Stats; st.MessagesReceived > 1000 && st.BytesReceived > 1000*2<<10 {
+			attacked = true
+			if st.BytesCopied > st.BytesReceived/4 {
+				t.Errorf("the attacked connection copied %d of the %d bytes it received: the calls were not read in place", st.BytesCopied, st.BytesReceived)
+			}
+			t.Logf("the attacked connection read %d messages, %d bytes, in place (%d bytes copied)", st.MessagesReceived, st.BytesReceived, st.BytesCopied)
+		}
+	}
+	if !attacked {
+		t.Logf("the server ended the attacked connection")
+	}
 	t.Logf("%d calls of the other client served during the attack", stop())
 	p.Kill()
 	r.settle()

@@ -93,7 +93,7 @@ func hostilePeer(args []string) int {
 		// server reads them: torn mixes of calls that differ in question
 		// ID, target, method and parameters (the engine must have read
 		// the envelope once, into its own memory, before it acts on it).
-		p, err := connect(rawHello{})
+		p, err := connect(rawHello{poolSize: 8 << 20})
 		if err != nil {
 			return peertest.Fail("handshake: %v", err)
 		}
@@ -455,14 +455,22 @@ func rawConnect(c *net.UnixConn, h rawHello) (*rawPeer, error) {
 // rewriteVariants are calls of the same shape, and so of the same length,
 // that differ in every envelope field the engine acts on: the question
 // ID, the target (the bootstrap, a question never asked), the method and
-// the parameters. Torn mixes of them are what a reader sees that reads a
-// field twice.
+// the parameters. Each carries 2 KiB of data, so that the whole call is
+// over the server's InlineMax and is read in place, not copied. Torn mixes
+// of them are what a reader sees that reads a field twice.
 func rewriteVariants(q uint32) ([][]byte, error) {
+	data := make([]byte, 2<<10)
+	withData := func(size uint64) func(capnp.Struct) {
+		return func(s capnp.Struct) {
+			s.SetUint64(0, size)
+			_ = s.SetData(0, data)
+		}
+	}
 	msgs := []*capnp.Message{
-		callMsg(q, 0, 0, nil), // ping
-		callMsg(q+1<<20, 0, 3, func(s capnp.Struct) { s.SetUint64(0, 64) }), // fill(64)
-		callMsg(q, 12345, 0, nil), // on a question never asked
-		callMsg(q^0xffff, 0, 3, func(s capnp.Struct) { s.SetUint64(0, 1<<40) }), // fill(1 TiB)
+		callMsg(q, 0, 0, withData(0)),            // ping
+		callMsg(q+1<<20, 0, 1, withData(64)),     // echo
+		callMsg(q, 12345, 1, withData(0)),        // on a question never asked
+		callMsg(q^0xffff, 0, 3, withData(1<<40)), // fill(1 TiB)
 	}
 	var out [][]byte
 	for _, m := range msgs {
@@ -487,12 +495,13 @@ func rewriteVariants(q uint32) ([][]byte, error) {
 // calls it published, and why it stopped early (the server ending the
 // connection, which is allowed).
 func rewriteAttack(p *rawPeer, n int) (int, error) {
-	const stride = 512
+	const stride = 4 << 10
 	mem := p.pool.Bytes()
 	if n*stride > len(mem) {
 		n = len(mem) / stride
 	}
 	variants := make([][][]byte, n)
+	diffs := make([][]int, n) // offsets of the words in which the variants differ
 	for i := range n {
 		v, err := rewriteVariants(uint32(i + 1))
 		if err != nil {
@@ -503,6 +512,14 @@ func rewriteAttack(p *rawPeer, n int) (int, error) {
 		}
 		variants[i] = v
 		copy(mem[i*stride:], v[0])
+		for w := 0; w+8 <= len(v[0]); w += 8 {
+			for _, o := range v[1:] {
+				if *word64(o, w) != *word64(v[0], w) {
+					diffs[i] = append(diffs[i], w)
+					break
+				}
+			}
+		}
 	}
 	var published atomic.Int64
 	stop := make(chan struct{})
@@ -520,7 +537,7 @@ func rewriteAttack(p *rawPeer, n int) (int, error) {
 			m := int(published.Load())
 			for i := 0; i < m; i++ {
 				v := variants[i][next()%uint64(len(variants[i]))]
-				for w := 0; w+8 <= len(v); w += 8 {
+				for _, w := range diffs[i] {
 					atomic.StoreUint64(word64(mem, i*stride+w), *word64(v, w))
 				}
 			}

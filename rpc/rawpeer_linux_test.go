@@ -194,7 +194,7 @@ func bootstrapMsg(q uint32) *capnp.Message {
 // callMsg is a call of Echo method on the answer to question on (the
 // bootstrap), question id q; params sets its parameters.
 func callMsg(q, on uint32, method uint16, params func(capnp.Struct)) *capnp.Message {
-	msg, seg := capnp.NewMultiSegmentMessage(nil)
+	msg, seg := capnp.NewSingleSegmentMessage(nil)
 	m, _ := rpccp.NewRootMessage(seg)
 	call, _ := m.NewCall()
 	call.SetQuestionId(q)
