@@ -558,16 +558,8 @@ func (a *Allocator) syncScrubLocked(k, m int) (segment, bool) {
 			}
 			budget -= 1 << (a.minShift + uint(o))
 		}
-		a.busy++
-		a.mu.Unlock()
-		n := zero(a.blockBytes(i)[:used], nil)
-		a.mu.Lock()
-		a.busy--
-		a.st.BytesScrubbed += int64(n)
 		a.st.SyncScrubs++
-		a.st.PoolDirty -= int64(a.blockSize(i))
-		a.b.release(i)
-		a.signalDrainedLocked()
+		a.scrubBlockLocked(i, used)
 		if a.closed {
 			return segment{}, false
 		}

@@ -28,15 +28,7 @@ func (a *Allocator) scrubber() {
 	for !a.closed {
 		// Largest blocks first: they are the scarce ones.
 		if i, _, used, ok := a.b.takeDirty(0, a.b.maxOrder, false); ok {
-			a.busy++
-			a.mu.Unlock()
-			n := zero(a.blockBytes(i)[:used], nil)
-			a.mu.Lock()
-			a.busy--
-			a.st.BytesScrubbed += int64(n)
-			a.st.PoolDirty -= int64(a.blockSize(i))
-			a.b.release(i)
-			a.signalDrainedLocked()
+			a.scrubBlockLocked(i, used)
 			continue
 		}
 		if len(a.dirtyMap) > 0 {
@@ -78,4 +70,19 @@ func zero(b []byte, abort *atomic.Bool) int {
 		n = end
 	}
 	return n
+}
+
+// scrubBlockLocked zeroes the used bytes of dirty pool block i, which the
+// caller took with takeDirty, and makes it allocatable. It unlocks mu
+// while zeroing; the block counts as busy meanwhile, for waitScrubbed.
+func (a *Allocator) scrubBlockLocked(i int32, used int) {
+	a.busy++
+	a.mu.Unlock()
+	n := zero(a.blockBytes(i)[:used], nil)
+	a.mu.Lock()
+	a.busy--
+	a.st.BytesScrubbed += int64(n)
+	a.st.PoolDirty -= int64(a.blockSize(i))
+	a.b.release(i)
+	a.signalDrainedLocked()
 }
