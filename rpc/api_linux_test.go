@@ -1,7 +1,6 @@
 package rpc_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -123,33 +122,6 @@ func apiPing(ctx context.Context, c *rpc.Conn) error {
 	return apiPingBoot(ctx, boot)
 }
 
-// apiEcho echoes n bytes of a pattern and checks what comes back.
-func apiEcho(ctx context.Context, boot echoproto.Echo, n int, seed byte) error {
-	f, release := boot.Echo(ctx, func(p echoproto.Echo_echo_Params) error {
-		ptr, b, err := echoproto.NewData(p.Segment(), n)
-		if err != nil {
-			return err
-		}
-		echoproto.FillPattern(b, seed, 0)
-		return capnp.Struct(p).SetPtr(0, ptr)
-	})
-	defer release()
-	res, err := f.Struct()
-	if err != nil {
-		return err
-	}
-	d, err := res.Data()
-	if err != nil {
-		return err
-	}
-	want := make([]byte, n)
-	echoproto.FillPattern(want, seed, 0)
-	if !bytes.Equal(d, want) {
-		return fmt.Errorf("echo of %d bytes came back wrong (%d bytes)", n, len(d))
-	}
-	return nil
-}
-
 var apiNames atomic.Int64
 
 // apiAddr returns a fresh address of the given scheme: a socket file in a
@@ -162,45 +134,6 @@ func apiAddr(t *testing.T, scheme rpc.Scheme) string {
 		return fmt.Sprintf("%s:capnshm-test-%d-%d", scheme, os.Getpid(), apiNames.Add(1))
 	}
 	return "tcp:127.0.0.1:0"
-}
-
-// apiServe listens on addr with an echo server, serves it, and closes it
-// when the test ends.
-func apiServe(t *testing.T, addr string, opts ...rpc.Option) *rpc.Server {
-	t.Helper()
-	boot := capnp.Client(echoproto.Echo_ServerToClient(&echoproto.Server{}))
-	opts = append([]rpc.Option{rpc.WithPoolSize(2 << 20), rpc.WithLogger(testLogger(t))}, opts...)
-	srv, err := rpc.Listen(addr, boot, opts...)
-	if err != nil {
-		t.Fatalf("Listen(%q): %v", addr, err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(context.Background()) }()
-	t.Cleanup(func() {
-		srv.Close()
-		select {
-		case err := <-served:
-			if err != nil {
-				t.Errorf("Serve: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("Serve did not return after Close")
-		}
-	})
-	return srv
-}
-
-func apiDial(t *testing.T, addr string, opts ...rpc.Option) *rpc.Conn {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	opts = append([]rpc.Option{rpc.WithPoolSize(2 << 20), rpc.WithLogger(testLogger(t))}, opts...)
-	c, err := rpc.Dial(ctx, addr, opts...)
-	if err != nil {
-		t.Fatalf("Dial(%q): %v", addr, err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
 }
 
 // startDialPeer starts a client process that dials addr with policy.

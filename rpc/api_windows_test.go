@@ -24,13 +24,13 @@ func TestWinAddressForms(t *testing.T) {
 		network string
 	}{{rpc.SchemeShm, "pipe"}, {rpc.SchemePipe, "pipe"}, {rpc.SchemeTCP, "tcp"}} {
 		t.Run(string(tt.scheme), func(t *testing.T) {
-			srv := winServe(t, winAddr(tt.scheme))
+			srv := apiServe(t, winAddr(tt.scheme))
 			addr := srv.Addr().String()
 			if n := srv.Addr().Network(); n != tt.network {
 				t.Errorf("Addr().Network() = %q, want %q", n, tt.network)
 			}
 			wantShm := tt.scheme == rpc.SchemeShm
-			c := winDial(t, addr)
+			c := apiDial(t, addr)
 			if c.SharedMemory() != wantShm {
 				t.Errorf("SharedMemory() = %v, want %v", c.SharedMemory(), wantShm)
 			}
@@ -39,7 +39,7 @@ func TestWinAddressForms(t *testing.T) {
 			}
 			boot := echoproto.Echo(c.Bootstrap(t.Context()))
 			defer boot.Release()
-			if err := winEcho(t.Context(), boot, 1<<20, 3); err != nil {
+			if err := apiEcho(t.Context(), boot, 1<<20, 3); err != nil {
 				t.Fatal(err)
 			}
 			if st := c.Stats(); wantShm && st.SentByReference == 0 {
@@ -86,9 +86,9 @@ func TestWinFallbackPolicies(t *testing.T) {
 		t.Run("listener="+tc.listener+"/dialer="+tc.dialer, func(t *testing.T) {
 			addr := winAddr(rpc.SchemeShm)
 			if tc.listener == "pipe" {
-				winServe(t, "pipe:"+strings.TrimPrefix(addr, "shm:"))
+				apiServe(t, "pipe:"+strings.TrimPrefix(addr, "shm:"))
 			} else {
-				winServe(t, addr, rpc.WithFallback(winFallback(tc.listener)))
+				apiServe(t, addr, rpc.WithFallback(winFallback(tc.listener)))
 			}
 			p := startWinPeer(t, "win-dial", addr, tc.dialer)
 			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
@@ -135,7 +135,7 @@ func TestWinPlainClient(t *testing.T) {
 	for _, policy := range []string{"auto", "never", "require"} {
 		t.Run(policy, func(t *testing.T) {
 			addr := winAddr(rpc.SchemeShm)
-			winServe(t, addr, rpc.WithFallback(winFallback(policy)))
+			apiServe(t, addr, rpc.WithFallback(winFallback(policy)))
 			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 			defer cancel()
 			raw, err := rpc.DialPipe(ctx, strings.TrimPrefix(addr, "shm:"))
@@ -168,7 +168,7 @@ func TestWinPlainClient(t *testing.T) {
 			if err := boot.Resolve(ctx); err != nil {
 				t.Fatal(err)
 			}
-			if err := winEcho(ctx, boot, 100000, 9); err != nil {
+			if err := apiEcho(ctx, boot, 100000, 9); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -182,7 +182,7 @@ func TestWinRequireErrors(t *testing.T) {
 	ctx := t.Context()
 	req := rpc.WithFallback(rpc.FallbackRequire)
 	addr := winAddr(rpc.SchemeShm)
-	winServe(t, addr, rpc.WithFallback(rpc.FallbackNever))
+	apiServe(t, addr, rpc.WithFallback(rpc.FallbackNever))
 	_, err := rpc.Dial(ctx, addr, req)
 	if !errors.Is(err, rpc.ErrRefused) || !strings.Contains(err.Error(), "FallbackNever") {
 		t.Errorf("Dial with require to a never listener: %v, want ErrRefused naming the listener's policy", err)

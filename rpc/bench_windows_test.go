@@ -62,7 +62,7 @@ func BenchmarkWinEcho1MiB(b *testing.B) {
 			b.SetBytes(1 << 20)
 			b.ResetTimer()
 			for range b.N {
-				if err := winEcho(ctx, boot, 1<<20, 7); err != nil {
+				if err := apiEcho(ctx, boot, 1<<20, 7); err != nil {
 					b.Fatal(err)
 				}
 			}

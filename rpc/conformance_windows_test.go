@@ -28,7 +28,7 @@ func TestWinConformance(t *testing.T) {
 		addr := winAddr(rpc.SchemeShm)
 		p := startWinPeer(t, "win-serve", addr)
 		p.Expect("serving")
-		c := winDial(t, addr, rpc.WithFallback(rpc.FallbackRequire))
+		c := apiDial(t, addr, rpc.WithFallback(rpc.FallbackRequire))
 		if !c.SharedMemory() {
 			t.Fatal("a shm: connection with FallbackRequire is not on shared memory")
 		}

@@ -22,7 +22,7 @@ func TestWinServerKilledMidCall(t *testing.T) {
 	addr := winAddr(rpc.SchemeShm)
 	p := startWinPeer(t, "win-serve", addr)
 	p.Expect("serving")
-	c := winDial(t, addr, rpc.WithFallback(rpc.FallbackRequire))
+	c := apiDial(t, addr, rpc.WithFallback(rpc.FallbackRequire))
 	ctx := t.Context()
 	boot := echoproto.Echo(c.Bootstrap(ctx))
 	var futures []echoproto.Echo_block_Results_Future
@@ -69,7 +69,7 @@ func TestWinClientKilledMidCall(t *testing.T) {
 	base := census(t)
 	var mu sync.Mutex
 	ended := make(chan rpc.ConnInfo, 4)
-	srv := winServe(t, winAddr(rpc.SchemeShm), rpc.WithConnState(func(ci rpc.ConnInfo, st rpc.ConnState) {
+	srv := apiServe(t, winAddr(rpc.SchemeShm), rpc.WithConnState(func(ci rpc.ConnInfo, st rpc.ConnState) {
 		if st == rpc.StateClosed {
 			mu.Lock()
 			defer mu.Unlock()
@@ -118,7 +118,7 @@ func TestWinNoLeaks(t *testing.T) {
 			addr := winAddr(rpc.SchemeShm)
 			p := startWinPeer(t, "win-serve", addr)
 			p.Expect("serving")
-			c := winDial(t, addr, rpc.WithFallback(rpc.FallbackRequire))
+			c := apiDial(t, addr, rpc.WithFallback(rpc.FallbackRequire))
 			ctx := t.Context()
 			boot := echoproto.Echo(c.Bootstrap(ctx))
 			// 4 MiB results: over the server's 2 MiB pool, so they come
@@ -142,7 +142,7 @@ func TestWinNoLeaks(t *testing.T) {
 				}
 			}
 			release()
-			if err := winEcho(ctx, boot, 100, 1); err != nil {
+			if err := apiEcho(ctx, boot, 100, 1); err != nil {
 				t.Fatal(err)
 			}
 			boot.Release()

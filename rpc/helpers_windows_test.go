@@ -1,7 +1,6 @@
 package rpc_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -54,73 +53,6 @@ func winFallback(s string) rpc.Fallback {
 // a section with a file under /tmp, so they stay small.
 const winPool = 2 << 20
 
-// winServe serves an Echo on addr in this process until the test ends.
-func winServe(t *testing.T, addr string, opts ...rpc.Option) *rpc.Server {
-	t.Helper()
-	boot := capnp.Client(echoproto.Echo_ServerToClient(&echoproto.Server{}))
-	opts = append([]rpc.Option{rpc.WithPoolSize(winPool), rpc.WithLogger(testLogger(t))}, opts...)
-	srv, err := rpc.Listen(addr, boot, opts...)
-	if err != nil {
-		t.Fatalf("Listen(%q): %v", addr, err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(context.Background()) }()
-	t.Cleanup(func() {
-		srv.Close()
-		select {
-		case err := <-served:
-			if err != nil {
-				t.Errorf("Serve: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("Serve did not return after Close")
-		}
-	})
-	return srv
-}
-
-// winDial dials addr from this process; the connection closes when the
-// test ends.
-func winDial(t *testing.T, addr string, opts ...rpc.Option) *rpc.Conn {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	opts = append([]rpc.Option{rpc.WithPoolSize(winPool), rpc.WithLogger(testLogger(t))}, opts...)
-	c, err := rpc.Dial(ctx, addr, opts...)
-	if err != nil {
-		t.Fatalf("Dial(%q): %v", addr, err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-// winEcho echoes n bytes of a pattern and checks what comes back.
-func winEcho(ctx context.Context, boot echoproto.Echo, n int, seed byte) error {
-	f, release := boot.Echo(ctx, func(p echoproto.Echo_echo_Params) error {
-		ptr, b, err := echoproto.NewData(p.Segment(), n)
-		if err != nil {
-			return err
-		}
-		echoproto.FillPattern(b, seed, 0)
-		return capnp.Struct(p).SetPtr(0, ptr)
-	})
-	defer release()
-	res, err := f.Struct()
-	if err != nil {
-		return err
-	}
-	d, err := res.Data()
-	if err != nil {
-		return err
-	}
-	want := make([]byte, n)
-	echoproto.FillPattern(want, seed, 0)
-	if !bytes.Equal(d, want) {
-		return fmt.Errorf("echo of %d bytes came back wrong (%d bytes)", n, len(d))
-	}
-	return nil
-}
-
 // winDialPeer dials args[0] with policy args[1] (auto, require, never) and
 // says "dialed shm=<bool>" or "dial error: <err>". Then it obeys commands:
 // "ping" says "pong <err>"; "echo N" echoes N bytes and says "echoed
@@ -151,7 +83,7 @@ func winDialPeer(args []string) int {
 		case "echo":
 			var n int
 			fmt.Sscan(arg, &n)
-			peertest.Say("echoed %v", winEcho(ctx, boot, n, byte(n)))
+			peertest.Say("echoed %v", apiEcho(ctx, boot, n, byte(n)))
 		case "block":
 			f, _ := boot.Block(ctx, nil)
 			blocked = make(chan error, 1)
@@ -272,8 +204,8 @@ func census(t *testing.T) map[string]int {
 // test takes its census.
 func winWarmUp(t *testing.T) {
 	t.Helper()
-	srv := winServe(t, winAddr(rpc.SchemeShm))
-	c := winDial(t, srv.Addr().String())
+	srv := apiServe(t, winAddr(rpc.SchemeShm))
+	c := apiDial(t, srv.Addr().String())
 	if err := apiPingBoot(t.Context(), echoproto.Echo(c.Bootstrap(t.Context()))); err != nil {
 		t.Fatalf("warm-up: %v", err)
 	}
