@@ -40,6 +40,7 @@ import (
 	"capnproto.org/go/capnp/v3/rpc/transport"
 
 	"github.com/capnshm/capnshm/internal/echoproto"
+	"github.com/capnshm/capnshm/internal/gostream"
 	"github.com/capnshm/capnshm/ringbuf"
 	"github.com/capnshm/capnshm/rpc"
 )
@@ -239,27 +240,10 @@ func quietLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
-// streamTransport is go-capnp's stream transport (transport.New over
-// capnp's Encoder and Decoder, unpacked) with the message size and
-// traversal limits raised to maxMessage. Nothing else differs.
+// streamTransport is go-capnp's stream transport with its limits raised
+// to maxMessage (gostream).
 func streamTransport(rwc io.ReadWriteCloser) transport.Transport {
-	d := capnp.NewDecoder(rwc)
-	d.MaxMessageSize = maxMessage
-	return transport.New(&bigCodec{Decoder: d, Encoder: capnp.NewEncoder(rwc), Closer: rwc})
-}
-
-type bigCodec struct {
-	*capnp.Decoder
-	*capnp.Encoder
-	io.Closer
-}
-
-func (c *bigCodec) Decode() (*capnp.Message, error) {
-	m, err := c.Decoder.Decode()
-	if err == nil {
-		m.ResetReadLimit(maxMessage)
-	}
-	return m, err
+	return gostream.New(rwc, maxMessage)
 }
 
 // endpoint is where a transport's clients connect: a server process or,

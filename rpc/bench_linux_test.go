@@ -43,6 +43,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/capnshm/capnshm/internal/echoproto"
+	"github.com/capnshm/capnshm/internal/gostream"
 	"github.com/capnshm/capnshm/internal/peertest"
 	"github.com/capnshm/capnshm/ringbuf"
 	"github.com/capnshm/capnshm/rpc"
@@ -207,28 +208,10 @@ var echoSizes = []struct {
 	{"16MiB", 16 << 20},
 }
 
-// streamTransport is go-capnp's stream transport (transport.New over
-// capnp's Encoder and Decoder, unpacked) with the message size and
-// traversal limits raised to streamLimit, so that it carries the 64 MiB
-// in-place message. Nothing else differs.
+// streamTransport is go-capnp's stream transport with its limits raised
+// to streamLimit (gostream).
 func streamTransport(rwc io.ReadWriteCloser) transport.Transport {
-	d := capnp.NewDecoder(rwc)
-	d.MaxMessageSize = streamLimit
-	return transport.New(&bigCodec{Decoder: d, Encoder: capnp.NewEncoder(rwc), Closer: rwc})
-}
-
-type bigCodec struct {
-	*capnp.Decoder
-	*capnp.Encoder
-	io.Closer
-}
-
-func (c *bigCodec) Decode() (*capnp.Message, error) {
-	m, err := c.Decoder.Decode()
-	if err == nil {
-		m.ResetReadLimit(streamLimit)
-	}
-	return m, err
+	return gostream.New(rwc, streamLimit)
 }
 
 // benchConn is a client connection to an Echo server.

@@ -1,0 +1,36 @@
+// Package gostream is go-capnp's own stream transport (transport.New over
+// capnp's Encoder and Decoder, unpacked) with its message size and
+// traversal limits raised, so that benchmarks can compare it with
+// capnshm's transports on messages over go-capnp's 64 MiB default.
+// Nothing else differs from transport.NewStream.
+package gostream
+
+import (
+	"io"
+
+	capnp "capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/rpc/transport"
+)
+
+// New returns go-capnp's stream transport over rwc, accepting messages of
+// up to limit bytes and reading each up to limit bytes.
+func New(rwc io.ReadWriteCloser, limit uint64) transport.Transport {
+	d := capnp.NewDecoder(rwc)
+	d.MaxMessageSize = limit
+	return transport.New(&codec{Decoder: d, Encoder: capnp.NewEncoder(rwc), Closer: rwc, limit: limit})
+}
+
+type codec struct {
+	*capnp.Decoder
+	*capnp.Encoder
+	io.Closer
+	limit uint64
+}
+
+func (c *codec) Decode() (*capnp.Message, error) {
+	m, err := c.Decoder.Decode()
+	if err == nil {
+		m.ResetReadLimit(c.limit)
+	}
+	return m, err
+}
