@@ -62,3 +62,42 @@ func TestNewMessageRacingClose(t *testing.T) {
 		l.Close()
 	}
 }
+
+// TestCloseBetweenCheckAndWrite: Close runs inside NewMessage, after its
+// closed check and before its first write (a test hook puts it there, the
+// window the stress test above can only hope to hit). Close must leave the
+// pool mapped for the message, which is then written and sent nowhere, and
+// unmap it when the message is released. In the old order (the message
+// counted live after the check) Close unmapped the pool at that point and
+// the first write faulted.
+func TestCloseBetweenCheckAndWrite(t *testing.T) {
+	d, l := transportPair(t)
+	defer l.Close()
+	var closeErr error
+	finalizedInside := true
+	restore := rpc.SetNewMessageHook(func(tr *rpc.Transport) {
+		if tr != d {
+			return
+		}
+		closeErr = d.Close()
+		finalizedInside = rpc.Finalized(d)
+	})
+	m, err := d.NewMessage()
+	restore()
+	if err != nil {
+		t.Fatalf("NewMessage, closed under it after its check: %v", err)
+	}
+	if closeErr != nil {
+		t.Fatalf("Close: %v", closeErr)
+	}
+	if finalizedInside {
+		t.Fatal("Close unmapped the pool while a message being built held it")
+	}
+	if _, err := capnp.NewData(m.Message().Segment(), make([]byte, 8<<10)); err != nil {
+		t.Fatalf("writing the message after Close: %v", err)
+	}
+	m.Release()
+	if !rpc.Finalized(d) {
+		t.Error("the pool is still mapped after the last message was released")
+	}
+}

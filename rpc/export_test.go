@@ -28,3 +28,14 @@ func ServerConns(s *Server) int {
 	defer s.mu.Unlock()
 	return len(s.conns)
 }
+
+// SetNewMessageHook makes f run in every NewMessage between its closed
+// check and its first write, until restore. Tests only.
+func SetNewMessageHook(f func(*Transport)) (restore func()) {
+	testHookNewMessage.Store(&f)
+	return func() { testHookNewMessage.Store(nil) }
+}
+
+// Finalized reports whether t has unmapped its own memory (after Close,
+// once no message built here is live). Tests only.
+func Finalized(t *Transport) bool { return t.life.finalLocal.Load() }

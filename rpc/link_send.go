@@ -61,6 +61,9 @@ func (t *Transport) NewMessage() (transport.OutgoingMessage, error) {
 		t.unlive()
 		return t.deadMessage(om, t.cause())
 	}
+	if h := testHookNewMessage.Load(); h != nil {
+		(*h)(t) // between the check and the first write
+	}
 	t.ep.mine.alloc.InitArena(&om.ownArena)
 	om.arena = &om.ownArena
 	// The first segment now: a Message over an arena that has one starts
@@ -93,6 +96,10 @@ func (t *Transport) unlive() {
 	t.life.liveLocal.Add(-1)
 	t.maybeFinalize()
 }
+
+// testHookNewMessage, set by tests only, runs in NewMessage after the
+// closed check and before the message's first write.
+var testHookNewMessage atomic.Pointer[func(*Transport)]
 
 // deadMessage returns a heap message that Send refuses with err.
 func (t *Transport) deadMessage(om *outMsg, err error) (transport.OutgoingMessage, error) {
