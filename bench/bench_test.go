@@ -166,8 +166,9 @@ func TestParseTransports(t *testing.T) {
 		{in: "gocapnp-tcp,engine-shm", want: []string{"engine-shm", "gocapnp-tcp"}},
 		{in: "shm,unix,shm-block", want: []string{"engine-shm", "engine-shm-block", "engine-unix"}},
 		{in: "cpp-ezrpc", want: []string{"cpp-ezrpc-unix", "cpp-ezrpc-tcp"}},
-		{in: "gocapnp, engine-pipe,gocapnp-shm", want: []string{"engine-pipe", "gocapnp-shm", "gocapnp-unix", "gocapnp-tcp", "gocapnp-pipe"}},
-		{in: "engine", want: []string{"engine-shm", "engine-shm-spin", "engine-shm-block", "engine-unix", "engine-tcp", "engine-pipe"}},
+		{in: "gocapnp, engine-pipe,gocapnp-shm", want: []string{"engine-pipe", "gocapnp-shm", "gocapnp-unix", "gocapnp-tcp", "gocapnp-pipe", "gocapnp-unix-1p"}},
+		{in: "engine", want: []string{"engine-shm", "engine-shm-spin", "engine-shm-block", "engine-unix", "engine-tcp", "engine-pipe", "engine-shm-1p", "engine-unix-1p"}},
+		{in: "1p,cpp-ezrpc-unix", want: []string{"cpp-ezrpc-unix", "engine-shm-1p", "engine-unix-1p", "gocapnp-unix-1p"}},
 		{in: "", want: nil},
 		{in: "shm,udp", err: `unknown transport "udp"`},
 		{in: "gocapnp-shm-spin", err: `unknown transport "gocapnp-shm-spin"`},
@@ -247,13 +248,14 @@ func TestPlan(t *testing.T) {
 		"engine-pipe":    {"ping engine-pipe", "echo engine-pipe 64B", "echo engine-pipe 16MiB", "inplace engine-pipe 4MiB", "stream engine-pipe 64MiB", "clients engine-pipe x2 clients", "clients engine-pipe x8 clients"},
 		"gocapnp-unix":   {"ping gocapnp-unix", "echo gocapnp-unix 64B", "echo gocapnp-unix 16MiB", "inplace gocapnp-unix 4MiB", "stream gocapnp-unix 64MiB", "clients gocapnp-unix x2 clients", "clients gocapnp-unix x8 clients", "idle gocapnp-unix"},
 		"cpp-ezrpc-unix": {"ping cpp-ezrpc-unix", "echo cpp-ezrpc-unix 64B", "echo cpp-ezrpc-unix 16MiB"},
+		"engine-shm-1p":  {"ping engine-shm-1p", "echo engine-shm-1p 64B", "echo engine-shm-1p 16MiB", "clients engine-shm-1p x2 clients", "clients engine-shm-1p x8 clients"},
 	}
 	for tr, steps := range want {
 		if !slices.Equal(byTransport[tr], steps) {
 			t.Errorf("steps of %q:\n got %q\nwant %q", tr, byTransport[tr], steps)
 		}
 	}
-	if all[0].workload != "floors" || all[len(all)-1].transport != "cpp-ezrpc-tcp" {
+	if all[0].workload != "floors" || all[len(all)-1].transport != "gocapnp-unix-1p" {
 		t.Errorf("first step %s, last %s", all[0], all[len(all)-1])
 	}
 	// Without ping, one client is a clients step; without an engine shm
@@ -337,7 +339,8 @@ func targetByName(t *testing.T, ts []Target, prefix string) Target {
 // TestTargets computes the targets from made-up reports and checks each
 // status, figure and note.
 func TestTargets(t *testing.T) {
-	pings := map[string]int64{"engine-shm": 12, "engine-shm-block": 20, "engine-unix": 25, "engine-pipe": 5, "gocapnp-unix": 60, "gocapnp-pipe": 25, "cpp-ezrpc-unix": 30}
+	pings := map[string]int64{"engine-shm": 12, "engine-shm-block": 20, "engine-unix": 25, "engine-pipe": 5, "gocapnp-unix": 60, "gocapnp-pipe": 25, "cpp-ezrpc-unix": 30,
+		"engine-shm-1p": 9, "engine-unix-1p": 36, "gocapnp-unix-1p": 40}
 	ts := targets(syntheticReport(pings))
 	for _, c := range []struct {
 		prefix, status string
@@ -358,6 +361,9 @@ func TestTargets(t *testing.T) {
 		{"streaming", statusMet, 8, ""},
 		{"raw ring, busy-spin", statusMet, 500.0 / 300, ""},
 		{"raw ring, block", statusMet, 1.2, ""},
+		{"GOMAXPROCS=1: engine ping over shm ≤ 1/3", statusMet, 0.3, ""},
+		{"GOMAXPROCS=1: engine ping over shm ≤ 1/4", statusMet, 9.0 / 40, ""},
+		{"GOMAXPROCS=1: engine ping over unix", statusMissed, 36.0 / 30, "no idle P"},
 	} {
 		tg := targetByName(t, ts, c.prefix)
 		if tg.Status != c.status || (tg.Value-c.value) > 1e-9 || (c.value-tg.Value) > 1e-9 {
@@ -367,8 +373,8 @@ func TestTargets(t *testing.T) {
 			t.Errorf("%s: note %q, want %q", tg.Name, tg.Note, c.note)
 		}
 	}
-	if n := len(ts); n != 14 {
-		t.Errorf("%d targets, want 14", n)
+	if n := len(ts); n != 17 {
+		t.Errorf("%d targets, want 17", n)
 	}
 	issue := 0
 	for _, tg := range ts {

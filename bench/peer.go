@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -298,6 +299,9 @@ func serverChild(transport string) error {
 	d, ok := lookupTransport(transport)
 	if !ok || d.medium == "pipe" || d.impl == implCpp {
 		return fmt.Errorf("no server child for transport %q", transport)
+	}
+	if d.procs > 0 {
+		runtime.GOMAXPROCS(d.procs)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

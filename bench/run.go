@@ -115,6 +115,10 @@ func (r *runner) mechanism(s step) error {
 // transport starts the server of d and runs its steps on it.
 func (r *runner) transport(ctx context.Context, d transportDef, steps []step) (err error) {
 	r.pr.printf("%s: starting the server", d.name)
+	if d.procs > 0 {
+		// The server child sets its own (serverChild).
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(d.procs))
+	}
 	ep, err := startEndpoint(d)
 	if err != nil {
 		return err

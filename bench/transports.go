@@ -15,6 +15,15 @@ package main
 //	                                              transport (transport.New over capnp.Encoder/Decoder)
 //	gocapnp-pipe                                  go-capnp's rpc.Conn, both ends in this process
 //	cpp-ezrpc-unix cpp-ezrpc-tcp                  Cap'n Proto C++ EZ-RPC, both ends (cpp/peer.c++)
+//	engine-shm-1p engine-unix-1p gocapnp-unix-1p  the same as without -1p, with GOMAXPROCS=1 in
+//	                                              both processes
+//
+// The -1p transports run each process on one P, as the C++ peers run on
+// one thread. On a machine with few CPUs most of a Go ping's time can be
+// the runtime waking idle Ps' threads for each goroutine a call passes
+// through (a futex wake, a thread spinning, a thread going back to sleep:
+// bench's report shows it); one P has no idle P to wake. The default
+// transports are what a program gets without touching GOMAXPROCS.
 //
 // Every one but the pipes and C++ runs its server in a child process (this
 // program, -child server -transport NAME) and its client here. The message
@@ -62,6 +71,9 @@ type transportDef struct {
 	// ringLabel names the raw ring workload of this wait strategy (engine
 	// shm transports only: the ring is measured once per strategy).
 	ringLabel string
+	// procs, if not 0, is GOMAXPROCS in both processes while the
+	// transport's steps run.
+	procs int
 }
 
 // transportDefs are every transport, in the order they run.
@@ -78,6 +90,9 @@ var transportDefs = []transportDef{
 	{name: "gocapnp-pipe", impl: implGoCapnp, medium: "pipe"},
 	{name: "cpp-ezrpc-unix", impl: implCpp, medium: "unix"},
 	{name: "cpp-ezrpc-tcp", impl: implCpp, medium: "tcp"},
+	{name: "engine-shm-1p", impl: implEngine, medium: "shm", strategy: ringbuf.Adaptive, procs: 1},
+	{name: "engine-unix-1p", impl: implEngine, medium: "unix", procs: 1},
+	{name: "gocapnp-unix-1p", impl: implGoCapnp, medium: "unix", procs: 1},
 }
 
 // allTransports are the transports' names, in the order they run.
@@ -99,8 +114,9 @@ var transportAliases = map[string][]string{
 	"unix":      {"engine-unix"},
 	"tcp":       {"engine-tcp"},
 	"pipe":      {"engine-pipe"},
-	implEngine:  {"engine-shm", "engine-shm-spin", "engine-shm-block", "engine-unix", "engine-tcp", "engine-pipe"},
-	implGoCapnp: {"gocapnp-shm", "gocapnp-unix", "gocapnp-tcp", "gocapnp-pipe"},
+	implEngine:  {"engine-shm", "engine-shm-spin", "engine-shm-block", "engine-unix", "engine-tcp", "engine-pipe", "engine-shm-1p", "engine-unix-1p"},
+	implGoCapnp: {"gocapnp-shm", "gocapnp-unix", "gocapnp-tcp", "gocapnp-pipe", "gocapnp-unix-1p"},
+	"1p":        {"engine-shm-1p", "engine-unix-1p", "gocapnp-unix-1p"},
 	implCpp:     {"cpp-ezrpc-unix", "cpp-ezrpc-tcp"},
 }
 
@@ -135,8 +151,14 @@ func parseTransports(s string) ([]string, error) {
 
 // supports reports whether workload runs on the transport: the C++ peer
 // measures ping and echo only; an idle connected pair is two processes;
-// the raw ring and the floors are not RPC.
+// the raw ring and the floors are not RPC; the -1p variants run ping, echo
+// and clients.
 func (d transportDef) supports(workload string) bool {
+	if d.procs > 0 {
+		// The one-P variants are there for latency and its price in
+		// throughput.
+		return workload == "ping" || workload == "echo" || workload == "clients"
+	}
 	switch workload {
 	case "ping", "echo":
 		return true
