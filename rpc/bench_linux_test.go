@@ -32,6 +32,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -84,13 +85,18 @@ func benchShmOptions() []rpc.Option {
 // benchServerPeer serves echoproto.Server with the RPC implementation of
 // args[0] over the transport of args[1]: shm or unix on the socket it
 // inherited, or tcp on a listener on 127.0.0.1 whose port it prints ("port
-// N") before accepting one connection. It says "serving" once connected and
-// exits when its stdin ends.
+// N") before accepting one connection, on args[2] Ps (GOMAXPROCS). It says
+// "serving" once connected and exits when its stdin ends.
 func benchServerPeer(args []string) int {
-	if len(args) != 2 {
-		return peertest.Fail("want arguments: rpc transport, got %q", args)
+	if len(args) != 3 {
+		return peertest.Fail("want arguments: rpc transport GOMAXPROCS, got %q", args)
 	}
 	impl, name := args[0], args[1]
+	procs, err := strconv.Atoi(args[2])
+	if err != nil || procs < 1 {
+		return peertest.Fail("GOMAXPROCS %q: want a count", args[2])
+	}
+	runtime.GOMAXPROCS(procs)
 	var t transport.Transport
 	switch name {
 	case "shm", "unix":
@@ -306,7 +312,9 @@ func dialBench(tb testing.TB, impl, name string) *benchConn {
 
 func startBenchPeer(tb testing.TB, impl, name string, handles []uintptr) *peertest.Peer {
 	tb.Helper()
-	p := peertest.Start(tb, "bench-server", handles, impl, name)
+	// The server runs on as many Ps as this process (go test -cpu 1,2
+	// compares one P with two on both sides).
+	p := peertest.Start(tb, "bench-server", handles, impl, name, strconv.Itoa(runtime.GOMAXPROCS(0)))
 	tb.Cleanup(func() {
 		if tb.Failed() {
 			tb.Logf("bench-server %s %s peer's stderr:\n%s", impl, name, p.Stderr())
