@@ -20,7 +20,8 @@ import (
 // "/key=value" parts, the transport, size and clients (benchstat can
 // group by them: -col /transport); its iteration count is the calls
 // measured; ns/op is the mean call time, then p50-ns, p99-ns, MB/s,
-// calls/s, allocs/op and cpu-pct where the result has them.
+// calls/s, allocs/op, sleeps/op, peer-sleeps/op and cpu-pct where the
+// result has them.
 func benchText(rep *Report) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "goos: %s\ngoarch: %s\npkg: github.com/capnshm/capnshm/bench\n", rep.Machine.OS, rep.Machine.Arch)
@@ -71,6 +72,12 @@ func benchText(rep *Report) string {
 		}
 		if r.AllocsPerOp != nil {
 			ms = append(ms, benchMetric{round(*r.AllocsPerOp, 2), "allocs/op"})
+		}
+		if r.SleepsPerOp != nil {
+			ms = append(ms, benchMetric{round(*r.SleepsPerOp, 2), "sleeps/op"})
+		}
+		if r.PeerSleepsPerOp != nil {
+			ms = append(ms, benchMetric{round(*r.PeerSleepsPerOp, 2), "peer-sleeps/op"})
 		}
 		if r.CPUPct != nil {
 			ms = append(ms, benchMetric{round(*r.CPUPct, 4), "cpu-pct"})

@@ -180,6 +180,19 @@ func (s *server) copied() (uint64, bool, error) {
 	return n, true, nil
 }
 
+// sleeps returns the server process's thread sleeps so far.
+func (s *server) sleeps() (uint64, bool, error) {
+	l, err := s.query("sleeps")
+	if err != nil {
+		return 0, false, err
+	}
+	n, err := strconv.ParseUint(l, 10, 64)
+	if err != nil {
+		return 0, false, fmt.Errorf("server said %q, want its thread sleeps", l)
+	}
+	return n, true, nil
+}
+
 // dial connects to the server; ctx bounds the connection's life, and
 // connecting takes at most 30 s of it.
 func (s *server) dial(ctx context.Context) (*client, error) {
@@ -237,6 +250,18 @@ func cpuTime() (time.Duration, error) {
 		return 0, fmt.Errorf("getrusage: %w", err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
+}
+
+// threadSleeps returns the voluntary context switches of all this
+// process's threads so far (getrusage's ru_nvcsw): each is a thread that
+// blocked (on a futex, in epoll_wait, in a read, in nanosleep) and had to
+// be woken, by a doorbell, a socket or the Go runtime.
+func threadSleeps() (uint64, error) {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		return 0, fmt.Errorf("getrusage: %w", err)
+	}
+	return uint64(ru.Nvcsw), nil
 }
 
 // runChild is the peer side of every workload.
@@ -330,6 +355,12 @@ func serverChild(transport string) error {
 				return err
 			}
 			fmt.Println(d.Nanoseconds())
+		case "sleeps":
+			n, err := threadSleeps()
+			if err != nil {
+				return err
+			}
+			fmt.Println(n)
 		case "copied":
 			if n, ok := copied(); ok {
 				fmt.Println(n)

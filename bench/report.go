@@ -45,10 +45,10 @@ func rateName(v float64) string {
 
 // rows returns the results table's header and rows.
 func rows(rep *Report) ([]string, [][]string) {
-	head := []string{"workload", "transport", "size", "clients", "ops", "p50", "p99", "p99.9", "max", "MB/s", "calls/s", "allocs/op", "copied B/op (client+server)", "CPU %"}
+	head := []string{"workload", "transport", "size", "clients", "ops", "p50", "p99", "p99.9", "max", "MB/s", "calls/s", "allocs/op", "thread sleeps/op (client+server)", "copied B/op (client+server)", "CPU %"}
 	var out [][]string
 	for _, r := range rep.Results {
-		size, cpu, allocs, copied, calls := "-", "-", "-", "-", "-"
+		size, cpu, allocs, sleeps, copied, calls := "-", "-", "-", "-", "-", "-"
 		if r.Size > 0 {
 			size = sizeName(r.Size)
 		}
@@ -57,6 +57,12 @@ func rows(rep *Report) ([]string, [][]string) {
 		}
 		if r.AllocsPerOp != nil {
 			allocs = fmt.Sprintf("%.1f", *r.AllocsPerOp)
+		}
+		if r.SleepsPerOp != nil {
+			sleeps = fmt.Sprintf("%.1f", *r.SleepsPerOp)
+			if r.PeerSleepsPerOp != nil {
+				sleeps += fmt.Sprintf("+%.1f", *r.PeerSleepsPerOp)
+			}
 		}
 		if r.CopiedBytes != nil && r.Ops > 0 {
 			copied = fmt.Sprintf("%.0f", float64(*r.CopiedBytes)/float64(r.Ops))
@@ -71,7 +77,7 @@ func rows(rep *Report) ([]string, [][]string) {
 		if r.OpenLoop {
 			w += " (open loop)"
 		}
-		row := []string{w, r.Transport, size, fmt.Sprint(r.Clients), fmt.Sprint(r.Ops), dur(r.P50), dur(r.P99), dur(r.P999), dur(r.Max), rateName(r.MBps), calls, allocs, copied, cpu}
+		row := []string{w, r.Transport, size, fmt.Sprint(r.Clients), fmt.Sprint(r.Ops), dur(r.P50), dur(r.P99), dur(r.P999), dur(r.Max), rateName(r.MBps), calls, allocs, sleeps, copied, cpu}
 		if r.Workload == "stream" || r.Workload == "idle" {
 			for i := 5; i <= 8; i++ {
 				row[i] = "-"
@@ -195,6 +201,8 @@ func markdown(rep *Report) string {
 		"Client and server are separate processes otherwise. Latencies are per round trip, from an HDR histogram " +
 		"(the C++ peer sorts its own samples); MB/s is payload bytes in one direction per second (echo: size / mean call time); " +
 		"allocs/op counts the bench process's heap allocations per call (the caller; for the pipes both ends); " +
+		"thread sleeps/op are the voluntary context switches of each process's threads per call (getrusage; for the pipes both ends are the first figure): " +
+		"each is a thread that blocked and had to be woken, by a doorbell, a socket or the Go runtime handing a goroutine to an idle P; " +
 		"copied bytes are what capnshm's shared-memory transport copied over the measured calls (inline messages, messages it had to put on the socket; " +
 		"the stream transports copy every byte and do not count it).\n\n")
 

@@ -61,6 +61,12 @@ type Result struct {
 	// call (runtime.MemStats.Mallocs over the measured calls): the
 	// calling process, and for the pipes the server too.
 	AllocsPerOp *float64 `json:"allocs_per_op,omitempty"`
+	// SleepsPerOp and PeerSleepsPerOp are the thread sleeps (voluntary
+	// context switches, all threads) of the bench's process and of the
+	// server's per call: how often a thread had to be woken. The pipes'
+	// server is the bench's process.
+	SleepsPerOp     *float64 `json:"sleeps_per_op,omitempty"`
+	PeerSleepsPerOp *float64 `json:"peer_sleeps_per_op,omitempty"`
 	// CopiedBytes and PeerCopiedBytes are the message bytes the client's
 	// and the server's transports copied over the measured calls
 	// (rpc.Stats.BytesCopied: inline messages, socket bytes, small

@@ -257,10 +257,13 @@ type counters struct {
 	mallocs                uint64
 	copied, peerCopied     uint64
 	hasCopied, hasPeerCopy bool
+	sleeps, peerSleeps     uint64
+	hasPeerSleeps          bool
 }
 
-// read reads the counters; the allocations last when starting and first
-// when stopping, so that asking the server counts none of them.
+// read reads the counters; this process's allocations and thread sleeps
+// last when starting and first when stopping, so that asking the server
+// counts none of them.
 func (p *probe) read(starting bool) (counters, error) {
 	var c counters
 	var ms runtime.MemStats
@@ -269,12 +272,23 @@ func (p *probe) read(starting bool) (counters, error) {
 			return nil
 		}
 		var err error
-		c.peerCopied, c.hasPeerCopy, err = p.ep.copied()
+		if c.peerCopied, c.hasPeerCopy, err = p.ep.copied(); err != nil {
+			return err
+		}
+		c.peerSleeps, c.hasPeerSleeps, err = p.ep.sleeps()
+		return err
+	}
+	own := func() error {
+		runtime.ReadMemStats(&ms)
+		c.mallocs = ms.Mallocs
+		var err error
+		c.sleeps, err = threadSleeps()
 		return err
 	}
 	if !starting {
-		runtime.ReadMemStats(&ms)
-		c.mallocs = ms.Mallocs
+		if err := own(); err != nil {
+			return c, err
+		}
 	}
 	if p.c != nil {
 		s, ok := p.c.stats()
@@ -284,8 +298,9 @@ func (p *probe) read(starting bool) (counters, error) {
 		return c, err
 	}
 	if starting {
-		runtime.ReadMemStats(&ms)
-		c.mallocs = ms.Mallocs
+		if err := own(); err != nil {
+			return c, err
+		}
 	}
 	return c, nil
 }
@@ -311,6 +326,12 @@ func (p *probe) stop(res *Result, ops int64) error {
 	if ops > 0 {
 		a := float64(after.mallocs-p.before.mallocs) / float64(ops)
 		res.AllocsPerOp = &a
+		s := float64(after.sleeps-p.before.sleeps) / float64(ops)
+		res.SleepsPerOp = &s
+		if after.hasPeerSleeps && p.before.hasPeerSleeps {
+			ps := float64(after.peerSleeps-p.before.peerSleeps) / float64(ops)
+			res.PeerSleepsPerOp = &ps
+		}
 	}
 	if after.hasCopied && p.before.hasCopied {
 		n := after.copied - p.before.copied

@@ -278,6 +278,9 @@ type endpoint interface {
 	// copied returns the bytes the server's transports copied so far, and
 	// whether it counts them (capnshm's transports do).
 	copied() (uint64, bool, error)
+	// sleeps returns the server process's thread sleeps so far
+	// (threadSleeps), and whether it has a process of its own.
+	sleeps() (uint64, bool, error)
 	stop()
 }
 
@@ -343,6 +346,10 @@ func (p *pipeEndpoint) cpu() (time.Duration, error) {
 }
 
 func (p *pipeEndpoint) copied() (uint64, bool, error) { return 0, false, nil }
+
+// sleeps: the server's threads are the bench's own, counted with the
+// client's.
+func (p *pipeEndpoint) sleeps() (uint64, bool, error) { return 0, false, nil }
 
 func (p *pipeEndpoint) stop() {
 	for _, c := range p.closers {
