@@ -118,8 +118,10 @@
 //
 // # Wake-ups and notification suppression
 //
-// A side that finds nothing to do may spin, yield, then park on its own
-// doorbell ([WaitStrategy]). Before parking it sets its "wanted" flag, then
+// A side that finds nothing to do may spin (holding its P), yield (polling
+// with runtime.Gosched between polls, for [Options.Yields] polls and
+// [Options.YieldTime]), then park on its own doorbell ([WaitStrategy]).
+// A side that has not parked needs no doorbell and no wake-up. Before parking it sets its "wanted" flag, then
 // re-checks the word it waits on (the consumer: the record header at its
 // position; the producer: head), and parks only if there is still nothing
 // to do. The other side, after storing that word (the producer: the first

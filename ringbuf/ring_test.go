@@ -576,3 +576,56 @@ func TestNoAllocs(t *testing.T) {
 		t.Fatalf("%v allocations per run", n)
 	}
 }
+
+// refusingWaiter fails every Wait: a test whose wait must not park sees
+// it as an error.
+type refusingWaiter struct{ waits int }
+
+var errParked = errors.New("parked")
+
+func (w *refusingWaiter) Wait(context.Context) error { w.waits++; return errParked }
+
+// TestYieldTime checks Adaptive's timed yield phase: with YieldTime it
+// polls (yielding) until the ring is ready instead of parking, and parks
+// once YieldTime has passed; without it, it parks after its Yields.
+func TestYieldTime(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		yieldTime time.Duration
+		readyAt   int // the poll at which ready reports true; 0: never
+		wantErr   error
+		wantPolls int // 0: any
+	}{
+		{"ready while yielding", time.Hour, 5000, nil, 5000},
+		// The first poll, 2 Yields, park's re-check, then the doorbell.
+		{"no yield time parks", 0, 5000, errParked, 4},
+		{"yield time passes", time.Millisecond, 0, errParked, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			w := &refusingWaiter{}
+			o := Options{Strategy: Adaptive, SpinTime: -1, Yields: 2, YieldTime: c.yieldTime, Waiter: w}.resolve()
+			polls := 0
+			ready := func() (bool, error) {
+				polls++
+				return c.readyAt > 0 && polls >= c.readyAt, nil
+			}
+			var wanted uint32
+			var parks uint64
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			err := o.wait(ctx, &wanted, ready, &parks)
+			if !errors.Is(err, c.wantErr) {
+				t.Fatalf("wait: %v, want %v", err, c.wantErr)
+			}
+			if c.wantErr == nil && (parks != 0 || w.waits != 0) {
+				t.Errorf("parked %d times, waited on the doorbell %d times; want neither", parks, w.waits)
+			}
+			if c.wantPolls > 0 && polls != c.wantPolls {
+				t.Errorf("%d polls, want %d", polls, c.wantPolls)
+			}
+			if c.wantErr != nil && c.yieldTime > 0 && polls < yieldCheckEvery {
+				t.Errorf("%d polls before parking, want at least %d", polls, yieldCheckEvery)
+			}
+		})
+	}
+}

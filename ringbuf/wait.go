@@ -30,7 +30,8 @@ type WaitStrategy int
 
 const (
 	// Adaptive polls the ring for Options.SpinTime, then calls
-	// runtime.Gosched between polls Options.Yields times, then parks.
+	// runtime.Gosched between polls Options.Yields times (and on until
+	// Options.YieldTime has passed), then parks.
 	// It is the zero value. The spin outlasts a parked peer's wake-up, so
 	// that one side's parking does not make the other park in turn: under
 	// steady traffic both sides stay in the spin phase, and an idle side
@@ -72,7 +73,10 @@ const (
 
 	// ctxCheckEvery is how many polls a spin makes between ctx checks.
 	ctxCheckEvery = 256
-	minSleep      = time.Microsecond
+	// yieldCheckEvery is how many yielding polls Adaptive makes between
+	// checks of ctx and of YieldTime.
+	yieldCheckEvery = 16
+	minSleep        = time.Microsecond
 )
 
 // Options configure a Producer or Consumer. The zero value is usable: an
@@ -97,6 +101,15 @@ type Options struct {
 	// Yields is the number of runtime.Gosched calls Adaptive makes before
 	// parking. 0 means DefaultYields; negative means none.
 	Yields int
+	// YieldTime, if positive, makes Adaptive go on polling with
+	// runtime.Gosched between polls until that long has passed since it
+	// began yielding (and at least Yields times). Unlike the spin, the
+	// yielding poll leaves the P to this process's other goroutines (the
+	// handler a call waits for, its caller), and unlike parking it keeps
+	// the thread awake: where waking a thread costs more than the round
+	// trip (a small virtual machine), a peer's answer within YieldTime
+	// needs no doorbell and no wake-up on either side.
+	YieldTime time.Duration
 	// MaxSleep bounds one sleep when parking without a Waiter. 0 means
 	// DefaultMaxSleep.
 	MaxSleep time.Duration
@@ -154,6 +167,23 @@ func (o *Options) wait(ctx context.Context, wanted *uint32, ready func() (bool, 
 			runtime.Gosched()
 			if ok, err := ready(); ok || err != nil {
 				return err
+			}
+		}
+		if o.YieldTime > 0 {
+			start := time.Now()
+			for i := 1; ; i++ {
+				runtime.Gosched()
+				if ok, err := ready(); ok || err != nil {
+					return err
+				}
+				if i%yieldCheckEvery == 0 {
+					if err := ctx.Err(); err != nil {
+						return ctxError(err)
+					}
+					if time.Since(start) >= o.YieldTime {
+						break
+					}
+				}
 			}
 		}
 	}
