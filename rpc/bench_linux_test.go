@@ -65,7 +65,8 @@ const (
 const envStrategy = "CAPNSHM_BENCH_STRATEGY"
 
 // benchShmOptions are the shm transport's options of both ends: the
-// logger, and the wait strategy and spin time the environment asks for.
+// logger, and the wait strategy, spin time (CAPNSHM_BENCH_SPIN) and yield
+// time (CAPNSHM_BENCH_YIELD; negative: none) the environment asks for.
 func benchShmOptions() []rpc.Option {
 	opts := []rpc.Option{rpc.WithLogger(benchLogger())}
 	switch os.Getenv(envStrategy) {
@@ -78,6 +79,9 @@ func benchShmOptions() []rpc.Option {
 	}
 	if d, _ := time.ParseDuration(os.Getenv("CAPNSHM_BENCH_SPIN")); d != 0 {
 		opts = append(opts, rpc.WithSpinTime(max(d, 0)))
+	}
+	if d, _ := time.ParseDuration(os.Getenv("CAPNSHM_BENCH_YIELD")); d != 0 {
+		opts = append(opts, rpc.WithYieldTime(max(d, 0)))
 	}
 	return opts
 }

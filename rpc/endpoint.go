@@ -34,8 +34,8 @@ type endpoint struct {
 func newEndpoint(rv rendezvous, fc *wire.FrameConn, m *mine, th *theirs, id peerID, peerMax uint64, o *transportConfig) *endpoint {
 	return &endpoint{
 		rv: rv, fc: fc, mine: m, theirs: th, peer: id, peerMax: peerMax,
-		in:  th.ringView.Consumer(ringbuf.Options{Strategy: o.Strategy, SpinTime: o.SpinTime, Waiter: m.dataBell, Ringer: th.spaceBell}),
-		out: m.ringView.Producer(ringbuf.Options{Strategy: o.Strategy, SpinTime: o.SpinTime, Waiter: m.spaceBell, Ringer: th.dataBell}),
+		in:  th.ringView.Consumer(ringbuf.Options{Strategy: o.Strategy, SpinTime: o.SpinTime, YieldTime: o.YieldTime, Waiter: m.dataBell, Ringer: th.spaceBell}),
+		out: m.ringView.Producer(ringbuf.Options{Strategy: o.Strategy, SpinTime: o.SpinTime, YieldTime: o.YieldTime, Waiter: m.spaceBell, Ringer: th.dataBell}),
 	}
 }
 

@@ -30,6 +30,7 @@ import (
 //	WithMappingCache          yes          yes           -
 //	WithWaitStrategy          yes          yes           -
 //	WithSpinTime              yes          yes           -
+//	WithYieldTime             yes          yes           -
 //	WithAllowOtherUsers       yes          yes           -
 //	WithPrefault              yes          yes           -
 //	WithCopyOnReceive         yes          yes           -
@@ -262,15 +263,16 @@ func WithMappingCache(maxBytes int64, idle time.Duration) Option {
 }
 
 // WithWaitStrategy sets how the rings wait for the peer: ringbuf.Adaptive
-// (the default: spin for WithSpinTime, then park on the doorbell),
-// ringbuf.BusySpin or ringbuf.Block.
+// (the default: spin for WithSpinTime, poll yielding the P for
+// WithYieldTime, then park on the doorbell), ringbuf.BusySpin or
+// ringbuf.Block.
 //
 // BusySpin pays only with a core to spare for each spinning side: on a
 // 2-CPU machine (docs/bench/report.md, one run) an engine ping over shared
-// memory took 178 µs busy-spinning against 65 µs adaptive and 76 µs
-// blocking, two clients busy-spinning got 53 calls/s, and an idle pair
-// burned two cores. Keep the default there; measure before choosing
-// BusySpin on larger machines.
+// memory took 169 µs busy-spinning against 87.6 µs blocking, two clients
+// busy-spinning got a few hundred calls/s, and an idle pair burned two
+// cores. Keep the default there; measure before choosing BusySpin on
+// larger machines.
 func WithWaitStrategy(s ringbuf.WaitStrategy) Option {
 	return func(c *config) {
 		switch s {
@@ -282,8 +284,31 @@ func WithWaitStrategy(s ringbuf.WaitStrategy) Option {
 	}
 }
 
-// WithSpinTime sets how long the Adaptive strategy polls before it parks
-// (0: park at once). By default it spins ringbuf.DefaultSpinTime on
+// WithYieldTime sets how long the Adaptive strategy, after its spin, goes
+// on polling the ring with runtime.Gosched between polls before it parks
+// (0: no timed yield phase). The yielding poll leaves the P to the
+// process's other goroutines and keeps its thread awake, so that an answer
+// within that time costs neither side a doorbell nor a thread wake-up; it
+// costs up to that much CPU after the last message of a burst, on each
+// side. The default is DefaultYieldTime on a machine of two CPUs, where it
+// took an engine ping over shared memory from 87 µs to 10 µs p50 (one
+// run), and none on one CPU (a yielding process keeps the CPU from the
+// peer it waits for) or on more (the spin covers the round trip).
+func WithYieldTime(d time.Duration) Option {
+	return func(c *config) {
+		if d < 0 {
+			c.bad("WithYieldTime(%v): want 0 (park after the spin) or more", d)
+			return
+		}
+		c.opts.YieldTime = d
+		if d == 0 {
+			c.opts.YieldTime = -1
+		}
+	}
+}
+
+// WithSpinTime sets how long the Adaptive strategy polls, holding its P,
+// before it yields and parks (0: no spin). By default it spins ringbuf.DefaultSpinTime on
 // machines with more than two CPUs and not at all on smaller ones, where a
 // spinning reader takes the CPU that the goroutines it waits for need.
 func WithSpinTime(d time.Duration) Option {

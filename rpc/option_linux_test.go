@@ -42,6 +42,7 @@ var badOptions = []struct {
 	{"cache idle zero", []rpc.Option{rpc.WithMappingCache(1<<20, 0)}, "want an idle time of at least 1ms"},
 	{"strategy", []rpc.Option{rpc.WithWaitStrategy(ringbuf.WaitStrategy(42))}, "WithWaitStrategy("},
 	{"spin negative", []rpc.Option{rpc.WithSpinTime(-time.Second)}, "WithSpinTime(-1s)"},
+	{"yield negative", []rpc.Option{rpc.WithYieldTime(-time.Millisecond)}, "WithYieldTime(-1ms)"},
 	{"handshake zero", []rpc.Option{rpc.WithHandshakeTimeout(0)}, "WithHandshakeTimeout(0s): want a positive duration"},
 	{"fallback", []rpc.Option{rpc.WithFallback(rpc.Fallback(7))}, "WithFallback(Fallback(7))"},
 	{"flow window", []rpc.Option{rpc.WithFlowWindow(-1)}, "WithFlowWindow(-1)"},
@@ -101,6 +102,8 @@ func TestGoodOptions(t *testing.T) {
 		{"odd pool", []rpc.Option{rpc.WithPoolSize(9 * rpc.PoolSizeUnit)}},
 		{"no inline, no dedicated, no heap, no cache", []rpc.Option{rpc.WithInlineMax(0), rpc.WithMaxDedicated(0), rpc.WithMaxHeap(0), rpc.WithMappingCache(0, time.Second)}},
 		{"no spin, no prefault", []rpc.Option{rpc.WithSpinTime(0), rpc.WithPrefault(false), rpc.WithWaitStrategy(ringbuf.Block)}},
+		{"no yield", []rpc.Option{rpc.WithSpinTime(0), rpc.WithYieldTime(0)}},
+		{"long yield", []rpc.Option{rpc.WithYieldTime(time.Second)}},
 		{"small max message", []rpc.Option{rpc.WithMaxMessage(rpc.MinMaxMessage)}},
 	}
 	for _, c := range cases {
