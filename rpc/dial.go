@@ -68,7 +68,7 @@ type established struct {
 // streamOver returns the stream transport on conn; peerMax is the largest
 // message the peer said it accepts (0: unknown, taken to be this side's).
 func streamOver(conn net.Conn, cfg *config, peerMax uint64) established {
-	st := newStreamTransport(conn, cfg.opts.MaxMessage, peerMax)
+	st := newStreamTransport(conn, &cfg.opts, peerMax)
 	return established{tr: st, stream: st, raw: conn}
 }
 

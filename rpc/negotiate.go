@@ -201,7 +201,7 @@ func abort(ctx context.Context, conn net.Conn, cfg *config, reason string) {
 	conn.SetDeadline(time.Now().Add(time.Second))
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	tr := newStreamTransport(conn, cfg.opts.MaxMessage, 0)
+	tr := newStreamTransport(conn, &cfg.opts, 0)
 	defer tr.Close()
 	om, err := tr.NewMessage()
 	if err != nil {

@@ -30,7 +30,7 @@ import (
 //	WithMappingCache          yes          yes           -
 //	WithWaitStrategy          yes          yes           -
 //	WithSpinTime              yes          yes           -
-//	WithYieldTime             yes          yes           -
+//	WithYieldTime             yes          yes           yes (Linux: polls the socket)
 //	WithAllowOtherUsers       yes          yes           -
 //	WithPrefault              yes          yes           -
 //	WithCopyOnReceive         yes          yes           -
@@ -286,7 +286,8 @@ func WithWaitStrategy(s ringbuf.WaitStrategy) Option {
 
 // WithYieldTime sets how long the Adaptive strategy, after its spin, goes
 // on polling the ring with runtime.Gosched between polls before it parks
-// (0: no timed yield phase). The yielding poll leaves the P to the
+// (0: no timed yield phase). On Linux the stream transport does the same
+// with its socket before it blocks in a read. The yielding poll leaves the P to the
 // process's other goroutines and keeps its thread awake, so that an answer
 // within that time costs neither side a doorbell nor a thread wake-up; it
 // costs up to that much CPU after the last message of a burst, on each

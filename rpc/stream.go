@@ -66,24 +66,28 @@ type StreamTransport struct {
 
 // NewStreamTransport returns the stream transport on c. Options that apply:
 // WithMaxMessage (the largest message accepted, and the largest sent to a
-// peer that did not say its own). It checks every incoming message for
-// what would crash a go-capnp v3.0.1-alpha.2 rpc.Conn (a message that does
-// so ends the connection with an error wrapping ErrProtocol instead), and
-// does not send calls that go-capnp's rpc.Conn pipelines on questions it
-// has already finished (they fail with ErrLateCall). It is what Listen and
-// Dial run on stream addresses; use it for connections built by hand.
+// peer that did not say its own) and WithYieldTime (on Linux, how long it
+// polls a socket c before it blocks in c's Read). It checks every
+// incoming message for what would crash a go-capnp v3.0.1-alpha.2
+// rpc.Conn (a message that does so ends the connection with an error
+// wrapping ErrProtocol instead), and does not send calls that go-capnp's
+// rpc.Conn pipelines on questions it has already finished (they fail with
+// ErrLateCall). It is what Listen and Dial run on stream addresses; use it
+// for connections built by hand.
 func NewStreamTransport(c io.ReadWriteCloser, opts ...Option) (*StreamTransport, error) {
 	cfg, err := newConfig(nil, opts)
 	if err != nil {
 		return nil, err
 	}
-	return newStreamTransport(c, cfg.opts.MaxMessage, 0), nil
+	return newStreamTransport(c, &cfg.opts, 0), nil
 }
 
 // newStreamTransport returns the stream transport on c accepting messages
-// up to maxMessage bytes (0: DefaultMaxMessage) and sending up to peerMax
-// (0: as many as it accepts).
-func newStreamTransport(c io.ReadWriteCloser, maxMessage int64, peerMax uint64) *StreamTransport {
+// up to o.MaxMessage bytes (0: DefaultMaxMessage) and sending up to peerMax
+// (0: as many as it accepts), polling c for o's yield time before it
+// blocks (yieldingReader).
+func newStreamTransport(c io.ReadWriteCloser, o *transportConfig, peerMax uint64) *StreamTransport {
+	maxMessage := o.MaxMessage
 	max := uint64(DefaultMaxMessage)
 	if maxMessage > 0 {
 		max = uint64(maxMessage)
@@ -91,7 +95,7 @@ func newStreamTransport(c io.ReadWriteCloser, maxMessage int64, peerMax uint64) 
 	if peerMax == 0 {
 		peerMax = max
 	}
-	return &StreamTransport{c: c, r: bufio.NewReaderSize(c, 64<<10), max: max, peerMax: peerMax}
+	return &StreamTransport{c: c, r: bufio.NewReaderSize(yieldingReader(c, o.yieldTime()), 64<<10), max: max, peerMax: peerMax}
 }
 
 func (t *StreamTransport) ownedByEngine() { t.noGuards = true }

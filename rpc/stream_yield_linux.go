@@ -1,0 +1,88 @@
+package rpc
+
+import (
+	"io"
+	"runtime"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// yieldingReader returns a reader of c that, when the socket has nothing
+// to read, polls it for up to d (yielding the P between polls, as the shm
+// transport's Adaptive wait does) before it blocks in c's Read: an answer
+// within d wakes no thread (see the package doc's Latency). c itself, if
+// it is not a socket this process can poll or d is not positive.
+func yieldingReader(c io.Reader, d time.Duration) io.Reader {
+	if d <= 0 {
+		return c
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return c
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return c
+	}
+	r := &pollReader{c: c, rc: rc, d: d}
+	r.fn = func(fd uintptr) bool {
+		r.n, r.err = unix.Read(int(fd), r.buf)
+		return true // never wait in the poller here
+	}
+	return r
+}
+
+// pollReader is yieldingReader's reader. Read is called by one goroutine
+// at a time (the transport's receiver, under bufio.Reader).
+type pollReader struct {
+	c  io.Reader
+	rc syscall.RawConn
+	d  time.Duration
+	fn func(fd uintptr) bool
+
+	// fn's arguments and results.
+	buf []byte
+	n   int
+	err error
+
+	polls atomic.Int64 // non-blocking reads made, for tests
+}
+
+// pollsPerClock is how many polls pollReader makes between looks at the
+// clock.
+const pollsPerClock = 8
+
+func (r *pollReader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return r.c.Read(p)
+	}
+	var start time.Time
+	for i := 0; ; i++ {
+		r.buf = p
+		r.polls.Add(1)
+		err := r.rc.Read(r.fn)
+		r.buf = nil
+		switch {
+		case err != nil:
+			// Closed, or a deadline: c's Read says so in its own words.
+			return r.c.Read(p)
+		case r.err == nil && r.n > 0:
+			return r.n, nil
+		case r.err != unix.EAGAIN && r.err != unix.EINTR:
+			// End of stream or a failure: c's Read reports it as it
+			// would have (the condition stays).
+			return r.c.Read(p)
+		}
+		if i%pollsPerClock == 0 {
+			if i == 0 {
+				start = time.Now()
+			} else if time.Since(start) >= r.d {
+				return r.c.Read(p)
+			}
+		}
+		runtime.Gosched()
+	}
+}
