@@ -161,6 +161,38 @@
 // messages are cached for reuse up to WithMappingCache and given back after
 // an idle time.
 //
+// # Latency
+//
+// A ping's own work is a few microseconds on each side; what can cost more
+// is waking threads. A thread that blocks (a receiving goroutine parked on
+// its doorbell, an idle P's thread) must be woken by a system call of the
+// other side, and on a small virtual machine waking a thread on the other,
+// idle vCPU takes tens of microseconds (both processes on one vCPU: 46 µs
+// a ping; on two: 140 µs, one run each at GOMAXPROCS=1). So by default,
+// on a machine of two CPUs, the Adaptive wait polls the ring for
+// WithYieldTime (DefaultYieldTime) with runtime.Gosched between polls
+// before it parks: the P stays free for the handler or the caller the
+// receiving goroutine waits for, the thread stays awake, and an answer
+// within that time needs no doorbell and wakes nobody. The stream
+// transport on Linux does the same with its socket (non-blocking reads)
+// before it blocks. In one run an engine ping over shared memory went
+// from 87 µs to 10.8 µs p50, and the threads of each process from 2.9
+// sleeps a ping to 0.2 (bench's "thread sleeps/op"); over a unix socket
+// from about 118 µs to 29 µs. The price is up to WithYieldTime of CPU on
+// each side after the last message of a burst. On one CPU the yield phase
+// is off (a yielding process keeps the CPU from the peer it waits for),
+// and with more CPUs the spin (WithSpinTime) covers the round trip.
+//
+// The rest of the wake-ups are the Go runtime's: a goroutine made runnable
+// while a P sits idle makes the runtime wake a thread for that P, and two
+// hand-offs per call are go-capnp's API (server.Server's goroutine, the
+// promise's channel). GOMAXPROCS=1 in both processes, when they serve one
+// caller at a time (C++ EZ-RPC runs on one thread), leaves no idle P to
+// wake: in one run the shared-memory ping took 8.4 µs against 10.8 µs,
+// and 8 concurrent clients got 122,000 calls a second against 65,000.
+// bench's -1p transports measure it next to the defaults, and
+// `go test -bench BenchmarkRPC -cpu 1,2` shows both.
+//
 // # Flow control
 //
 // The calls a side has in flight live in its own pool until the peer frees
