@@ -2,6 +2,8 @@ package rpc
 
 import (
 	"io"
+	"net"
+	"os"
 	"runtime"
 	"sync/atomic"
 	"syscall"
@@ -14,7 +16,9 @@ import (
 // to read, polls it for up to d (yielding the P between polls, as the shm
 // transport's Adaptive wait does) before it blocks in c's Read: an answer
 // within d wakes no thread (see the package doc's Latency). c itself, if
-// it is not a socket this process can poll or d is not positive.
+// it is not a socket this process can poll, d is not positive, or c is a
+// unix socket whose peer is this process (both ends would yield against
+// each other, as newEndpoint says of shared memory).
 func yieldingReader(c io.Reader, d time.Duration) io.Reader {
 	if d <= 0 {
 		return c
@@ -24,9 +28,14 @@ func yieldingReader(c io.Reader, d time.Duration) io.Reader {
 		return c
 	}
 	rc, err := sc.SyscallConn()
-	if err != nil {
+	if err != nil || peerIsSelf(c, rc) {
 		return c
 	}
+	return newPollReader(c, rc, d)
+}
+
+// newPollReader returns yieldingReader's reader of c, whose RawConn is rc.
+func newPollReader(c io.Reader, rc syscall.RawConn, d time.Duration) *pollReader {
 	r := &pollReader{c: c, rc: rc, d: d}
 	r.fn = func(fd uintptr) bool {
 		r.n, r.err = unix.Read(int(fd), r.buf)
@@ -85,4 +94,31 @@ func (r *pollReader) Read(p []byte) (int, error) {
 		}
 		runtime.Gosched()
 	}
+}
+
+// peerIsSelf reports whether c (whose RawConn is rc) is a unix socket
+// whose peer is this process. Only a socket that has a name at either end
+// (made by connect and accept) is asked: the peer credentials of a socket
+// pair are its creator's, whoever holds the other end now (a child it was
+// handed to).
+func peerIsSelf(c io.Reader, rc syscall.RawConn) bool {
+	uc, ok := c.(*net.UnixConn)
+	if !ok || (unnamed(uc.LocalAddr()) && unnamed(uc.RemoteAddr())) {
+		return false
+	}
+	self := false
+	_ = rc.Control(func(fd uintptr) {
+		cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		self = err == nil && int(cred.Pid) == os.Getpid()
+	})
+	return self
+}
+
+// unnamed reports an unnamed socket's address (net shows it as "@").
+func unnamed(a net.Addr) bool {
+	if a == nil {
+		return true
+	}
+	s := a.String()
+	return s == "" || s == "@"
 }

@@ -7,6 +7,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // unixPair returns the two ends of a connected unix stream socket pair.
@@ -84,11 +86,13 @@ func TestYieldingReader(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			mine, peer := unixPair(t)
-			r, ok := yieldingReader(mine, c.yield).(*pollReader)
-			if !ok {
-				t.Fatal("a unix socket got no polling reader")
+			// Both ends are this process's, which yieldingReader declines:
+			// the reader is made directly.
+			rc, err := mine.(*net.UnixConn).SyscallConn()
+			if err != nil {
+				t.Fatal(err)
 			}
-			c.act(t, mine, peer, r)
+			c.act(t, mine, peer, newPollReader(mine, rc, c.yield))
 		})
 	}
 	if r := yieldingReader(io.MultiReader(), time.Hour); r == nil {
@@ -100,6 +104,9 @@ func TestYieldingReader(t *testing.T) {
 	if _, ok := yieldingReader(mine, -1).(*pollReader); ok {
 		t.Error("a negative yield time got a polling reader")
 	}
+	if _, ok := yieldingReader(mine, time.Hour).(*pollReader); ok {
+		t.Error("a unix socket whose peer is this process got a polling reader")
+	}
 }
 
 func expectRead(t *testing.T, r io.Reader, want string, wantErr error) {
@@ -109,4 +116,30 @@ func expectRead(t *testing.T, r io.Reader, want string, wantErr error) {
 	if got := string(buf[:n]); got != want || !errors.Is(err, wantErr) {
 		t.Fatalf("Read: %q, %v; want %q, %v", got, err, want, wantErr)
 	}
+}
+
+// TestYieldingReaderSocketPair: a socket pair's peer credentials are its
+// creator's whoever holds the other end, so an unnamed socket polls.
+func TestYieldingReaderSocketPair(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "pair")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		conns[i] = c
+	}
+	r, ok := yieldingReader(conns[0], time.Hour).(*pollReader)
+	if !ok {
+		t.Fatal("a socket pair got no polling reader")
+	}
+	conns[1].Write([]byte("pair"))
+	expectRead(t, r, "pair", nil)
 }
