@@ -294,7 +294,8 @@ func WithWaitStrategy(s ringbuf.WaitStrategy) Option {
 // side. The default is DefaultYieldTime on a machine of two CPUs, where it
 // took an engine ping over shared memory from 87 µs to 10 µs p50 (one
 // run), and none on one CPU (a yielding process keeps the CPU from the
-// peer it waits for) or on more (the spin covers the round trip).
+// peer it waits for) or on more (the spin covers the round trip). A
+// connection with both ends in this process never yields.
 func WithYieldTime(d time.Duration) Option {
 	return func(c *config) {
 		if d < 0 {
