@@ -148,19 +148,8 @@ func (o *Options) wait(ctx context.Context, wanted *uint32, ready func() (bool, 
 		}
 	case Adaptive:
 		if o.SpinTime > 0 {
-			start := time.Now()
-			for i := 1; ; i++ {
-				if ok, err := ready(); ok || err != nil {
-					return err
-				}
-				if i%ctxCheckEvery == 0 {
-					if err := ctx.Err(); err != nil {
-						return ctxError(err)
-					}
-					if time.Since(start) >= o.SpinTime {
-						break
-					}
-				}
+			if done, err := pollFor(ctx, ready, o.SpinTime, ctxCheckEvery, false); done {
+				return err
 			}
 		}
 		for i := 0; i < o.Yields; i++ {
@@ -170,20 +159,8 @@ func (o *Options) wait(ctx context.Context, wanted *uint32, ready func() (bool, 
 			}
 		}
 		if o.YieldTime > 0 {
-			start := time.Now()
-			for i := 1; ; i++ {
-				runtime.Gosched()
-				if ok, err := ready(); ok || err != nil {
-					return err
-				}
-				if i%yieldCheckEvery == 0 {
-					if err := ctx.Err(); err != nil {
-						return ctxError(err)
-					}
-					if time.Since(start) >= o.YieldTime {
-						break
-					}
-				}
+			if done, err := pollFor(ctx, ready, o.YieldTime, yieldCheckEvery, true); done {
+				return err
 			}
 		}
 	}
@@ -194,6 +171,30 @@ func (o *Options) wait(ctx context.Context, wanted *uint32, ready func() (bool, 
 		return o.sleepPoll(ctx, ready, parks)
 	}
 	return o.park(ctx, wanted, ready, parks)
+}
+
+// pollFor polls ready for d, calling runtime.Gosched before each poll if
+// yield is set, and looking at ctx and the clock every every polls. done
+// reports that the wait is over (ready, its error, or ctx's); otherwise d
+// has passed.
+func pollFor(ctx context.Context, ready func() (bool, error), d time.Duration, every int, yield bool) (done bool, err error) {
+	start := time.Now()
+	for i := 1; ; i++ {
+		if yield {
+			runtime.Gosched()
+		}
+		if ok, err := ready(); ok || err != nil {
+			return true, err
+		}
+		if i%every == 0 {
+			if err := ctx.Err(); err != nil {
+				return true, ctxError(err)
+			}
+			if time.Since(start) >= d {
+				return false, nil
+			}
+		}
+	}
 }
 
 // park sleeps on o.Waiter behind the wanted flag.
