@@ -287,42 +287,39 @@ func WithWaitStrategy(s ringbuf.WaitStrategy) Option {
 // WithYieldTime sets how long the Adaptive strategy, after its spin, goes
 // on polling the ring with runtime.Gosched between polls before it parks
 // (0: no timed yield phase). On Linux the stream transport does the same
-// with its socket before it blocks in a read. The yielding poll leaves the P to the
-// process's other goroutines and keeps its thread awake, so that an answer
-// within that time costs neither side a doorbell nor a thread wake-up; it
-// costs up to that much CPU after the last message of a burst, on each
-// side. The default is DefaultYieldTime on a machine of two CPUs, where it
-// took an engine ping over shared memory from 87 µs to 10 µs p50 (one
-// run), and none on one CPU (a yielding process keeps the CPU from the
+// with its socket before it blocks in a read. The yielding poll leaves the
+// P to the process's other goroutines and keeps its thread awake, so that
+// an answer within that time costs neither side a doorbell nor a thread
+// wake-up; it costs up to that much CPU after the last message of a burst,
+// on each side. The default is DefaultYieldTime on a machine of two CPUs,
+// where it took an engine ping over shared memory from 87 µs to 10 µs p50
+// (one run), and none on one CPU (a yielding process keeps the CPU from the
 // peer it waits for) or on more (the spin covers the round trip). A
 // connection with both ends in this process never yields.
 func WithYieldTime(d time.Duration) Option {
-	return func(c *config) {
-		if d < 0 {
-			c.bad("WithYieldTime(%v): want 0 (park after the spin) or more", d)
-			return
-		}
-		c.opts.YieldTime = d
-		if d == 0 {
-			c.opts.YieldTime = -1
-		}
-	}
+	return func(c *config) { c.waitPhase("WithYieldTime", d, &c.opts.YieldTime) }
 }
 
 // WithSpinTime sets how long the Adaptive strategy polls, holding its P,
-// before it yields and parks (0: no spin). By default it spins ringbuf.DefaultSpinTime on
-// machines with more than two CPUs and not at all on smaller ones, where a
-// spinning reader takes the CPU that the goroutines it waits for need.
+// before it yields and parks (0: no spin). By default it spins
+// ringbuf.DefaultSpinTime on machines with more than two CPUs and not at
+// all on smaller ones, where a spinning reader takes the CPU that the
+// goroutines it waits for need.
 func WithSpinTime(d time.Duration) Option {
-	return func(c *config) {
-		if d < 0 {
-			c.bad("WithSpinTime(%v): want 0 (park at once) or more", d)
-			return
-		}
-		c.opts.SpinTime = d
-		if d == 0 {
-			c.opts.SpinTime = -1
-		}
+	return func(c *config) { c.waitPhase("WithSpinTime", d, &c.opts.SpinTime) }
+}
+
+// waitPhase sets *dst, the length of a phase of the Adaptive wait, from
+// option name's d: 0 is none (stored as negative, as zero means the
+// machine's default), negative is an error.
+func (c *config) waitPhase(name string, d time.Duration, dst *time.Duration) {
+	if d < 0 {
+		c.bad("%s(%v): want 0 (none) or more", name, d)
+		return
+	}
+	*dst = d
+	if d == 0 {
+		*dst = -1
 	}
 }
 
