@@ -124,10 +124,7 @@ func (m *mine) handles() []wire.FD {
 // close releases what makeMine made; the allocator first, which gives its
 // dedicated mappings back to the mapper.
 func (m *mine) close() {
-	if m.unregisterRing != nil {
-		m.unregisterRing()
-		m.unregisterRing = nil
-	}
+	m.forgetRing()
 	if m.alloc != nil {
 		m.alloc.Close()
 	}
@@ -153,12 +150,18 @@ func (m *mine) closeBells() []error {
 	return errs
 }
 
-// finalize unmaps this side's memory: every message built in it is gone.
-func (m *mine) finalize() {
+// forgetRing takes the ring out of this process's registry
+// (registerOwnRing), once.
+func (m *mine) forgetRing() {
 	if m.unregisterRing != nil {
 		m.unregisterRing()
 		m.unregisterRing = nil
 	}
+}
+
+// finalize unmaps this side's memory: every message built in it is gone.
+func (m *mine) finalize() {
+	m.forgetRing()
 	m.alloc.Close()
 	m.mapper.closeAll()
 	m.pool.Close()

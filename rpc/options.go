@@ -97,9 +97,7 @@ func (o *transportConfig) withDefaults() transportConfig {
 	if v.SpinTime == 0 {
 		v.SpinTime = defaultSpinTime()
 	}
-	if v.YieldTime == 0 {
-		v.YieldTime = defaultYieldTime()
-	}
+	v.YieldTime = v.yieldTime()
 	if v.HandshakeTimeout <= 0 {
 		v.HandshakeTimeout = DefaultHandshake
 	}
