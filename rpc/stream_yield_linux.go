@@ -80,10 +80,13 @@ func (r *pollReader) Read(p []byte) (int, error) {
 			return r.c.Read(p)
 		case r.err == nil && r.n > 0:
 			return r.n, nil
-		case r.err != unix.EAGAIN && r.err != unix.EINTR:
-			// End of stream or a failure: c's Read reports it as it
-			// would have (the condition stays).
+		case r.err == nil:
+			// End of stream, which stays: c's Read reports it.
 			return r.c.Read(p)
+		case r.err != unix.EAGAIN && r.err != unix.EINTR:
+			// A failure (a reset) is reported once: the read that got
+			// it says so, as c's Read would have.
+			return 0, r.readError(r.err)
 		}
 		if i%pollsPerClock == 0 {
 			if i == 0 {
@@ -94,6 +97,17 @@ func (r *pollReader) Read(p []byte) (int, error) {
 		}
 		runtime.Gosched()
 	}
+}
+
+// readError is err from a read of the socket, in the form net.Conn's Read
+// gives it.
+func (r *pollReader) readError(err error) error {
+	err = os.NewSyscallError("read", err)
+	nc, ok := r.c.(net.Conn)
+	if !ok {
+		return err
+	}
+	return &net.OpError{Op: "read", Net: nc.LocalAddr().Network(), Source: nc.LocalAddr(), Addr: nc.RemoteAddr(), Err: err}
 }
 
 // peerIsSelf reports whether c (whose RawConn is rc) is a unix socket

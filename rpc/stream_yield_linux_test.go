@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"syscall"
 	"testing"
 	"time"
 
@@ -142,4 +143,43 @@ func TestYieldingReaderSocketPair(t *testing.T) {
 	}
 	conns[1].Write([]byte("pair"))
 	expectRead(t, r, "pair", nil)
+}
+
+// TestYieldingReaderReset: a TCP peer that resets the connection (closes
+// with SO_LINGER 0) fails the read with ECONNRESET, as the socket's own
+// Read reports it.
+func TestYieldingReaderReset(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	acc := make(chan net.Conn, 1)
+	go func() {
+		c, _ := l.Accept()
+		acc <- c
+	}()
+	mine, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mine.Close()
+	peer := <-acc
+	if peer == nil {
+		t.Fatal("accept failed")
+	}
+	r, ok := yieldingReader(mine, time.Hour).(*pollReader)
+	if !ok {
+		t.Fatal("a TCP socket got no polling reader")
+	}
+	peer.(*net.TCPConn).SetLinger(0)
+	peer.Close()
+	buf := make([]byte, 8)
+	_, err = r.Read(buf)
+	var op *net.OpError
+	if !errors.Is(err, syscall.ECONNRESET) || !errors.As(err, &op) || op.Op != "read" || op.Net != "tcp" {
+		t.Fatalf("Read after a reset: %#v, want a read *net.OpError wrapping ECONNRESET", err)
+	}
+	// Once reported, the reset is gone: the stream has ended.
+	expectRead(t, r, "", io.EOF)
 }
