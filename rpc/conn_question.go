@@ -53,6 +53,12 @@ type question struct {
 	watch      *ctxWatch                     // the watch of the call's context, while it is on its list
 	wprev      *question                     // the watch's list
 	wnext      *question
+
+	// callMsg is the Call message over shared memory, in the question
+	// itself (one allocation less a call); callMsgUsed once it is taken,
+	// so a call rebuilt for a late target gets a message of its own.
+	callMsg     outMsg
+	callMsgUsed bool
 }
 
 type questionKind uint8
@@ -147,7 +153,11 @@ type sendOpts struct {
 // when the call cannot be made: errLateTarget if tgt's question returned
 // meanwhile.
 func (c *Conn) sendCall(ctx context.Context, q *question, tgt callTarget, s capnp.Send, o *sendOpts) error {
-	om, rm, err := c.newMessage()
+	var used *bool
+	if !q.callMsgUsed {
+		used = &q.callMsgUsed
+	}
+	om, rm, err := c.newMessageIn(&q.callMsg, used)
 	if err != nil {
 		return disconnected(err)
 	}

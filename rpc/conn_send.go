@@ -229,7 +229,24 @@ func (s *sender) wait() { <-s.exited }
 // newMessage returns a new outgoing message of the transport, or an error
 // (the connection is ending, or memory is exhausted).
 func (c *Conn) newMessage() (transport.OutgoingMessage, rpccp.Message, error) {
-	om, err := c.t.NewMessage()
+	return c.checkedMessage(c.t.NewMessage())
+}
+
+// newMessageIn is newMessage in om, a struct embedded in the question or
+// answer the message is for (one allocation less), when the transport is
+// the shared-memory one and used is not nil; it sets *used, as om must not
+// be used twice.
+func (c *Conn) newMessageIn(om *outMsg, used *bool) (transport.OutgoingMessage, rpccp.Message, error) {
+	if c.shm == nil || used == nil {
+		return c.newMessage()
+	}
+	*used = true
+	return c.checkedMessage(c.shm.newMessageIn(om))
+}
+
+// checkedMessage returns a transport's new message and its root, or its
+// error, with the message released.
+func (c *Conn) checkedMessage(om transport.OutgoingMessage, err error) (transport.OutgoingMessage, rpccp.Message, error) {
 	if err != nil {
 		if om != nil {
 			om.Release()

@@ -49,7 +49,14 @@ type outMsg struct {
 // even the heap fallback is exhausted it returns a message that cannot be
 // sent, with an error, never a nil message (go-capnp requires that).
 func (t *Transport) NewMessage() (transport.OutgoingMessage, error) {
-	om := &outMsg{t: t}
+	return t.newMessageIn(new(outMsg))
+}
+
+// newMessageIn is NewMessage in om, a zero outMsg that the caller has
+// embedded in a longer-lived struct of its own (the engine's question, so
+// that a call costs one allocation less); om must not be reused.
+func (t *Transport) newMessageIn(om *outMsg) (transport.OutgoingMessage, error) {
+	om.t = t
 	om.refs.Store(1)
 	// Counted live before closed is read: Close stores closed before it
 	// reads liveLocal (maybeFinalize), so either this sees closed, or
