@@ -53,10 +53,11 @@ type answer struct {
 	content capnp.Ptr // results' content, for pipelining and takers
 	err     error     // the call failed
 	exports []*export // made for the results' capabilities
-	// retMsg is the Return over shared memory, in the answer itself (one
-	// allocation less a call); retMsgUsed once taken, so a Return rebuilt
-	// (an exception after failed results) gets a message of its own.
-	retMsg     outMsg
+	// retMsg is the Return over capnshm's transports, in the answer itself
+	// (one allocation less a call); retMsgUsed once taken, so a Return
+	// rebuilt (an exception after failed results) gets a message of its
+	// own.
+	retMsg     embeddedMsg
 	retMsgUsed bool
 
 	// onReader is set while the receiving goroutine runs code that may

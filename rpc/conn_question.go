@@ -54,10 +54,10 @@ type question struct {
 	wprev      *question                     // the watch's list
 	wnext      *question
 
-	// callMsg is the Call message over shared memory, in the question
-	// itself (one allocation less a call); callMsgUsed once it is taken,
-	// so a call rebuilt for a late target gets a message of its own.
-	callMsg     outMsg
+	// callMsg is the Call message over capnshm's transports, in the
+	// question itself (one allocation less a call); callMsgUsed once it is
+	// taken, so a call rebuilt for a late target gets a message of its own.
+	callMsg     embeddedMsg
 	callMsgUsed bool
 }
 

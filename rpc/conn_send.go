@@ -232,16 +232,28 @@ func (c *Conn) newMessage() (transport.OutgoingMessage, rpccp.Message, error) {
 	return c.checkedMessage(c.t.NewMessage())
 }
 
-// newMessageIn is newMessage in om, a struct embedded in the question or
-// answer the message is for (one allocation less), when the transport is
-// the shared-memory one and used is not nil; it sets *used, as om must not
-// be used twice.
-func (c *Conn) newMessageIn(om *outMsg, used *bool) (transport.OutgoingMessage, rpccp.Message, error) {
-	if c.shm == nil || used == nil {
-		return c.newMessage()
+// newMessageIn is newMessage in a struct embedded in the question or
+// answer the message is for (one allocation less): om over shared memory,
+// so over a stream; unless used is nil. It sets *used, as neither may be
+// used twice.
+func (c *Conn) newMessageIn(e *embeddedMsg, used *bool) (transport.OutgoingMessage, rpccp.Message, error) {
+	switch {
+	case used == nil:
+	case c.shm != nil:
+		*used = true
+		return c.checkedMessage(c.shm.newMessageIn(&e.shm))
+	case c.stream != nil:
+		*used = true
+		return c.checkedMessage(c.stream.newMessageIn(&e.stream))
 	}
-	*used = true
-	return c.checkedMessage(c.shm.newMessageIn(om))
+	return c.newMessage()
+}
+
+// embeddedMsg is room for one outgoing message of either of capnshm's
+// transports, in the question or answer it is for.
+type embeddedMsg struct {
+	shm    outMsg
+	stream streamOut
 }
 
 // checkedMessage returns a transport's new message and its root, or its

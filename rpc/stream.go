@@ -109,12 +109,20 @@ func (t *StreamTransport) Stats() Stats { return t.stats.stats() }
 
 // NewMessage returns a message to build on the heap.
 func (t *StreamTransport) NewMessage() (transport.OutgoingMessage, error) {
+	return t.newMessageIn(new(streamOut))
+}
+
+// newMessageIn is NewMessage in o, a zero streamOut that the caller has
+// embedded in a longer-lived struct of its own (the engine's question or
+// answer); o must not be reused.
+func (t *StreamTransport) newMessageIn(o *streamOut) (transport.OutgoingMessage, error) {
 	msg := outMessages.Get().(*capnp.Message)
 	seg, err := msg.Reset(capnp.MultiSegment(nil))
 	if err == nil {
 		var rm rpccp.Message
 		if rm, err = rpccp.NewRootMessage(seg); err == nil {
-			return &streamOut{t: t, msg: msg, rm: rm}, nil
+			*o = streamOut{t: t, msg: msg, rm: rm}
+			return o, nil
 		}
 	}
 	msg.Release()
