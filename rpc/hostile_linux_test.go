@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"testing"
@@ -126,10 +127,30 @@ func (r *rig) serving() func() int {
 		mu.Unlock()
 		<-done
 		if err != nil {
-			r.t.Fatalf("the well-behaved client was not served during the attack: %v", err)
+			r.t.Fatalf("the well-behaved client was not served during the attack: %v%s", err, r.hangDump(err))
 		}
 		return calls
 	}
+}
+
+// hangDump, when err is a call that got no answer in time, returns the
+// goroutines of this process (the server) and of the good client, which
+// it ends with SIGQUIT: where each side waits says what was lost.
+func (r *rig) hangDump(err error) string {
+	if !errors.Is(err, context.DeadlineExceeded) {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("\nthe server's goroutines:\n")
+	_ = pprof.Lookup("goroutine").WriteTo(&b, 2)
+	if r.good.Process().Signal(unix.SIGQUIT) == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = r.good.Wait(ctx)
+		cancel()
+	}
+	b.WriteString("\nthe good client's stderr (SIGQUIT):\n")
+	b.WriteString(r.good.Stderr())
+	return b.String()
 }
 
 // attack starts a hostile client of the rig's server.
