@@ -279,6 +279,10 @@ func (c *Conn) placeParams(call rpccp.Call, s capnp.Send, args *capnp.Struct) er
 		return err
 	}
 	if args != nil {
+		// The peer's params, forwarded: checked before go-capnp copies them.
+		if err := checkCopyable(args.ToPtr()); err != nil {
+			return fmt.Errorf("capnshm: the params cannot be forwarded: %w", err)
+		}
 		return p.SetContent(args.ToPtr())
 	}
 	st, err := capnp.NewStruct(p.Segment(), s.ArgsSize)

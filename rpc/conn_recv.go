@@ -76,6 +76,10 @@ func (c *Conn) handle(e *envelope, in transport.IncomingMessage) {
 // replyUnimplemented echoes a message this side does not implement.
 func (c *Conn) replyUnimplemented(in transport.IncomingMessage) {
 	defer in.Release()
+	if err := checkCopyable(in.Message().ToPtr()); err != nil {
+		c.abortErr(fmt.Errorf("a message of kind %d that this side does not implement cannot be echoed: %w", in.Message().Which(), err))
+		return
+	}
 	om, rm, err := c.newMessage()
 	if err != nil {
 		return

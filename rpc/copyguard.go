@@ -1,0 +1,99 @@
+package rpc
+
+import (
+	"errors"
+	"fmt"
+
+	capnp "capnproto.org/go/capnp/v3"
+)
+
+// The engine copies a peer's objects in two places: the params of a call
+// it forwards (a call on an import, made by this side's Recv), and a
+// message it echoes in an Unimplemented. go-capnp v3.0.1-alpha.2's copy
+// (Struct.SetPtr and what calls it) recurses once per level of nesting
+// and does not stop at its depth limit: List.Struct gives an element one
+// level less than its list, which wraps from 0 to the largest uint, so a
+// message whose objects point back at themselves through a list of
+// structs makes it recurse until the goroutine's stack overflows, which
+// ends the process. A message the peer wrote therefore goes through
+// checkCopyable before it is copied.
+
+// maxCopyDepth is how deep the objects of a peer's message may nest for
+// the engine to copy them: C++'s default nesting limit.
+const maxCopyDepth = 64
+
+// errCopyDepth and errCopyAliased are checkCopyable's refusals.
+var (
+	errCopyDepth   = fmt.Errorf("its objects nest deeper than %d levels", maxCopyDepth)
+	errCopyAliased = errors.New("copying it would visit more pointers than the message has words: its objects are shared or point back at themselves")
+)
+
+// checkCopyable walks the objects of p, as a copy would, and returns an
+// error unless they nest at most maxCopyDepth levels deep and a copy would
+// visit at most as many pointers as their message has words (a tree of
+// objects cannot have more; one whose objects are shared, or cyclic, can).
+// A panic of go-capnp's while reading becomes an error too.
+func checkCopyable(p capnp.Ptr) (err error) {
+	if !p.IsValid() {
+		return nil
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("unreadable: %v", r)
+		}
+	}()
+	var budget uint64
+	if msg := p.Message(); msg != nil {
+		total, err := msg.TotalSize()
+		if err != nil {
+			return err
+		}
+		budget = total / 8
+	}
+	return walkPtr(p, maxCopyDepth, &budget)
+}
+
+// walkPtr walks the object p points to, depth levels left, each pointer
+// spending one of budget.
+func walkPtr(p capnp.Ptr, depth int, budget *uint64) error {
+	if !p.IsValid() {
+		return nil
+	}
+	if *budget == 0 {
+		return errCopyAliased
+	}
+	*budget--
+	if depth == 0 {
+		return errCopyDepth
+	}
+	if s := p.Struct(); s.IsValid() {
+		return walkStruct(s, depth-1, budget)
+	}
+	if l := p.List(); l.IsValid() {
+		// Every element of a list has the same layout: a list whose first
+		// element holds no pointer (a primitive list, Data, Text) has none.
+		if l.Len() == 0 || l.Struct(0).Size().PointerCount == 0 {
+			return nil
+		}
+		for i := 0; i < l.Len(); i++ {
+			if err := walkStruct(l.Struct(i), depth-1, budget); err != nil {
+				return err
+			}
+		}
+	}
+	return nil // a capability
+}
+
+// walkStruct walks the pointers of s.
+func walkStruct(s capnp.Struct, depth int, budget *uint64) error {
+	for i := uint16(0); i < s.Size().PointerCount; i++ {
+		p, err := s.Ptr(i)
+		if err != nil {
+			return err
+		}
+		if err := walkPtr(p, depth, budget); err != nil {
+			return err
+		}
+	}
+	return nil
+}

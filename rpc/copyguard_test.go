@@ -1,0 +1,138 @@
+package rpc
+
+import (
+	"encoding/binary"
+	"errors"
+	"testing"
+
+	capnp "capnproto.org/go/capnp/v3"
+)
+
+// rawMessage is a one-segment message of words, as a peer could write it.
+func rawMessage(t *testing.T, words ...uint64) *capnp.Message {
+	t.Helper()
+	b := make([]byte, 8*len(words))
+	for i, w := range words {
+		binary.LittleEndian.PutUint64(b[8*i:], w)
+	}
+	msg, err := capnp.Unmarshal(append(binary.LittleEndian.AppendUint32(binary.LittleEndian.AppendUint32(nil, 0), uint32(len(words))), b...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return msg
+}
+
+// structPtr and listPtr encode pointers (offset in words from the end of
+// the pointer).
+func structPtr(off int32, data, ptrs uint16) uint64 {
+	return uint64(uint32(off)<<2) | uint64(data)<<32 | uint64(ptrs)<<48
+}
+
+func compositeListPtr(off int32, words uint32) uint64 {
+	return 1 | uint64(uint32(off)<<2) | 7<<32 | uint64(words)<<35
+}
+
+// chain builds a message of n structs, each pointing to the next.
+func chain(t *testing.T, n int) capnp.Ptr {
+	t.Helper()
+	_, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := capnp.NewRootStruct(seg, capnp.ObjectSize{PointerCount: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur := root
+	for range n - 1 {
+		next, err := capnp.NewStruct(seg, capnp.ObjectSize{PointerCount: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cur.SetPtr(0, next.ToPtr()); err != nil {
+			t.Fatal(err)
+		}
+		cur = next
+	}
+	return root.ToPtr()
+}
+
+// diamonds builds a message of n levels, each struct's two pointers at
+// the same struct of the next level: 2n+1 words, 2^n paths.
+func diamonds(t *testing.T, n int) capnp.Ptr {
+	t.Helper()
+	_, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sz := capnp.ObjectSize{PointerCount: 2}
+	root, err := capnp.NewRootStruct(seg, sz)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur := root
+	for range n {
+		next, err := capnp.NewStruct(seg, sz)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range uint16(2) {
+			if err := cur.SetPtr(i, next.ToPtr()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cur = next
+	}
+	return root.ToPtr()
+}
+
+func TestCheckCopyable(t *testing.T) {
+	// A struct whose one pointer is a list of one struct whose one pointer
+	// is the struct again: the cycle through a list of structs that made
+	// go-capnp's copy overflow the stack (FuzzEngineMessages found it).
+	cycle := rawMessage(t,
+		structPtr(0, 0, 1),     // root -> word 1
+		compositeListPtr(0, 1), // word 1: -> the list at word 2
+		structPtr(1, 0, 1),     // word 2: the list's tag: 1 element of 0 data, 1 pointer
+		structPtr(-3, 0, 1),    // word 3: the element's pointer -> word 1
+	)
+	cycleRoot, err := cycle.Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := func() capnp.Ptr {
+		_, seg, _ := capnp.NewMessage(capnp.SingleSegment(nil))
+		st, _ := capnp.NewRootStruct(seg, capnp.ObjectSize{PointerCount: 1})
+		if err := st.SetText(0, "hello"); err != nil {
+			t.Fatal(err)
+		}
+		return st.ToPtr()
+	}()
+	for _, tt := range []struct {
+		name string
+		p    capnp.Ptr
+		want error
+	}{
+		{"null", capnp.Ptr{}, nil},
+		{"a struct with text", text, nil},
+		{"a chain 60 deep", chain(t, 60), nil},
+		{"a chain 100 deep", chain(t, 100), errCopyDepth},
+		{"a cycle through a list of structs", cycleRoot, errCopyAliased},
+		{"2^40 paths over 81 words", diamonds(t, 40), errCopyAliased},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			err := checkCopyable(tt.p)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("checkCopyable = %v, want %v", err, tt.want)
+			}
+			if err == nil && tt.p.IsValid() {
+				// What passes can be copied.
+				_, seg, _ := capnp.NewMessage(capnp.SingleSegment(nil))
+				dst, _ := capnp.NewRootStruct(seg, capnp.ObjectSize{PointerCount: 1})
+				if err := dst.SetPtr(0, tt.p); err != nil {
+					t.Fatalf("copy: %v", err)
+				}
+			}
+		})
+	}
+}
