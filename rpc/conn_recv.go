@@ -76,7 +76,13 @@ func (c *Conn) handle(e *envelope, in transport.IncomingMessage) {
 // replyUnimplemented echoes a message this side does not implement.
 func (c *Conn) replyUnimplemented(in transport.IncomingMessage) {
 	defer in.Release()
-	if err := checkCopyable(in.Message().ToPtr()); err != nil {
+	// Checked and copied from a private copy: the peer cannot change it
+	// between the two.
+	echo, err := privateMessage(in.Message().Message())
+	if err == nil {
+		err = checkCopyable(echo.ToPtr())
+	}
+	if err != nil {
 		c.abortErr(fmt.Errorf("a message of kind %d that this side does not implement cannot be echoed: %w", in.Message().Which(), err))
 		return
 	}
@@ -84,7 +90,7 @@ func (c *Conn) replyUnimplemented(in transport.IncomingMessage) {
 	if err != nil {
 		return
 	}
-	if err := rm.SetUnimplemented(in.Message()); err != nil {
+	if err := rm.SetUnimplemented(echo); err != nil {
 		om.Release()
 		c.abortErr(fmt.Errorf("copying an unimplemented message of kind %d to echo it: %w", in.Message().Which(), err))
 		return

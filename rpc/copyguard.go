@@ -1,10 +1,12 @@
 package rpc
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 
 	capnp "capnproto.org/go/capnp/v3"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 )
 
 // The engine copies a peer's objects in two places: the params of a call
@@ -96,4 +98,22 @@ func walkStruct(s capnp.Struct, depth int, budget *uint64) error {
 		}
 	}
 	return nil
+}
+
+// privateMessage returns the root of a copy of msg's segments in this
+// process's own memory, with msg's traversal limit: what checkCopyable
+// checks there stays as checked, where a message read in place from the
+// peer's shared memory may change between the check and the copy.
+func privateMessage(msg *capnp.Message) (rpccp.Message, error) {
+	n := msg.NumSegments()
+	segs := make([][]byte, n)
+	for i := range n {
+		seg, err := msg.Segment(capnp.SegmentID(i))
+		if err != nil {
+			return rpccp.Message{}, err
+		}
+		segs[i] = bytes.Clone(seg.Data())
+	}
+	own := &capnp.Message{Arena: capnp.MultiSegment(segs), TraverseLimit: msg.TraverseLimit}
+	return readRootGuarded(own, false)
 }
