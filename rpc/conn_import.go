@@ -356,6 +356,12 @@ func (c *Conn) forward(ctx context.Context, tgt callTarget, r capnp.Recv, late f
 // into r's Returner, then q is released.
 func copyResults(r capnp.Recv, ptr capnp.Ptr, err error, q *question) {
 	if err == nil {
+		// The peer's results: checked before go-capnp copies them.
+		if cerr := checkCopyable(ptr); cerr != nil {
+			err = failed(fmt.Errorf("capnshm: the results cannot be copied to the caller: %w", cerr))
+		}
+	}
+	if err == nil {
 		src := ptr.Struct()
 		var dst capnp.Struct
 		if dst, err = r.Returner.AllocResults(src.Size()); err == nil {

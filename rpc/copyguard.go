@@ -9,9 +9,10 @@ import (
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 )
 
-// The engine copies a peer's objects in two places: the params of a call
-// it forwards (a call on an import, made by this side's Recv), and a
-// message it echoes in an Unimplemented. go-capnp v3.0.1-alpha.2's copy
+// The engine copies a peer's objects in three places: the params of a
+// call it forwards (a call on an import, made by this side's Recv), the
+// results that come back for it, and a message it echoes in an
+// Unimplemented. go-capnp v3.0.1-alpha.2's copy
 // (Struct.SetPtr and what calls it) recurses once per level of nesting
 // and does not stop at its depth limit: List.Struct gives an element one
 // level less than its list, which wraps from 0 to the largest uint, so a
