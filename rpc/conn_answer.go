@@ -53,12 +53,9 @@ type answer struct {
 	content capnp.Ptr // results' content, for pipelining and takers
 	err     error     // the call failed
 	exports []*export // made for the results' capabilities
-	// retMsg is the Return over capnshm's transports, in the answer itself
-	// (one allocation less a call); retMsgUsed once taken, so a Return
-	// rebuilt (an exception after failed results) gets a message of its
-	// own.
-	retMsg     embeddedMsg
-	retMsgUsed bool
+	// retMsg is room for the Return in the answer itself (a Return
+	// rebuilt, an exception after failed results, gets one of its own).
+	retMsg embeddedMsg
 
 	// onReader is set while the receiving goroutine runs code that may
 	// call Return (a handler that fails at once, a bootstrap): Return then
@@ -228,11 +225,7 @@ func (a *answer) AllocResults(sz capnp.ObjectSize) (capnp.Struct, error) {
 
 // newReturn starts a's Return message. Called with rmu held.
 func (a *answer) newReturn() error {
-	var used *bool
-	if !a.retMsgUsed {
-		used = &a.retMsgUsed
-	}
-	om, rm, err := a.c.newMessageIn(&a.retMsg, used)
+	om, rm, err := a.c.newMessageIn(&a.retMsg)
 	if err != nil {
 		return disconnected(err)
 	}

@@ -54,11 +54,9 @@ type question struct {
 	wprev      *question                     // the watch's list
 	wnext      *question
 
-	// callMsg is the Call message over capnshm's transports, in the
-	// question itself (one allocation less a call); callMsgUsed once it is
-	// taken, so a call rebuilt for a late target gets a message of its own.
-	callMsg     embeddedMsg
-	callMsgUsed bool
+	// callMsg is room for the Call message in the question itself (a
+	// call rebuilt for a late target gets a message of its own).
+	callMsg embeddedMsg
 }
 
 type questionKind uint8
@@ -153,11 +151,7 @@ type sendOpts struct {
 // when the call cannot be made: errLateTarget if tgt's question returned
 // meanwhile.
 func (c *Conn) sendCall(ctx context.Context, q *question, tgt callTarget, s capnp.Send, o *sendOpts) error {
-	var used *bool
-	if !q.callMsgUsed {
-		used = &q.callMsgUsed
-	}
-	om, rm, err := c.newMessageIn(&q.callMsg, used)
+	om, rm, err := c.newMessageIn(&q.callMsg)
 	if err != nil {
 		return disconnected(err)
 	}

@@ -232,28 +232,29 @@ func (c *Conn) newMessage() (transport.OutgoingMessage, rpccp.Message, error) {
 	return c.checkedMessage(c.t.NewMessage())
 }
 
-// newMessageIn is newMessage in a struct embedded in the question or
-// answer the message is for (one allocation less): om over shared memory,
-// so over a stream; unless used is nil. It sets *used, as neither may be
-// used twice.
-func (c *Conn) newMessageIn(e *embeddedMsg, used *bool) (transport.OutgoingMessage, rpccp.Message, error) {
+// newMessageIn is newMessage in e, room embedded in the question or
+// answer the message is for (one allocation less), over capnshm's own
+// transports and the first time only: a message rebuilt for the same
+// question or answer gets one of its own, as e must not be used twice.
+func (c *Conn) newMessageIn(e *embeddedMsg) (transport.OutgoingMessage, rpccp.Message, error) {
 	switch {
-	case used == nil:
+	case e.used:
 	case c.shm != nil:
-		*used = true
+		e.used = true
 		return c.checkedMessage(c.shm.newMessageIn(&e.shm))
 	case c.stream != nil:
-		*used = true
+		e.used = true
 		return c.checkedMessage(c.stream.newMessageIn(&e.stream))
 	}
 	return c.newMessage()
 }
 
 // embeddedMsg is room for one outgoing message of either of capnshm's
-// transports, in the question or answer it is for.
+// transports, in the question or answer it is for; used once taken.
 type embeddedMsg struct {
 	shm    outMsg
 	stream streamOut
+	used   bool
 }
 
 // checkedMessage returns a transport's new message and its root, or its
