@@ -22,8 +22,8 @@ func rawMessage(t *testing.T, words ...uint64) *capnp.Message {
 	return msg
 }
 
-// structPtr and listPtr encode pointers (offset in words from the end of
-// the pointer).
+// structPtr and compositeListPtr encode pointers (offset in words from
+// the end of the pointer).
 func structPtr(off int32, data, ptrs uint16) uint64 {
 	return uint64(uint32(off)<<2) | uint64(data)<<32 | uint64(ptrs)<<48
 }

@@ -489,6 +489,20 @@ func TestProtocolHostile(t *testing.T) {
 				p.t.Errorf("Unimplemented echoes %v, want the accept", u.Which())
 			}
 		}},
+		{"a message of unknown kind whose objects point back at themselves", func(p *rawPeer, _ uint32) {
+			// The engine refuses to echo it: go-capnp's copy of such a
+			// cycle ends on its depth limit for this shape, but overflowed
+			// the stack and ended the process for the one the fuzzer found
+			// (testdata/fuzz/FuzzEngineMessages/0c4144d68dd7a188).
+			p.tr.in <- rawMessage(p.t,
+				structPtr(0, 1, 1),     // root -> the Message at word 1
+				99,                     // word 1: its union tag, a kind no version has
+				compositeListPtr(0, 1), // word 2: its pointer -> the list at word 3
+				structPtr(1, 0, 1),     // word 3: the list's tag: 1 element of 0 data, 1 pointer
+				structPtr(-4, 1, 1),    // word 4: the element's pointer -> the Message again
+			)
+			p.expectAbort("cannot be echoed")
+		}},
 		{"Resolve of an import never received", func(p *rawPeer, boot uint32) {
 			p.send(func(m rpccp.Message) error {
 				r, err := m.NewResolve()
