@@ -115,12 +115,13 @@ func (c *Consumer) Release() error {
 		return nil
 	}
 	c.head = c.pos
-	atomic.StoreUint64(c.r.head, c.pos)
+	storeFenced64(c.r.head, c.pos)
 	c.st.Releases++
 	// Dekker, consumer side: we stored head above, now load space_wanted;
 	// the producer stores space_wanted=1, then loads head (Options.park).
-	// Sequential consistency makes one of us see the other's store, so a
-	// parked producer is always rung; the CAS 1->0 rings once per parking.
+	// Both stores are fenced (storeFenced), so one of us sees the other's,
+	// and a parked producer is always rung; the CAS 1->0 rings once per
+	// parking.
 	if c.opts.Ringer != nil && atomic.LoadUint32(c.r.spaceWanted) == 1 &&
 		atomic.CompareAndSwapUint32(c.r.spaceWanted, 1, 0) {
 		c.st.Rings++

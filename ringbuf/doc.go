@@ -112,9 +112,10 @@
 // and the terminator after them. The consumer releases records with one
 // atomic store of head ([Consumer.Release]) that lets the producer reuse
 // the space; the producer loads head only when its cached copy leaves too
-// little room. Go's sync/atomic operations are sequentially consistent,
-// which gives the release/acquire ordering this needs and the
-// store-then-load ordering the wake-up protocol below needs.
+// little room. These atomic stores and loads give the release/acquire
+// ordering this needs; the stores of the header and of head are
+// exchanges, which also give the store-then-load ordering that the
+// wake-up protocol below needs.
 //
 // # Wake-ups and notification suppression
 //
@@ -129,10 +130,13 @@
 // doorbell only if it is set, clearing it with a compare-and-swap 1->0 so
 // that a burst of commits rings once. This is io_uring's NEED_WAKEUP and
 // virtio's notification suppression: a side that is running costs its peer
-// no system call. Both sides store and then load with sequentially
-// consistent atomics (Dekker's pattern), so at least one of them sees the
-// other's store: no wake-up is lost. Wake-ups may be spurious; waiters
-// always re-check.
+// no system call. Both sides store and then load (Dekker's pattern), so at
+// least one of them sees the other's store: no wake-up is lost. That needs
+// each store to be visible before the load after it reads, so the stores
+// are atomic exchanges, full barriers in every build: Go's atomic Store
+// is one on amd64, but not under the race detector on memory outside the
+// Go heap, where a lost wake-up hung connections (order.go says more).
+// Wake-ups may be spurious; waiters always re-check.
 //
 // # Untrusted peers
 //

@@ -201,15 +201,15 @@ func (p *Producer) Commit() error {
 	// Publication: the consumer waits at pub for a nonzero header. Its
 	// atomic load that sees this store also sees every store before it
 	// (payloads, the other headers, the terminator).
-	atomic.StoreUint64(p.r.word(p.pub&(capacity-1)), p.first)
+	storeFenced64(p.r.word(p.pub&(capacity-1)), p.first)
 	p.pub = p.tail
 	p.st.Commits++
 	// Dekker, producer side: we stored the header above, now load
 	// data_wanted; the consumer stores data_wanted=1, then loads the header
 	// at its position (Options.park).
-	// With sequentially consistent atomics one of us sees the other's
-	// store, so a parked consumer is always rung. The CAS 1->0 makes the
-	// next commits skip the doorbell until the consumer parks again.
+	// Both stores are fenced (storeFenced), so one of us sees the other's,
+	// and a parked consumer is always rung. The CAS 1->0 makes the next
+	// commits skip the doorbell until the consumer parks again.
 	if p.opts.Ringer != nil && atomic.LoadUint32(p.r.dataWanted) == 1 &&
 		atomic.CompareAndSwapUint32(p.r.dataWanted, 1, 0) {
 		p.st.Rings++

@@ -206,14 +206,14 @@ func (o *Options) park(ctx context.Context, wanted *uint32, ready func() (bool, 
 		// peer stores that word then loads wanted. For a waiting consumer
 		// the word is the record header at its position (the producer's
 		// Commit stores the first header of a batch atomically); for a
-		// waiting producer it is head (stored by Release). sync/atomic
-		// operations are sequentially consistent, so in their single
-		// total order one of the two stores comes first and the other
-		// side's load sees it: either this ready() sees the peer's
+		// waiting producer it is head (stored by Release). Both stores
+		// are fenced (storeFenced: an exchange), so in their total
+		// order one of the two comes first and the other side's load
+		// sees it: either this ready() sees the peer's
 		// publication (we do not park), or the peer sees wanted=1 and
 		// rings (our Wait returns). A wake-up cannot be lost between the
 		// check and the park.
-		atomic.StoreUint32(wanted, 1)
+		storeFenced32(wanted, 1)
 		if ok, err := ready(); ok || err != nil {
 			return err
 		}
