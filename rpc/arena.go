@@ -11,7 +11,19 @@ import (
 // copy. It never allocates and never recycles its segments (capnp's
 // MultiSegmentArena would put them in a buffer pool: fatal for shared
 // memory).
-type roArena struct{ segs [][]byte }
+type roArena struct {
+	segs [][]byte
+	// shared: segs are views of the peer's shared memory, which the peer
+	// can change while this side reads them (a message read in place).
+	shared bool
+}
+
+// inSharedMemory reports whether msg is a message read in place from a
+// peer's shared memory.
+func inSharedMemory(msg *capnp.Message) bool {
+	a, ok := msg.Arena.(*roArena)
+	return ok && a.shared
+}
 
 var errReadOnly = errors.New("capnshm: a received message is read-only")
 

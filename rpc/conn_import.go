@@ -356,8 +356,13 @@ func (c *Conn) forward(ctx context.Context, tgt callTarget, r capnp.Recv, late f
 // into r's Returner, then q is released.
 func copyResults(r capnp.Recv, ptr capnp.Ptr, err error, q *question) {
 	if err == nil {
-		// The peer's results: checked before go-capnp copies them.
-		if cerr := checkCopyable(ptr); cerr != nil {
+		// The peer's results: checked before go-capnp copies them, in
+		// memory the peer cannot change in between.
+		var cerr error
+		if ptr, cerr = privateContent(ptr, returnResults); cerr == nil {
+			cerr = checkCopyable(ptr)
+		}
+		if cerr != nil {
 			err = failed(fmt.Errorf("capnshm: the results cannot be copied to the caller: %w", cerr))
 		}
 	}

@@ -273,11 +273,16 @@ func (c *Conn) placeParams(call rpccp.Call, s capnp.Send, args *capnp.Struct) er
 		return err
 	}
 	if args != nil {
-		// The peer's params, forwarded: checked before go-capnp copies them.
-		if err := checkCopyable(args.ToPtr()); err != nil {
+		// The peer's params, forwarded: checked before go-capnp copies
+		// them, in memory the peer cannot change in between.
+		content, err := privateContent(args.ToPtr(), callParams)
+		if err == nil {
+			err = checkCopyable(content)
+		}
+		if err != nil {
 			return fmt.Errorf("capnshm: the params cannot be forwarded: %w", err)
 		}
-		return p.SetContent(args.ToPtr())
+		return p.SetContent(content)
 	}
 	st, err := capnp.NewStruct(p.Segment(), s.ArgsSize)
 	if err != nil {

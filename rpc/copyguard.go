@@ -19,7 +19,10 @@ import (
 // message whose objects point back at themselves through a list of
 // structs makes it recurse until the goroutine's stack overflows, which
 // ends the process. A message the peer wrote therefore goes through
-// checkCopyable before it is copied.
+// checkCopyable before it is copied, and a message read in place from the
+// peer's shared memory is first copied out of it (privateContent,
+// privateMessage): the peer could rewrite it between the check and the
+// copy.
 
 // maxCopyDepth is how deep the objects of a peer's message may nest for
 // the engine to copy them: C++'s default nesting limit.
@@ -99,6 +102,74 @@ func walkStruct(s capnp.Struct, depth int, budget *uint64) error {
 		}
 	}
 	return nil
+}
+
+// privateContent returns p, the content of a message's payload, where the
+// peer cannot change it between the engine's check and go-capnp's copy:
+// p itself, unless its message was read in place from the peer's shared
+// memory; then the same object in a private copy of the message
+// (privateMessage). locate finds the payload's content from a message's
+// root (a Call's params, a Return's results); it must lead to p in the
+// original, or p is not where the engine found it and is refused.
+func privateContent(p capnp.Ptr, locate func(rpccp.Message) (capnp.Ptr, error)) (capnp.Ptr, error) {
+	msg := p.Message()
+	if !p.IsValid() || msg == nil || !inSharedMemory(msg) {
+		return p, nil
+	}
+	rm, err := readRootGuarded(msg, false)
+	if err != nil {
+		return capnp.Ptr{}, err
+	}
+	if at, err := locateGuarded(rm, locate); err != nil || at != p {
+		return capnp.Ptr{}, errors.New("the message it is in changed while it was read")
+	}
+	own, err := privateMessage(msg)
+	if err != nil {
+		return capnp.Ptr{}, err
+	}
+	// The copy's capabilities are the original's, borrowed: the copy is
+	// never released, so its table releases nothing.
+	ct, src := capnp.Struct(own).Message().CapTable(), msg.CapTable()
+	for i := range src.Len() {
+		ct.Add(src.At(i))
+	}
+	return locateGuarded(own, locate)
+}
+
+// locateGuarded is locate(rm), with a panic of go-capnp's as an error.
+func locateGuarded(rm rpccp.Message, locate func(rpccp.Message) (capnp.Ptr, error)) (p capnp.Ptr, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("unreadable: %v", r)
+		}
+	}()
+	return locate(rm)
+}
+
+// callParams and returnResults are privateContent's locate functions for
+// a forwarded call's params and the results that come back for it.
+func callParams(rm rpccp.Message) (capnp.Ptr, error) {
+	call, err := rm.Call()
+	if err != nil {
+		return capnp.Ptr{}, err
+	}
+	pl, err := call.Params()
+	if err != nil {
+		return capnp.Ptr{}, err
+	}
+	return pl.Content()
+}
+
+func returnResults(rm rpccp.Message) (capnp.Ptr, error) {
+	ret, err := rm.Return()
+	if err != nil {
+		return capnp.Ptr{}, err
+	}
+	pl, err := ret.Results()
+	if err != nil {
+		return capnp.Ptr{}, err
+	}
+	return pl.Content()
 }
 
 // privateMessage returns the root of a copy of msg's segments in this

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	capnp "capnproto.org/go/capnp/v3"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 )
 
 // rawMessage is a one-segment message of words, as a peer could write it.
@@ -134,5 +135,115 @@ func TestCheckCopyable(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// sharedCall builds a Call whose params hold a struct with one Data field
+// and one capability, and returns it as a message read in place from a
+// peer's memory (an roArena marked shared over the built segment, which
+// the test then rewrites as the peer could), with that segment.
+func sharedCall(t *testing.T, cap capnp.Client) (*capnp.Message, []byte) {
+	t.Helper()
+	msg, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rm, err := rpccp.NewRootMessage(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	call, err := rm.NewCall()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, err := call.NewParams()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := capnp.NewStruct(pl.Segment(), capnp.ObjectSize{PointerCount: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetData(0, []byte("the peer's params")); err != nil {
+		t.Fatal(err)
+	}
+	id := msg.CapTable().Add(cap)
+	if err := st.SetPtr(1, capnp.NewInterface(pl.Segment(), id).ToPtr()); err != nil {
+		t.Fatal(err)
+	}
+	if err := pl.SetContent(st.ToPtr()); err != nil {
+		t.Fatal(err)
+	}
+	s0, err := msg.Segment(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := s0.Data()
+	in := &capnp.Message{Arena: &roArena{segs: [][]byte{b}, shared: true}, TraverseLimit: 1 << 20}
+	in.CapTable().Reset(cap.AddRef())
+	return in, b
+}
+
+// TestPrivateContent: a forwarded call's params in a message read in
+// place from shared memory are copied out of it before they are checked
+// and copied (the peer's later writes do not reach them, and their
+// capabilities come along); elsewhere they are used as they are; and a
+// pointer that is not where the call's params are is refused.
+func TestPrivateContent(t *testing.T) {
+	cap := capnp.ErrorClient(errors.New("a capability"))
+	defer cap.Release()
+	in, mem := sharedCall(t, cap)
+	rm, err := readRootGuarded(in, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	params, err := callParams(rm)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// As forward passes them: the Recv's Args struct, as a pointer.
+	got, err := privateContent(params.Struct().ToPtr(), callParams)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Message() == in {
+		t.Fatal("params read in place from shared memory were not copied out of it")
+	}
+	clear(mem) // the peer rewrites its memory after the check
+	d, err := got.Struct().Ptr(0)
+	if err != nil || string(d.Data()) != "the peer's params" {
+		t.Fatalf("the private params read %q (%v) after the peer rewrote its memory", d.Data(), err)
+	}
+	ip, err := got.Struct().Ptr(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := ip.Interface().Client(); !c.IsSame(cap) {
+		t.Fatal("the private params lost their capability")
+	}
+
+	// Not in shared memory: used as is.
+	local, _ := sharedCall(t, cap)
+	local.Arena.(*roArena).shared = false
+	lrm, _ := readRootGuarded(local, false)
+	lp, _ := callParams(lrm)
+	if got, err := privateContent(lp, callParams); err != nil || got != lp {
+		t.Fatalf("params in private memory: got %v, %v; want them as they are", got, err)
+	}
+
+	// A pointer that is not the call's params (the peer changed the
+	// message between the engine's decoding and this, or the caller got
+	// it elsewhere): refused.
+	other, _ := sharedCall(t, cap)
+	orm, _ := readRootGuarded(other, false)
+	call, _ := orm.Call()
+	if _, err := privateContent(call.ToPtr(), callParams); err == nil {
+		t.Fatal("a pointer elsewhere in the message was taken for the call's params")
+	}
+	// A message whose root is no longer a Call.
+	clear(mem)
+	if _, err := privateContent(params, callParams); err == nil {
+		t.Fatal("params of a message that is no longer a Call were accepted")
 	}
 }

@@ -320,6 +320,7 @@ func (t *Transport) recvByReference(rec []byte) (*inMsg, error) {
 	if int(total) <= t.opts.InlineMax || t.opts.CopyOnReceive {
 		return t.copyOut(im)
 	}
+	im.arena.shared = true
 	return t.finishIn(im, int(total))
 }
 
