@@ -158,7 +158,7 @@ func ping(ctx context.Context, e echoproto.Echo) error {
 }
 
 // callback answers value*10.
-type callback struct{}
+type callback struct{ echoproto.DataEcho }
 
 func (callback) Call(_ context.Context, call echoproto.Callback_call) error {
 	res, err := call.AllocResults()

@@ -89,7 +89,7 @@ func apiDialPeer(args []string) int {
 		case "callback":
 			// The server calls this callback back, and it never answers.
 			called := make(chan struct{})
-			cb := echoproto.Callback_ServerToClient(hangingCallback{called})
+			cb := echoproto.Callback_ServerToClient(hangingCallback{called: called})
 			f, _ := boot.CallBack(ctx, func(p echoproto.Echo_callBack_Params) error {
 				return p.SetCallback(cb)
 			})
@@ -103,7 +103,10 @@ func apiDialPeer(args []string) int {
 
 // hangingCallback is a Callback whose calls never return: it closes
 // called on the first.
-type hangingCallback struct{ called chan struct{} }
+type hangingCallback struct {
+	called chan struct{}
+	echoproto.DataEcho
+}
 
 func (h hangingCallback) Call(ctx context.Context, _ echoproto.Callback_call) error {
 	select {

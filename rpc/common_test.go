@@ -19,7 +19,10 @@ func apiPingBoot(ctx context.Context, boot echoproto.Echo) error {
 
 // countedCallback is a Callback that counts its live capabilities: go-capnp
 // calls Shutdown when the last reference to one is gone.
-type countedCallback struct{ live *atomic.Int64 }
+type countedCallback struct {
+	live *atomic.Int64
+	echoproto.DataEcho
+}
 
 func (c countedCallback) Call(_ context.Context, call echoproto.Callback_call) error {
 	res, err := call.AllocResults()

@@ -358,7 +358,7 @@ func TestTailCallFromGoServer(t *testing.T) {
 			ctx := regressCtx(t)
 			var live atomic.Int64
 			live.Add(1)
-			cb := echoproto.Callback_ServerToClient(countedCallback{&live})
+			cb := echoproto.Callback_ServerToClient(countedCallback{live: &live})
 			defer cb.Release()
 			for i := 0; i < 20; i++ {
 				f, release := echo.Reflect(ctx, func(p echoproto.Echo_reflect_Params) error {

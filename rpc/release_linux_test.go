@@ -70,7 +70,7 @@ func TestCapabilitiesReleased(t *testing.T) {
 			var live atomic.Int64
 			for i := 0; i < n; i++ {
 				live.Add(1)
-				cb := echoproto.Callback_ServerToClient(countedCallback{&live})
+				cb := echoproto.Callback_ServerToClient(countedCallback{live: &live})
 				f, release := boot.CallBack(ctx, func(p echoproto.Echo_callBack_Params) error {
 					p.SetValue(int64(i))
 					return p.SetCallback(cb)

@@ -562,7 +562,7 @@ func testException(t *testing.T, env Env) {
 	}
 }
 
-type callback struct{}
+type callback struct{ echoproto.DataEcho }
 
 func (callback) Call(_ context.Context, call echoproto.Callback_call) error {
 	res, err := call.AllocResults()

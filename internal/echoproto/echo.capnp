@@ -91,4 +91,6 @@ interface Counter {
 
 interface Callback {
   call @0 (value :Int64) -> (result :Int64);
+  echoData @1 (data :Data) -> (data :Data);
+  # Returns its data: a call with large params and results to forward.
 }

@@ -421,3 +421,20 @@ func (c *counter) Self(_ context.Context, call Counter_self) error {
 	}
 	return res.SetCounter(c.client())
 }
+
+// DataEcho is Callback.echoData for a Callback server that embeds it: it
+// returns the call's data.
+type DataEcho struct{}
+
+// EchoData returns the call's data in its results.
+func (DataEcho) EchoData(_ context.Context, call Callback_echoData) error {
+	d, err := call.Args().Data()
+	if err != nil {
+		return err
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	return res.SetData(d)
+}
