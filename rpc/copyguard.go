@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	capnp "capnproto.org/go/capnp/v3"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
@@ -127,6 +128,7 @@ func privateContent(p capnp.Ptr, locate func(rpccp.Message) (capnp.Ptr, error)) 
 	if err != nil {
 		return capnp.Ptr{}, err
 	}
+	privateCopies.Add(1)
 	// The copy's capabilities are the original's, borrowed: the copy is
 	// never released, so its table releases nothing.
 	ct, src := capnp.Struct(own).Message().CapTable(), msg.CapTable()
@@ -135,6 +137,10 @@ func privateContent(p capnp.Ptr, locate func(rpccp.Message) (capnp.Ptr, error)) 
 	}
 	return locateGuarded(own, locate)
 }
+
+// privateCopies counts the messages privateContent copied out of shared
+// memory, for tests.
+var privateCopies atomic.Uint64
 
 // locateGuarded is locate(rm), with a panic of go-capnp's as an error.
 func locateGuarded(rm rpccp.Message, locate func(rpccp.Message) (capnp.Ptr, error)) (p capnp.Ptr, err error) {

@@ -39,3 +39,7 @@ func SetNewMessageHook(f func(*Transport)) (restore func()) {
 // Finalized reports whether t has unmapped its own memory (after Close,
 // once no message built here is live). Tests only.
 func Finalized(t *Transport) bool { return t.life.finalLocal.Load() }
+
+// PrivateCopies is how many forwarded params or results this process has
+// copied out of a peer's shared memory before copying them on. Tests only.
+func PrivateCopies() uint64 { return privateCopies.Load() }
