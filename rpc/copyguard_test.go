@@ -247,3 +247,50 @@ func TestPrivateContent(t *testing.T) {
 		t.Fatal("params of a message that is no longer a Call were accepted")
 	}
 }
+
+// TestPrivateResults: the results of a forwarded call, in a Return read
+// in place from shared memory, are copied out of it too (copyResults), and
+// a Return's results are not taken for a Call's params.
+func TestPrivateResults(t *testing.T) {
+	msg, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rm, _ := rpccp.NewRootMessage(seg)
+	ret, _ := rm.NewReturn()
+	pl, err := ret.NewResults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := capnp.NewStruct(pl.Segment(), capnp.ObjectSize{PointerCount: 1})
+	if err := st.SetData(0, []byte("the peer's results")); err != nil {
+		t.Fatal(err)
+	}
+	if err := pl.SetContent(st.ToPtr()); err != nil {
+		t.Fatal(err)
+	}
+	s0, _ := msg.Segment(0)
+	in := &capnp.Message{Arena: &roArena{segs: [][]byte{s0.Data()}, shared: true}, TraverseLimit: 1 << 20}
+	irm, err := readRootGuarded(in, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	results, err := returnResults(irm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := privateContent(results, callParams); err == nil {
+		t.Fatal("a Return's results were taken for a Call's params")
+	}
+	got, err := privateContent(results, returnResults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Message() == in {
+		t.Fatal("results read in place from shared memory were not copied out of it")
+	}
+	clear(s0.Data())
+	if d, err := got.Struct().Ptr(0); err != nil || string(d.Data()) != "the peer's results" {
+		t.Fatalf("the private results read %q (%v) after the peer rewrote its memory", d.Data(), err)
+	}
+}
