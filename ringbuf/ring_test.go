@@ -48,6 +48,11 @@ func (b *chanBell) Ring() error {
 
 func (b *chanBell) Wait(ctx context.Context) error {
 	select {
+	case <-b.ch: // a ring first, even when ctx has ended too
+		return nil
+	default:
+	}
+	select {
 	case <-b.ch:
 		return nil
 	case <-ctx.Done():
