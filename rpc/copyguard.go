@@ -159,11 +159,7 @@ func callParams(rm rpccp.Message) (capnp.Ptr, error) {
 	if err != nil {
 		return capnp.Ptr{}, err
 	}
-	pl, err := call.Params()
-	if err != nil {
-		return capnp.Ptr{}, err
-	}
-	return pl.Content()
+	return payloadContent(call.Params())
 }
 
 func returnResults(rm rpccp.Message) (capnp.Ptr, error) {
@@ -171,7 +167,11 @@ func returnResults(rm rpccp.Message) (capnp.Ptr, error) {
 	if err != nil {
 		return capnp.Ptr{}, err
 	}
-	pl, err := ret.Results()
+	return payloadContent(ret.Results())
+}
+
+// payloadContent is a payload's content.
+func payloadContent(pl rpccp.Payload, err error) (capnp.Ptr, error) {
 	if err != nil {
 		return capnp.Ptr{}, err
 	}
