@@ -76,9 +76,13 @@ func (c *Conn) handle(e *envelope, in transport.IncomingMessage) {
 // replyUnimplemented echoes a message this side does not implement.
 func (c *Conn) replyUnimplemented(in transport.IncomingMessage) {
 	defer in.Release()
-	// Checked and copied from a private copy: the peer cannot change it
-	// between the two.
-	echo, err := privateMessage(in.Message().Message())
+	// Checked and copied where the peer cannot change it between the two:
+	// a message read in place from shared memory is copied out first.
+	echo := in.Message()
+	var err error
+	if inSharedMemory(echo.Message()) {
+		echo, err = privateMessage(echo.Message())
+	}
 	if err == nil {
 		err = checkCopyable(echo.ToPtr())
 	}
