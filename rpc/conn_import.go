@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	capnp "capnproto.org/go/capnp/v3"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
@@ -316,18 +317,22 @@ func (ent *importEntry) fail() {
 // forward sends the peer a call received here (r) for tgt, one of its
 // capabilities, and returns the PipelineCaller for calls pipelined on it.
 // When r's Returner is an answer of this connection (the peer called a
-// capability of this side that is, or resolved to, one of its own), the
-// call is a tail call: it goes back with sendResultsTo.yourself and the
-// answer's Return says takeFromOtherQuestion, so the results stay with the
-// peer. Otherwise the results come back here and are copied into r's
-// Returner. late, when a question in tgt has returned meanwhile, gives the
+// capability of this side that is, or resolved to, one of its own) and the
+// peer takes tail calls, the call is one: it goes back with
+// sendResultsTo.yourself and the answer's Return says
+// takeFromOtherQuestion, so the results stay with the peer. Otherwise the
+// results come back here and are copied into r's Returner. Only a peer
+// that says so in its HELLO (FeatureTailCalls: capnshm's engine over
+// shared memory) gets tail calls: go-capnp v3.0.1-alpha.2 ends the
+// connection on takeFromOtherQuestion, and over a socket this side cannot
+// tell it from C++, which takes either. late, when a question in tgt has returned meanwhile, gives the
 // capability to deliver r to instead.
 func (c *Conn) forward(ctx context.Context, tgt callTarget, r capnp.Recv, late func() (capnp.Client, error)) capnp.PipelineCaller {
 	if late == nil && tgt.q != nil {
 		q, transform := tgt.q, tgt.transform
 		late = func() (capnp.Client, error) { return q.resultCap(transform) }
 	}
-	if a, ok := r.Returner.(*answer); ok && a.c == c && !a.redirect {
+	if a, ok := r.Returner.(*answer); ok && a.c == c && !a.redirect && c.tailCalls {
 		return c.tailCall(ctx, tgt, a, r, late)
 	}
 	q := &question{c: c, method: r.Method}
@@ -349,8 +354,13 @@ func (c *Conn) forward(ctx context.Context, tgt callTarget, r capnp.Recv, late f
 		return nil
 	}
 	r.ReleaseArgs() // copied into the call
+	forwarded.back.Add(1)
 	return q
 }
+
+// forwarded counts the calls forward sent, for tests: tail calls, and
+// calls whose results come back here.
+var forwarded struct{ tail, back atomic.Uint64 }
 
 // copyResults completes a forwarded call: the results (or error) of q go
 // into r's Returner, then q is released.
@@ -427,6 +437,7 @@ func (c *Conn) tailCall(ctx context.Context, tgt callTarget, a *answer, r capnp.
 		return nil
 	}
 	r.ReleaseArgs() // copied into the call
+	forwarded.tail.Add(1)
 	// The pipeline of a now is the tail call's: calls pipelined on a before
 	// the peer saw the Return, and later ones, follow it there.
 	a.pipe.redirect(func(ctx context.Context, transform []capnp.PipelineOp, r capnp.Recv) {

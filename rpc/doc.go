@@ -103,7 +103,11 @@
 //     table is ignored (peers that do not know the hint send one).
 //   - Tail calls both ways: a call on a capability that is the peer's own
 //     goes back to it with sendResultsTo.yourself, and the answer says
-//     takeFromOtherQuestion; a peer's tail call is taken the same way.
+//     takeFromOtherQuestion, when the peer's HELLO says it takes them
+//     (capnshm's engine over shared memory; go-capnp v3.0.1-alpha.2 ends
+//     the connection on one, and over a socket this side cannot tell it
+//     from C++): otherwise the results come back and go out again. A
+//     peer's tail call is taken either way.
 //   - Embargoes keep E-order when a promise resolves to a capability of
 //     this side's (conn_embargo.go).
 //   - Imports and exports are counted per descriptor and released with one

@@ -24,6 +24,9 @@ type endpoint struct {
 	out     *ringbuf.Producer // of ours: the link's sending side's
 	peer    peerID            // as the system reported it
 	peerMax uint64            // the largest message the peer accepts (its HELLO)
+	// peerTailCalls: the peer's HELLO says FeatureTailCalls (its RPC
+	// layer takes takeFromOtherQuestion).
+	peerTailCalls bool
 }
 
 // newEndpoint puts an endpoint together once both sides' memory is there.
@@ -31,7 +34,7 @@ type endpoint struct {
 // listener) or right after the peer's arrived (the dialer): a producer
 // reads its ring's head when it attaches, and the peer can write that
 // head as soon as it has the ring.
-func newEndpoint(rv rendezvous, fc *wire.FrameConn, m *mine, th *theirs, id peerID, peerMax uint64, o *transportConfig) *endpoint {
+func newEndpoint(rv rendezvous, fc *wire.FrameConn, m *mine, th *theirs, id peerID, peer wire.Hello, o *transportConfig) *endpoint {
 	yield := o.yieldTime()
 	if peerInProcess(th, id) {
 		// Both ends in this process: their receivers would yield against
@@ -43,9 +46,10 @@ func newEndpoint(rv rendezvous, fc *wire.FrameConn, m *mine, th *theirs, id peer
 		yield = -1
 	}
 	return &endpoint{
-		rv: rv, fc: fc, mine: m, theirs: th, peer: id, peerMax: peerMax,
-		in:  th.ringView.Consumer(ringbuf.Options{Strategy: o.Strategy, SpinTime: o.SpinTime, YieldTime: yield, Waiter: m.dataBell, Ringer: th.spaceBell}),
-		out: m.ringView.Producer(ringbuf.Options{Strategy: o.Strategy, SpinTime: o.SpinTime, YieldTime: yield, Waiter: m.spaceBell, Ringer: th.dataBell}),
+		rv: rv, fc: fc, mine: m, theirs: th, peer: id, peerMax: peer.MaxMessage,
+		peerTailCalls: peer.Features&wire.FeatureTailCalls != 0,
+		in:            th.ringView.Consumer(ringbuf.Options{Strategy: o.Strategy, SpinTime: o.SpinTime, YieldTime: yield, Waiter: m.dataBell, Ringer: th.spaceBell}),
+		out:           m.ringView.Producer(ringbuf.Options{Strategy: o.Strategy, SpinTime: o.SpinTime, YieldTime: yield, Waiter: m.spaceBell, Ringer: th.dataBell}),
 	}
 }
 

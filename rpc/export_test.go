@@ -43,3 +43,8 @@ func Finalized(t *Transport) bool { return t.life.finalLocal.Load() }
 // PrivateCopies is how many forwarded params or results this process has
 // copied out of a peer's shared memory before copying them on. Tests only.
 func PrivateCopies() uint64 { return privateCopies.Load() }
+
+// Forwarded is how many calls this process's connections have forwarded
+// to their peers as tail calls, and with the results coming back. Tests
+// only.
+func Forwarded() (tail, back uint64) { return forwarded.tail.Load(), forwarded.back.Load() }

@@ -116,7 +116,7 @@ func handshake(ctx context.Context, rv rendezvous, side Side, o *transportConfig
 			m.close()
 			return hs.refuse(peer.MaxMessage, err.Error(), err)
 		}
-		ep := newEndpoint(rv, hs.fc, m, th, id, peer.MaxMessage, o)
+		ep := newEndpoint(rv, hs.fc, m, th, id, peer, o)
 		if err := hs.sendHello(m); err != nil {
 			ep.close()
 			return nil, false, err
@@ -150,7 +150,7 @@ func handshake(ctx context.Context, rv rendezvous, side Side, o *transportConfig
 		m.close()
 		return nil, false, err
 	}
-	return newEndpoint(rv, hs.fc, m, th, id, peer.MaxMessage, o), false, nil
+	return newEndpoint(rv, hs.fc, m, th, id, peer, o), false, nil
 }
 
 // handshaker holds a handshake's connection and options.
@@ -162,9 +162,13 @@ type handshaker struct {
 
 func (hs *handshaker) sendHello(m *mine) error {
 	var b [wire.HelloSize]byte
+	features := wire.FeatureDedicated
+	if hs.o.Engine {
+		features |= wire.FeatureTailCalls
+	}
 	n, err := wire.PutHello(b[:], wire.Hello{
 		Version:    wire.Version,
-		Features:   wire.FeatureDedicated,
+		Features:   features,
 		PoolSize:   uint64(m.pool.Len()),
 		RingSize:   uint64(m.ring.Len()),
 		MaxMessage: uint64(hs.o.MaxMessage),

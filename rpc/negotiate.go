@@ -21,9 +21,11 @@ import (
 // without consuming them (peekHello), and which errors say that the peer
 // does not speak the handshake (notSpeaking).
 
-// transportOptions returns the shared-memory transport's options.
+// transportOptions returns the shared-memory transport's options for a
+// connection of capnshm's engine (Dial, Listen).
 func (c *config) transportOptions() *transportConfig {
 	o := c.opts
+	o.Engine = true
 	return &o
 }
 

@@ -58,6 +58,10 @@ type transportConfig struct {
 	// NoFallback: this side closes a connection whose handshake it
 	// refuses (FallbackRequire on a listener), and says so in its REFUSE.
 	NoFallback bool
+	// Engine: capnshm's engine runs on the connection (Dial, Listen),
+	// and this side's HELLO says FeatureTailCalls; a Transport of
+	// NewTransport may carry go-capnp's Conn, so its HELLO does not.
+	Engine bool
 
 	// Limits on what one peer can make this side spend (see the With...
 	// options of the same names). Zero: the default; noLimit: none.

@@ -345,11 +345,13 @@ func TestCallRacingReturn(t *testing.T) {
 }
 
 // TestTailCallFromGoServer: a call pipelined on results that are the
-// caller's own capability goes back to the caller as a tail call: the
-// server forwards it with sendResultsTo.yourself and answers with
-// takeFromOtherQuestion, and the caller gets its own object's answer. (A
-// go-capnp client cannot parse takeFromOtherQuestion and closes the
-// connection.)
+// caller's own capability goes back to the caller, and the caller gets its
+// own object's answer. A C++ server makes it a tail call
+// (sendResultsTo.yourself, then takeFromOtherQuestion), which a go-capnp
+// client cannot parse: it closes the connection. capnshm's engine, which
+// over a socket cannot tell a go-capnp client from a C++ one, has the
+// results come back instead (TestTailCallsOnlyWhereTaken), and either
+// client gets its answer.
 func TestTailCallFromGoServer(t *testing.T) {
 	for _, e := range regressionEngines(t, "client") {
 		t.Run(e.name, func(t *testing.T) {

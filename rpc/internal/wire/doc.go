@@ -115,7 +115,7 @@
 //	|      0 |    4 | magic "CSHM"                                     |
 //	|      4 |    2 | version (Version = 1)                            |
 //	|      6 |    2 | pad, zero                                        |
-//	|      8 |    4 | feature bits (FeatureDedicated; others ignored)  |
+//	|      8 |    4 | feature bits (Feature*; unknown ones ignored)    |
 //	|     12 |    4 | pid of the sender, > 0                           |
 //	|     16 |    8 | pool size, 1..MaxInt64                           |
 //	|     24 |    8 | ring region size, 1..MaxInt64                    |

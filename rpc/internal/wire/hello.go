@@ -41,6 +41,12 @@ const (
 const (
 	// FeatureDedicated: the sender accepts MAP frames (dedicated mappings).
 	FeatureDedicated uint32 = 1 << 0
+	// FeatureTailCalls: the sender's RPC layer takes a Return that says
+	// takeFromOtherQuestion, so the receiver may make tail calls to it
+	// (capnshm's engine says so; go-capnp v3.0.1-alpha.2's Conn, which
+	// a program can run on a transport of its own making, ends the
+	// connection on one).
+	FeatureTailCalls uint32 = 1 << 1
 )
 
 // Hello is the payload of a HELLO frame.
