@@ -816,3 +816,89 @@ func TestTailCallsOnlyWhereTaken(t *testing.T) {
 		})
 	}
 }
+
+// TestKeptResultsOutliveLaterMessages: results the caller has not released
+// stay intact while later messages arrive, whichever way they came: a
+// small Return moved into its question (the message it arrived in is then
+// reused for the next one), one inline but too big to move, one by
+// reference. Each is read again after a hundred more calls. Then the same
+// for the params of calls waiting in the server's queue.
+func TestKeptResultsOutliveLaterMessages(t *testing.T) {
+	addr := apiAddr(t, rpc.SchemeShm)
+	apiServe(t, addr)
+	c := apiDial(t, addr)
+	ctx := t.Context()
+	boot := echoproto.Echo(c.Bootstrap(ctx))
+	defer boot.Release()
+	if err := apiPingBoot(ctx, boot); err != nil {
+		t.Fatal(err)
+	}
+	moved0, recycled0 := rpc.Reused()
+	type kept struct {
+		data    []byte
+		res     echoproto.Echo_echo_Results
+		release capnp.ReleaseFunc
+	}
+	var held []kept
+	defer func() {
+		for _, k := range held {
+			k.release()
+		}
+	}()
+	for round := 0; round < 4; round++ {
+		for i, n := range []int{0, 8, 40, 300, 256 << 10} {
+			data := make([]byte, n)
+			echoproto.FillPattern(data, byte(round*8+i), 0)
+			f, release := boot.Echo(ctx, func(p echoproto.Echo_echo_Params) error { return p.SetData(data) })
+			res, err := f.Struct()
+			if err != nil {
+				release()
+				t.Fatalf("echo of %d B: %v", n, err)
+			}
+			held = append(held, kept{data, res, release})
+		}
+		for i := 0; i < 25; i++ {
+			if err := apiPingBoot(ctx, boot); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for i, k := range held {
+		got, err := k.res.Data()
+		if err != nil || !bytes.Equal(got, k.data) {
+			t.Errorf("results %d (%d B), read again: %d B (%v), not what came back", i, len(k.data), len(got), err)
+		}
+	}
+	// The server's side: calls sent back to back wait in the server's
+	// queue, their params (small ones moved into their answers) intact
+	// while the later calls arrive.
+	type queued struct {
+		data    []byte
+		f       echoproto.Echo_echo_Results_Future
+		release capnp.ReleaseFunc
+	}
+	var qs []queued
+	for i := 0; i < 64; i++ {
+		data := make([]byte, []int{0, 8, 40, 300}[i%4])
+		echoproto.FillPattern(data, byte(i), 0)
+		f, release := boot.Echo(ctx, func(p echoproto.Echo_echo_Params) error { return p.SetData(data) })
+		qs = append(qs, queued{data, f, release})
+	}
+	for i, q := range qs {
+		res, err := q.f.Struct()
+		if err == nil {
+			var got []byte
+			if got, err = res.Data(); err == nil && !bytes.Equal(got, q.data) {
+				err = fmt.Errorf("%d B came back, not the %d B sent", len(got), len(q.data))
+			}
+		}
+		if err != nil {
+			t.Errorf("queued call %d: %v", i, err)
+		}
+		q.release()
+	}
+	moved, recycled := rpc.Reused()
+	if moved == moved0 || recycled == recycled0 {
+		t.Errorf("no small Return was moved (%d) or its message reused (%d): the test tests nothing", moved-moved0, recycled-recycled0)
+	}
+}

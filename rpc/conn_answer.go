@@ -40,7 +40,12 @@ type answer struct {
 	method capnp.Method
 	ctx    context.Context
 	cancel context.CancelFunc
-	in     atomic.Pointer[incoming] // the Call's message, until ReleaseArgs
+	in     atomic.Pointer[incoming] // the Call's message (inBox), until ReleaseArgs
+	inBox  incoming
+	// callIn is room for the Call, when it is a small message copied out
+	// of the ring (inMsg.moveSmall, as a question's retIn). Set by
+	// newAnswerLocked over shared memory, nil otherwise.
+	callIn *inMsg
 	pipe   pipeline
 	// redirect: sendResultsTo.yourself; the results wait for a Return of
 	// this side's that takes them (takeFromOtherQuestion).
@@ -110,7 +115,11 @@ var errNoCaps = failed(errors.New("capnshm: call pipelined on results that hold 
 
 // handleCall handles a Call: it records the answer and delivers the call
 // to its target, or queues it on the answer it is pipelined on.
-func (c *Conn) handleCall(e *envelope, in transport.IncomingMessage) {
+//
+// It reports whether in is spent (see handle): released, or moved into the
+// answer.
+func (c *Conn) handleCall(e *envelope, in transport.IncomingMessage) (spent bool) {
+	spent = true // unless in itself stays with the answer, below
 	c.mu.Lock()
 	if c.closing {
 		c.mu.Unlock()
@@ -131,9 +140,18 @@ func (c *Conn) handleCall(e *envelope, in transport.IncomingMessage) {
 		c.abortErr(fmt.Errorf("call %d: %w", e.id, err))
 		return
 	}
-	in.Message().Message().CapTable().Reset(caps...)
 	a := c.newAnswerLocked(e.id, e.method)
-	a.in.Store(&incoming{in})
+	spent = false
+	if im, ok := in.(*inMsg); ok && a.callIn != nil {
+		// A small message moves into the answer, and the transport
+		// reuses in.
+		if p, ok := im.moveSmall(a.callIn, callParams); ok {
+			in, e.payload.content, spent = a.callIn, p, true
+		}
+	}
+	in.Message().Message().CapTable().Reset(caps...)
+	a.inBox.m = in
+	a.in.Store(&a.inBox)
 	a.redirect = e.resultsTo == rpccp.Call_sendResultsTo_Which_yourself
 	r := capnp.Recv{Method: e.method, Args: e.payload.content.Struct(), ReleaseArgs: a.releaseArgs, Returner: a}
 	if e.resultsTo == rpccp.Call_sendResultsTo_Which_thirdParty {
@@ -155,11 +173,24 @@ func (c *Conn) handleCall(e *envelope, in transport.IncomingMessage) {
 		target.RecvCall(a.ctx, r)
 	}
 	a.onReader.Store(false)
+	return spent
 }
 
 // newAnswerLocked records a new answer. Called with mu held.
 func (c *Conn) newAnswerLocked(id uint32, m capnp.Method) *answer {
-	a := &answer{c: c, id: id, method: m}
+	var a *answer
+	if c.shm == nil {
+		a = &answer{c: c, id: id, method: m}
+	} else {
+		// With room for the Call (callIn), which only shared memory
+		// uses.
+		ar := &struct {
+			answer
+			call inMsg
+		}{answer: answer{c: c, id: id, method: m}}
+		ar.callIn = &ar.call
+		a = &ar.answer
+	}
 	a.ctx, a.cancel = context.WithCancel(c.ctx)
 	c.answers[id] = a
 	return a

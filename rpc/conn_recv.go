@@ -29,7 +29,11 @@ func (c *Conn) receive() {
 			c.abortErr(err)
 			return
 		}
-		c.handle(&e, in)
+		if c.handle(&e, in) && c.shm != nil {
+			if im, ok := in.(*inMsg); ok {
+				c.shm.recycle(im)
+			}
+		}
 		c.mu.Lock()
 		closing := c.closing
 		c.mu.Unlock()
@@ -39,38 +43,49 @@ func (c *Conn) receive() {
 	}
 }
 
-// handle handles one message; it owns in.
-func (c *Conn) handle(e *envelope, in transport.IncomingMessage) {
+// handle handles one message; it owns in. It reports whether in is spent:
+// released (or moved, see inMsg.moveSmall) before anything but handle saw
+// it, so that no reference to it outlives handle and the transport may
+// reuse it (Transport.recycle). A message that was kept, or handed on,
+// is not spent even once released: whoever held it might release it
+// again.
+func (c *Conn) handle(e *envelope, in transport.IncomingMessage) (spent bool) {
 	switch e.which {
 	case rpccp.Message_Which_call:
-		c.handleCall(e, in)
+		return c.handleCall(e, in)
 	case rpccp.Message_Which_return:
-		c.handleReturn(e, in)
+		return c.handleReturn(e, in)
 	case rpccp.Message_Which_finish:
 		in.Release()
 		c.handleFinish(e)
+		return true
 	case rpccp.Message_Which_bootstrap:
 		in.Release()
 		c.handleBootstrap(e)
+		return true
 	case rpccp.Message_Which_resolve:
 		c.handleResolve(e, in)
 	case rpccp.Message_Which_release:
 		in.Release()
 		c.handleRelease(e)
+		return true
 	case rpccp.Message_Which_disembargo:
 		in.Release()
 		c.handleDisembargo(e)
+		return true
 	case rpccp.Message_Which_abort:
 		in.Release()
 		c.end(fmt.Errorf("%w: the peer aborted the connection: %w", ErrPeerGone, e.exception), false)
 	case rpccp.Message_Which_unimplemented:
 		in.Release()
 		c.handleUnimplemented(e)
+		return true
 	default:
 		// Level 2-4 messages (provide, accept, join, the obsolete save and
 		// delete) and kinds this version does not know: echo them back.
 		c.replyUnimplemented(in)
 	}
+	return false
 }
 
 // replyUnimplemented echoes a message this side does not implement.
