@@ -209,3 +209,49 @@ func TestWinRequireErrors(t *testing.T) {
 		t.Errorf("Dial of a pipe nobody serves: %v, want an error naming the pipe", err)
 	}
 }
+
+// TestWinTailCallsOnlyWhereTaken is TestTailCallsOnlyWhereTaken on
+// Windows: a call pipelined on reflect's result goes back to the caller's
+// callback as a tail call only to capnshm's engine dialled with Dial over
+// shared memory; go-capnp, on a Transport of NewTransport's or on the
+// plain pipe, gets the results back.
+func TestWinTailCallsOnlyWhereTaken(t *testing.T) {
+	addr := winAddr(rpc.SchemeShm)
+	apiServe(t, addr)
+	name := strings.TrimPrefix(addr, "shm:")
+	for _, tt := range []struct {
+		name   string
+		client func(t *testing.T) capnp.Client // the bootstrap
+		tail   bool
+	}{
+		{"engine over shared memory, Dial", func(t *testing.T) capnp.Client {
+			return apiDial(t, addr).Bootstrap(t.Context())
+		}, true},
+		{"go-capnp over shared memory", func(t *testing.T) capnp.Client {
+			raw, err := rpc.DialPipe(t.Context(), name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tr, err := rpc.NewTransport(t.Context(), raw, rpc.Dialer, rpc.WithPoolSize(2<<20))
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := gorpc.NewConn(tr, nil)
+			t.Cleanup(func() { c.Close() })
+			return c.Bootstrap(t.Context())
+		}, false},
+		{"go-capnp over the pipe", func(t *testing.T) capnp.Client {
+			raw, err := rpc.DialPipe(t.Context(), name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := gorpc.NewConn(gorpc.NewStreamTransport(raw), nil)
+			t.Cleanup(func() { c.Close() })
+			return c.Bootstrap(t.Context())
+		}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			forwardToOwnCallback(t, echoproto.Echo(tt.client(t)), tt.tail)
+		})
+	}
+}
