@@ -18,6 +18,8 @@ import (
 
 	capnp "capnproto.org/go/capnp/v3"
 	gorpc "capnproto.org/go/capnp/v3/rpc"
+	"capnproto.org/go/capnp/v3/rpc/transport"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 
 	"github.com/capnshm/capnshm/internal/echoproto"
 	"github.com/capnshm/capnshm/internal/peertest"
@@ -855,5 +857,91 @@ func TestKeptResultsOutliveLaterMessages(t *testing.T) {
 	moved, recycled := rpc.Reused()
 	if moved == moved0 || recycled == recycled0 {
 		t.Errorf("no small Return was moved (%d) or its message reused (%d): the test tests nothing", moved-moved0, recycled-recycled0)
+	}
+}
+
+// TestUnimplementedEchoFromSharedMemory: a message the engine does not
+// implement (a Level 3 Provide), sent by reference so that the server reads
+// it in place from the client's pool, comes back whole in an
+// Unimplemented, copied out of the shared memory before it is checked and
+// echoed, and the connection goes on.
+func TestUnimplementedEchoFromSharedMemory(t *testing.T) {
+	path := filepath.Join(peertest.TempDir(t), "s.sock")
+	apiServe(t, "shm:"+path)
+	raw, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := rpc.NewTransport(t.Context(), raw, rpc.Dialer, rpc.WithPoolSize(2<<20), rpc.WithLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	recv := func() (transport.IncomingMessage, error) {
+		type result struct {
+			in  transport.IncomingMessage
+			err error
+		}
+		got := make(chan result, 1)
+		go func() { in, err := tr.RecvMessage(); got <- result{in, err} }()
+		select {
+		case r := <-got:
+			return r.in, r.err
+		case <-time.After(30 * time.Second):
+			tr.Close()
+			return nil, errors.New("no message from the server in 30 s")
+		}
+	}
+	data := make([]byte, 64<<10)
+	echoproto.FillPattern(data, 7, 0)
+	for round := 0; round < 3; round++ {
+		om, err := tr.NewMessage()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pv, err := om.Message().NewProvide()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pv.SetQuestionId(uint32(100 + round))
+		d, err := capnp.NewData(pv.Segment(), data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pv.SetRecipient(d.ToPtr()); err != nil {
+			t.Fatal(err)
+		}
+		byRef, copies := tr.Stats().SentByReference, rpc.PrivateCopies()
+		if err := om.Send(); err != nil {
+			t.Fatal(err)
+		}
+		om.Release()
+		if tr.Stats().SentByReference == byRef {
+			t.Fatal("the Provide did not go by reference")
+		}
+		in, err := recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := in.Message()
+		if m.Which() != rpccp.Message_Which_unimplemented {
+			t.Fatalf("round %d: the server answered a %v, want unimplemented", round, m.Which())
+		}
+		echo, err := m.Unimplemented()
+		if err != nil || echo.Which() != rpccp.Message_Which_provide {
+			t.Fatalf("round %d: the echo: %v (%v), want the provide", round, echo.Which(), err)
+		}
+		got, err := echo.Provide()
+		var rec capnp.Ptr
+		if err == nil {
+			rec, err = got.Recipient()
+		}
+		if err != nil || got.QuestionId() != uint32(100+round) || !bytes.Equal(rec.Data(), data) {
+			t.Fatalf("round %d: the echoed provide has question %d and %d bytes (%v), want %d and the %d sent", round, got.QuestionId(), len(rec.Data()), err, 100+round, len(data))
+		}
+		in.Release()
+		if rpc.PrivateCopies() == copies {
+			t.Fatalf("round %d: the server echoed the provide without copying it out of shared memory first", round)
+		}
 	}
 }

@@ -97,6 +97,7 @@ func (c *Conn) replyUnimplemented(in transport.IncomingMessage) {
 	var err error
 	if inSharedMemory(echo.Message()) {
 		echo, err = privateMessage(echo.Message())
+		privateCopies.Add(1)
 	}
 	if err == nil {
 		err = checkCopyable(echo.ToPtr())

@@ -138,8 +138,8 @@ func privateContent(p capnp.Ptr, locate func(rpccp.Message) (capnp.Ptr, error)) 
 	return locateGuarded(own, locate)
 }
 
-// privateCopies counts the messages privateContent copied out of shared
-// memory, for tests.
+// privateCopies counts the messages privateContent (and an Unimplemented
+// echo) copied out of shared memory, for tests.
 var privateCopies atomic.Uint64
 
 // locateGuarded is locate(rm), with a panic of go-capnp's as an error.

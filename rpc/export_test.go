@@ -40,8 +40,9 @@ func SetNewMessageHook(f func(*Transport)) (restore func()) {
 // once no message built here is live). Tests only.
 func Finalized(t *Transport) bool { return t.life.finalLocal.Load() }
 
-// PrivateCopies is how many forwarded params or results this process has
-// copied out of a peer's shared memory before copying them on. Tests only.
+// PrivateCopies is how many forwarded params or results, or messages
+// echoed in an Unimplemented, this process has copied out of a peer's
+// shared memory before copying them on. Tests only.
 func PrivateCopies() uint64 { return privateCopies.Load() }
 
 // Forwarded is how many calls this process's connections have forwarded
