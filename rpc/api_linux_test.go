@@ -776,10 +776,11 @@ func TestTailCallsOnlyWhereTaken(t *testing.T) {
 
 // TestKeptResultsOutliveLaterMessages: results the caller has not released
 // stay intact while later messages arrive, whichever way they came: a
-// small Return moved into its question (the message it arrived in is then
-// reused for the next one), one inline but too big to move, one by
-// reference. Each is read again after a hundred more calls. Then the same
-// for the params of calls waiting in the server's queue.
+// small Return copied out of the ring, one inline but bigger than an
+// inMsg's own buffer, one by reference. Each is read again after a hundred
+// more calls. Then the same for the params of calls waiting in the
+// server's queue. (A transport that reused the memory of a message still
+// held would fail it.)
 func TestKeptResultsOutliveLaterMessages(t *testing.T) {
 	addr := apiAddr(t, rpc.SchemeShm)
 	apiServe(t, addr)
@@ -790,7 +791,6 @@ func TestKeptResultsOutliveLaterMessages(t *testing.T) {
 	if err := apiPingBoot(ctx, boot); err != nil {
 		t.Fatal(err)
 	}
-	moved0, recycled0 := rpc.Reused()
 	type kept struct {
 		data    []byte
 		res     echoproto.Echo_echo_Results
@@ -827,7 +827,7 @@ func TestKeptResultsOutliveLaterMessages(t *testing.T) {
 		}
 	}
 	// The server's side: calls sent back to back wait in the server's
-	// queue, their params (small ones moved into their answers) intact
+	// queue, their params intact
 	// while the later calls arrive.
 	type queued struct {
 		data    []byte
@@ -853,10 +853,6 @@ func TestKeptResultsOutliveLaterMessages(t *testing.T) {
 			t.Errorf("queued call %d: %v", i, err)
 		}
 		q.release()
-	}
-	moved, recycled := rpc.Reused()
-	if moved == moved0 || recycled == recycled0 {
-		t.Errorf("no small Return was moved (%d) or its message reused (%d): the test tests nothing", moved-moved0, recycled-recycled0)
 	}
 }
 

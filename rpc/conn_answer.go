@@ -42,10 +42,6 @@ type answer struct {
 	cancel context.CancelFunc
 	in     atomic.Pointer[incoming] // the Call's message (inBox), until ReleaseArgs
 	inBox  incoming
-	// callIn is room for the Call, when it is a small message copied out
-	// of the ring (inMsg.moveSmall, as a question's retIn). Set by
-	// newAnswerLocked over shared memory, nil otherwise.
-	callIn *inMsg
 	pipe   pipeline
 	// redirect: sendResultsTo.yourself; the results wait for a Return of
 	// this side's that takes them (takeFromOtherQuestion).
@@ -115,11 +111,7 @@ var errNoCaps = failed(errors.New("capnshm: call pipelined on results that hold 
 
 // handleCall handles a Call: it records the answer and delivers the call
 // to its target, or queues it on the answer it is pipelined on.
-//
-// It reports whether in is spent (see handle): released, or moved into the
-// answer.
-func (c *Conn) handleCall(e *envelope, in transport.IncomingMessage) (spent bool) {
-	spent = true // unless in itself stays with the answer, below
+func (c *Conn) handleCall(e *envelope, in transport.IncomingMessage) {
 	c.mu.Lock()
 	if c.closing {
 		c.mu.Unlock()
@@ -140,16 +132,8 @@ func (c *Conn) handleCall(e *envelope, in transport.IncomingMessage) (spent bool
 		c.abortErr(fmt.Errorf("call %d: %w", e.id, err))
 		return
 	}
-	a := c.newAnswerLocked(e.id, e.method)
-	spent = false
-	if im, ok := in.(*inMsg); ok && a.callIn != nil {
-		// A small message moves into the answer, and the transport
-		// reuses in.
-		if p, ok := im.moveSmall(a.callIn, callParams); ok {
-			in, e.payload.content, spent = a.callIn, p, true
-		}
-	}
 	in.Message().Message().CapTable().Reset(caps...)
+	a := c.newAnswerLocked(e.id, e.method)
 	a.inBox.m = in
 	a.in.Store(&a.inBox)
 	a.redirect = e.resultsTo == rpccp.Call_sendResultsTo_Which_yourself
@@ -173,24 +157,11 @@ func (c *Conn) handleCall(e *envelope, in transport.IncomingMessage) (spent bool
 		target.RecvCall(a.ctx, r)
 	}
 	a.onReader.Store(false)
-	return spent
 }
 
 // newAnswerLocked records a new answer. Called with mu held.
 func (c *Conn) newAnswerLocked(id uint32, m capnp.Method) *answer {
-	var a *answer
-	if c.shm == nil {
-		a = &answer{c: c, id: id, method: m}
-	} else {
-		// With room for the Call (callIn), which only shared memory
-		// uses.
-		ar := &struct {
-			answer
-			call inMsg
-		}{answer: answer{c: c, id: id, method: m}}
-		ar.callIn = &ar.call
-		a = &ar.answer
-	}
+	a := &answer{c: c, id: id, method: m}
 	a.ctx, a.cancel = context.WithCancel(c.ctx)
 	c.answers[id] = a
 	return a

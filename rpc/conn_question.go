@@ -57,26 +57,6 @@ type question struct {
 	// callMsg is room for the Call message in the question itself (a
 	// call rebuilt for a late target gets a message of its own).
 	callMsg embeddedMsg
-	// retIn is room for the Return, when it is a small message copied
-	// out of the ring (inMsg.moveSmall): kept as the results without an
-	// allocation of its own, while the transport reuses the inMsg it
-	// arrived in. Set by newCall over shared memory, nil otherwise.
-	retIn *inMsg
-}
-
-// newCall returns a question for a call of m: over shared memory one
-// allocated with room for its Return (retIn), which a stream transport
-// would not use.
-func (c *Conn) newCall(m capnp.Method) *question {
-	if c.shm == nil {
-		return &question{c: c, method: m}
-	}
-	qr := &struct {
-		question
-		ret inMsg
-	}{question: question{c: c, method: m}}
-	qr.retIn = &qr.ret
-	return &qr.question
 }
 
 type questionKind uint8
@@ -137,7 +117,7 @@ func (c *Conn) call(ctx context.Context, tgt callTarget, s capnp.Send) (*capnp.A
 		// Nothing is sent for a call whose context has ended already.
 		return capnp.ErrorAnswer(s.Method, failed(context.Cause(ctx))), func() {}
 	}
-	q := c.newCall(s.Method)
+	q := &question{c: c, method: s.Method}
 	q.p = capnp.NewPromise(s.Method, q, nil)
 	if err := c.sendCall(ctx, q, tgt, s, &sendOpts{inline: true}); err != nil {
 		return capnp.ErrorAnswer(s.Method, err), func() {}
@@ -630,11 +610,7 @@ func capAt(content capnp.Ptr, transform []capnp.PipelineOp) (capnp.Client, error
 }
 
 // handleReturn handles the Return of one of this side's questions.
-//
-// It reports whether in is spent: released, or moved into q, and held by
-// nothing (see handle).
-func (c *Conn) handleReturn(e *envelope, in transport.IncomingMessage) (spent bool) {
-	spent = true // unless in itself stays with q as its results, below
+func (c *Conn) handleReturn(e *envelope, in transport.IncomingMessage) {
 	c.mu.Lock()
 	if c.closing {
 		c.mu.Unlock()
@@ -676,13 +652,6 @@ func (c *Conn) handleReturn(e *envelope, in transport.IncomingMessage) (spent bo
 		if q.kind == kindTail {
 			protoErr = fmt.Errorf("results in the Return of question %d, a tail call (sendResultsTo.yourself)", e.id)
 			break
-		}
-		if im, ok := in.(*inMsg); ok && q.retIn != nil && !q.released && !q.resolved {
-			// The results stay with q (below): a small message moves
-			// into it, and the transport reuses in.
-			if p, ok := im.moveSmall(q.retIn, returnResults); ok {
-				in, e.payload.content = q.retIn, p
-			}
 		}
 		var caps []capnp.Client
 		caps, protoErr = c.receiveCaps(e.payload.caps)
@@ -754,7 +723,6 @@ func (c *Conn) handleReturn(e *envelope, in transport.IncomingMessage) (spent bo
 	settle := !q.resolved // not if its context ended first
 	if keep && !q.released && settle {
 		q.results = in
-		spent = q.retIn != nil && in == transport.IncomingMessage(q.retIn)
 		in = nil
 	}
 	q.resolved = true
@@ -774,7 +742,6 @@ func (c *Conn) handleReturn(e *envelope, in transport.IncomingMessage) (spent bo
 	if q.kind == kindBootstrap {
 		c.finishBootstrap(q)
 	}
-	return spent
 }
 
 // finishBootstrap sends the Finish of a bootstrap once it has resolved:

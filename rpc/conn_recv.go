@@ -29,11 +29,7 @@ func (c *Conn) receive() {
 			c.abortErr(err)
 			return
 		}
-		if c.handle(&e, in) && c.shm != nil {
-			if im, ok := in.(*inMsg); ok {
-				c.shm.recycle(im)
-			}
-		}
+		c.handle(&e, in)
 		c.mu.Lock()
 		closing := c.closing
 		c.mu.Unlock()
@@ -43,49 +39,38 @@ func (c *Conn) receive() {
 	}
 }
 
-// handle handles one message; it owns in. It reports whether in is spent:
-// released (or moved, see inMsg.moveSmall) before anything but handle saw
-// it, so that no reference to it outlives handle and the transport may
-// reuse it (Transport.recycle). A message that was kept, or handed on,
-// is not spent even once released: whoever held it might release it
-// again.
-func (c *Conn) handle(e *envelope, in transport.IncomingMessage) (spent bool) {
+// handle handles one message; it owns in.
+func (c *Conn) handle(e *envelope, in transport.IncomingMessage) {
 	switch e.which {
 	case rpccp.Message_Which_call:
-		return c.handleCall(e, in)
+		c.handleCall(e, in)
 	case rpccp.Message_Which_return:
-		return c.handleReturn(e, in)
+		c.handleReturn(e, in)
 	case rpccp.Message_Which_finish:
 		in.Release()
 		c.handleFinish(e)
-		return true
 	case rpccp.Message_Which_bootstrap:
 		in.Release()
 		c.handleBootstrap(e)
-		return true
 	case rpccp.Message_Which_resolve:
 		c.handleResolve(e, in)
 	case rpccp.Message_Which_release:
 		in.Release()
 		c.handleRelease(e)
-		return true
 	case rpccp.Message_Which_disembargo:
 		in.Release()
 		c.handleDisembargo(e)
-		return true
 	case rpccp.Message_Which_abort:
 		in.Release()
 		c.end(fmt.Errorf("%w: the peer aborted the connection: %w", ErrPeerGone, e.exception), false)
 	case rpccp.Message_Which_unimplemented:
 		in.Release()
 		c.handleUnimplemented(e)
-		return true
 	default:
 		// Level 2-4 messages (provide, accept, join, the obsolete save and
 		// delete) and kinds this version does not know: echo them back.
 		c.replyUnimplemented(in)
 	}
-	return false
 }
 
 // replyUnimplemented echoes a message this side does not implement.

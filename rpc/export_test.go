@@ -49,9 +49,3 @@ func PrivateCopies() uint64 { return privateCopies.Load() }
 // to their peers as tail calls, and with the results coming back. Tests
 // only.
 func Forwarded() (tail, back uint64) { return forwarded.tail.Load(), forwarded.back.Load() }
-
-// Reused is how many received messages this process's shared-memory
-// transports have moved into the question they answer, and how many of the
-// inMsgs they arrived in the engine has given back for the next message.
-// Tests only.
-func Reused() (moved, recycled uint64) { return reuse.moved.Load(), reuse.recycled.Load() }

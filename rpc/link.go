@@ -41,10 +41,6 @@ import (
 // Code that holds recv.mu or a leaf and wants send.mu (a FREE owed from
 // RecvMessage, an UNMAP from an arena's release) only ever tries it
 // (TryLock) and otherwise hands the work to the flush goroutine.
-//
-// recv.spare, the inMsg capnshm's engine gives back for the next message
-// (recycle), takes no lock: only the engine's receiving goroutine, the
-// one caller of RecvMessage, puts and takes it.
 
 // Transport carries go-capnp's rpc.Conn (or capnshm's Conn) over shared
 // memory: it implements capnproto.org/go/capnp/v3/rpc/transport.Transport.

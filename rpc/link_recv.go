@@ -27,10 +27,6 @@ type recvState struct {
 	// that no SOCK record has taken yet.
 	aheadSince time.Time
 	rec        wire.Msg // the MSG record being parsed, reused
-	// spare is an inMsg the engine gave back (recycle) for the next
-	// message: taken and put by the engine's receiving goroutine only,
-	// atomic so that the rule needs no lock.
-	spare atomic.Pointer[inMsg]
 }
 
 // inMsg is a message received from the peer. A message that came through
@@ -52,23 +48,15 @@ type inMsg struct {
 	// small holds the copy of a message of up to its size (a Return
 	// without capabilities, a Finish, a Release): no buffer of its own.
 	small [smallCopy]byte
-	// inSmall: the message is a copy in small (moveSmall can move it).
-	inSmall bool
 }
 
 // smallCopy is the size of the messages an inMsg copies into itself.
 const smallCopy = 128
 
 // newInMsg returns an inMsg for a message of n segments, its segment list
-// and mapping list ready to fill: the spare one, if the engine gave one
-// back.
+// and mapping list ready to fill.
 func newInMsg(t *Transport, n int) *inMsg {
-	im := t.recv.spare.Swap(nil)
-	if im != nil {
-		*im = inMsg{t: t}
-	} else {
-		im = &inMsg{t: t}
-	}
+	im := &inMsg{t: t}
 	if n == 1 {
 		im.arena.segs = im.one[:]
 	} else {
@@ -79,56 +67,6 @@ func newInMsg(t *Transport, n int) *inMsg {
 }
 
 func (im *inMsg) Message() rpccp.Message { return im.rm }
-
-// recycle gives im back to the transport, for the next message the engine
-// receives. The engine's receiving goroutine calls it for a message that
-// has been released, or moved (moveSmall), where nothing else has seen
-// it: no reference to im outlives the call (a second Release of it would
-// release the next message).
-func (t *Transport) recycle(im *inMsg) {
-	if im.t == t && im.released.Load() {
-		t.recv.spare.Store(im)
-		reuse.recycled.Add(1)
-	}
-}
-
-// reuse counts, for tests, the inMsgs recycled and the messages
-// moveSmall moved.
-var reuse struct{ recycled, moved atomic.Uint64 }
-
-// moveSmall moves a message copied into im's own buffer (a small Return,
-// say) into dst, which its holder embeds, and returns the object locate
-// finds in it (the same one as in im); im is left released, with nothing
-// to release: dst holds the message now. It reports false, and leaves im
-// as it was, for any other message, or if locate fails.
-func (im *inMsg) moveSmall(dst *inMsg, locate func(rpccp.Message) (capnp.Ptr, error)) (capnp.Ptr, bool) {
-	if !im.inSmall || len(im.arena.segs) != 1 || im.released.Load() || im.msg.CapTable().Len() != 0 {
-		return capnp.Ptr{}, false
-	}
-	n := len(im.arena.segs[0])
-	copy(dst.small[:n], im.small[:n])
-	dst.t, dst.inSmall = im.t, true
-	dst.one[0] = dst.small[:n:n]
-	dst.arena.segs = dst.one[:]
-	dst.maps = dst.oneMap[:0]
-	dst.own.Arena = &dst.arena
-	dst.own.TraverseLimit = im.own.TraverseLimit
-	dst.msg = &dst.own
-	// A private copy of a message read already: it reads the same.
-	rm, err := readRootGuarded(dst.msg, false)
-	var p capnp.Ptr
-	if err == nil {
-		p, err = locateGuarded(rm, locate)
-	}
-	if err != nil {
-		*dst = inMsg{}
-		return capnp.Ptr{}, false
-	}
-	dst.rm = rm
-	im.released.Store(true) // its liveIn count is dst's
-	reuse.moved.Add(1)
-	return p, true
-}
 
 // Release gives the message's memory back to the peer, and releases the
 // capabilities go-capnp put in its cap table (the RPC layer relies on
@@ -292,7 +230,6 @@ func (t *Transport) copyOut(im *inMsg) (*inMsg, error) {
 	var buf []byte
 	if total <= len(im.small) {
 		buf = im.small[:total]
-		im.inSmall = true
 	} else {
 		buf = make([]byte, total)
 	}
