@@ -776,8 +776,8 @@ func TestTailCallsOnlyWhereTaken(t *testing.T) {
 
 // TestKeptResultsOutliveLaterMessages: results the caller has not released
 // stay intact while later messages arrive, whichever way they came: a
-// small Return copied out of the ring, one inline but bigger than an
-// inMsg's own buffer, one by reference. Each is read again after a hundred
+// small Return built in its question's room (link_rooms.go), one inline
+// but bigger than an inMsg's own buffer, one by reference. Each is read again after a hundred
 // more calls. Then the same for the params of calls waiting in the
 // server's queue. (A transport that reused the memory of a message still
 // held would fail it.)
@@ -791,6 +791,7 @@ func TestKeptResultsOutliveLaterMessages(t *testing.T) {
 	if err := apiPingBoot(ctx, boot); err != nil {
 		t.Fatal(err)
 	}
+	rooms0 := rpc.RoomsFilled()
 	type kept struct {
 		data    []byte
 		res     echoproto.Echo_echo_Results
@@ -825,6 +826,9 @@ func TestKeptResultsOutliveLaterMessages(t *testing.T) {
 		if err != nil || !bytes.Equal(got, k.data) {
 			t.Errorf("results %d (%d B), read again: %d B (%v), not what came back", i, len(k.data), len(got), err)
 		}
+	}
+	if rpc.RoomsFilled() == rooms0 {
+		t.Error("no small Return was built in its question's room: the test does not test that")
 	}
 	// The server's side: calls sent back to back wait in the server's
 	// queue, their params intact

@@ -57,6 +57,26 @@ type question struct {
 	// callMsg is room for the Call message in the question itself (a
 	// call rebuilt for a late target gets a message of its own).
 	callMsg embeddedMsg
+	// retIn is room for the Return, offered to the shared-memory
+	// transport (link_rooms.go) while the call is in flight: a small
+	// Return is built there, and kept as the results, without an
+	// allocation of its own. Set by newCall over shared memory.
+	retIn *inMsg
+}
+
+// newCall returns a question for a call of m: over shared memory one
+// allocated with room for its Return (retIn), which a stream transport
+// has no use for.
+func (c *Conn) newCall(m capnp.Method) *question {
+	if c.shm == nil {
+		return &question{c: c, method: m}
+	}
+	qr := &struct {
+		question
+		ret inMsg
+	}{question: question{c: c, method: m}}
+	qr.retIn = &qr.ret
+	return &qr.question
 }
 
 type questionKind uint8
@@ -117,7 +137,7 @@ func (c *Conn) call(ctx context.Context, tgt callTarget, s capnp.Send) (*capnp.A
 		// Nothing is sent for a call whose context has ended already.
 		return capnp.ErrorAnswer(s.Method, failed(context.Cause(ctx))), func() {}
 	}
-	q := &question{c: c, method: s.Method}
+	q := c.newCall(s.Method)
 	q.p = capnp.NewPromise(s.Method, q, nil)
 	if err := c.sendCall(ctx, q, tgt, s, &sendOpts{inline: true}); err != nil {
 		return capnp.ErrorAnswer(s.Method, err), func() {}
@@ -221,6 +241,9 @@ func (c *Conn) sendCall(ctx context.Context, q *question, tgt callTarget, s capn
 	q.paramExp = exps
 	q.id = c.questions.add(q)
 	call.SetQuestionId(q.id)
+	if q.retIn != nil {
+		c.shm.offerRoom(q.id, q.retIn)
+	}
 	if tgt.q != nil {
 		tgt.q.pipelined(tgt.transform)
 	} else if ent := c.imports[tgt.importID]; ent != nil {
@@ -631,6 +654,10 @@ func (c *Conn) handleReturn(e *envelope, in transport.IncomingMessage) {
 		return
 	}
 	q.returned = true
+	if q.retIn != nil {
+		// Its room was used (in is there) or is no longer wanted.
+		c.shm.withdrawRoom(q.id, q.retIn)
+	}
 	if e.noFinish {
 		// The callee has forgotten the answer: no Finish will be sent,
 		// and the ID is free once the Return is handled.

@@ -49,3 +49,7 @@ func PrivateCopies() uint64 { return privateCopies.Load() }
 // to their peers as tail calls, and with the results coming back. Tests
 // only.
 func Forwarded() (tail, back uint64) { return forwarded.tail.Load(), forwarded.back.Load() }
+
+// RoomsFilled is how many small Returns this process's shared-memory
+// transports have built in the room of their question. Tests only.
+func RoomsFilled() uint64 { return roomsFilled.Load() }

@@ -35,8 +35,9 @@ import (
 //	send.mu  (Send, pending flushes, Close)
 //	  recv.mu  (RecvMessage, Close)
 //	    segalloc's locks (arena releases, Map)
-//	      held.mu, peer.mu, pend.mu, mapper.mu, the frame connection's
-//	      write lock: leaves, never held while another lock is taken
+//	      held.mu, peer.mu, pend.mu, mapper.mu, rooms.mu, the frame
+//	      connection's write lock: leaves, never held while another lock
+//	      is taken (rooms.mu is also taken under the engine's Conn.mu)
 //
 // Code that holds recv.mu or a leaf and wants send.mu (a FREE owed from
 // RecvMessage, an UNMAP from an arena's release) only ever tries it
@@ -56,6 +57,7 @@ type Transport struct {
 	send  sendState // link_send.go
 	pend  pendState // link_pending.go
 	recv  recvState // link_recv.go
+	rooms roomTable // link_rooms.go
 	held  heldState // link_held.go
 	peer  peerState // link_peer.go
 	stats counters  // link_stats.go

@@ -214,6 +214,9 @@ func (t *Transport) recvInline(rec []byte) (*inMsg, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
 	}
+	if room := t.intoRoom(segs); room != nil {
+		return t.finishIn(room, len(room.one[0]))
+	}
 	im := newInMsg(t, len(segs))
 	copy(im.arena.segs, segs)
 	return t.copyOut(im)
