@@ -713,6 +713,21 @@ func TestForwardedCallOverSharedMemory(t *testing.T) {
 	}
 }
 
+// dialTransport dials the shm: listener at path and returns a Transport
+// made with NewTransport, whatever RPC layer the test runs on it.
+func dialTransport(t *testing.T, path string) *rpc.Transport {
+	t.Helper()
+	raw, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := rpc.NewTransport(t.Context(), raw, rpc.Dialer, rpc.WithPoolSize(2<<20), rpc.WithLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr
+}
+
 // TestTailCallsOnlyWhereTaken: the server forwards a call pipelined on
 // reflect's result back to the caller's callback as a tail call only to a
 // peer whose HELLO says it takes them (capnshm's engine, dialled with
@@ -723,17 +738,6 @@ func TestForwardedCallOverSharedMemory(t *testing.T) {
 func TestTailCallsOnlyWhereTaken(t *testing.T) {
 	path := filepath.Join(peertest.TempDir(t), "s.sock")
 	apiServe(t, "shm:"+path)
-	newTransport := func(t *testing.T) *rpc.Transport {
-		raw, err := net.Dial("unix", path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tr, err := rpc.NewTransport(t.Context(), raw, rpc.Dialer, rpc.WithPoolSize(2<<20), rpc.WithLogger(testLogger(t)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tr
-	}
 	for _, tt := range []struct {
 		name   string
 		client func(t *testing.T) capnp.Client // the bootstrap
@@ -743,7 +747,7 @@ func TestTailCallsOnlyWhereTaken(t *testing.T) {
 			return apiDial(t, "shm:"+path).Bootstrap(t.Context())
 		}, true},
 		{"engine over shared memory, NewTransport", func(t *testing.T) capnp.Client {
-			c, err := rpc.NewConn(newTransport(t), capnp.Client{})
+			c, err := rpc.NewConn(dialTransport(t, path), capnp.Client{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -754,7 +758,7 @@ func TestTailCallsOnlyWhereTaken(t *testing.T) {
 			return apiDial(t, "shm:"+path, rpc.WithFallback(rpc.FallbackNever)).Bootstrap(t.Context())
 		}, false},
 		{"go-capnp over shared memory", func(t *testing.T) capnp.Client {
-			c := gorpc.NewConn(newTransport(t), nil)
+			c := gorpc.NewConn(dialTransport(t, path), nil)
 			t.Cleanup(func() { c.Close() })
 			return c.Bootstrap(t.Context())
 		}, false},
@@ -791,7 +795,8 @@ func TestKeptResultsOutliveLaterMessages(t *testing.T) {
 	if err := apiPingBoot(ctx, boot); err != nil {
 		t.Fatal(err)
 	}
-	rooms0 := rpc.RoomsFilled()
+	tr := c.Transport().(*rpc.Transport)
+	rooms0 := rpc.RoomsFilled(tr)
 	type kept struct {
 		data    []byte
 		res     echoproto.Echo_echo_Results
@@ -827,7 +832,7 @@ func TestKeptResultsOutliveLaterMessages(t *testing.T) {
 			t.Errorf("results %d (%d B), read again: %d B (%v), not what came back", i, len(k.data), len(got), err)
 		}
 	}
-	if rpc.RoomsFilled() == rooms0 {
+	if rpc.RoomsFilled(tr) == rooms0 {
 		t.Error("no small Return was built in its question's room: the test does not test that")
 	}
 	// The server's side: calls sent back to back wait in the server's
@@ -868,14 +873,7 @@ func TestKeptResultsOutliveLaterMessages(t *testing.T) {
 func TestUnimplementedEchoFromSharedMemory(t *testing.T) {
 	path := filepath.Join(peertest.TempDir(t), "s.sock")
 	apiServe(t, "shm:"+path)
-	raw, err := net.Dial("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := rpc.NewTransport(t.Context(), raw, rpc.Dialer, rpc.WithPoolSize(2<<20), rpc.WithLogger(testLogger(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	tr := dialTransport(t, path)
 	defer tr.Close()
 	recv := func() (transport.IncomingMessage, error) {
 		type result struct {

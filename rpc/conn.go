@@ -31,14 +31,11 @@ type Conn struct {
 	peerMax uint64           // the largest message the peer accepts; 0: unknown
 	shm     *Transport       // t, when it is the shared-memory transport
 	stream  *StreamTransport // t, when it is the stream transport
-	// tailCalls: the peer takes tail calls (FeatureTailCalls in its
-	// HELLO); see forward.
-	tailCalls bool
-	addr      Addr // the address dialled, or listened on
-	peer      Peer
-	log       *slog.Logger
-	boot      capnp.Client // what the peer's Bootstrap gets; owned
-	key       *connKey     // this connection in capnp.Metadata
+	addr    Addr             // the address dialled, or listened on
+	peer    Peer
+	log     *slog.Logger
+	boot    capnp.Client // what the peer's Bootstrap gets; owned
+	key     *connKey     // this connection in capnp.Metadata
 
 	flowWindow int64 // WithFlowWindow
 	flowOnce   sync.Once
@@ -120,7 +117,6 @@ func newConn(t transport.Transport, cfg *config, boot capnp.Client, peer Peer) *
 	switch tt := t.(type) {
 	case *Transport:
 		c.shm = tt
-		c.tailCalls = tt.ep.peerTailCalls
 	case *StreamTransport:
 		c.stream = tt
 	}

@@ -318,21 +318,18 @@ func (ent *importEntry) fail() {
 // capabilities, and returns the PipelineCaller for calls pipelined on it.
 // When r's Returner is an answer of this connection (the peer called a
 // capability of this side that is, or resolved to, one of its own) and the
-// peer takes tail calls, the call is one: it goes back with
-// sendResultsTo.yourself and the answer's Return says
+// peer takes tail calls (peerTakesTailCalls), the call is one: it goes
+// back with sendResultsTo.yourself and the answer's Return says
 // takeFromOtherQuestion, so the results stay with the peer. Otherwise the
-// results come back here and are copied into r's Returner. Only a peer
-// that says so in its HELLO (FeatureTailCalls: capnshm's engine over
-// shared memory) gets tail calls: go-capnp v3.0.1-alpha.2 ends the
-// connection on takeFromOtherQuestion, and over a socket this side cannot
-// tell it from C++, which takes either. late, when a question in tgt has returned meanwhile, gives the
-// capability to deliver r to instead.
+// results come back here and are copied into r's Returner. late, when a
+// question in tgt has returned meanwhile, gives the capability to deliver
+// r to instead.
 func (c *Conn) forward(ctx context.Context, tgt callTarget, r capnp.Recv, late func() (capnp.Client, error)) capnp.PipelineCaller {
 	if late == nil && tgt.q != nil {
 		q, transform := tgt.q, tgt.transform
 		late = func() (capnp.Client, error) { return q.resultCap(transform) }
 	}
-	if a, ok := r.Returner.(*answer); ok && a.c == c && !a.redirect && c.tailCalls {
+	if a, ok := r.Returner.(*answer); ok && a.c == c && !a.redirect && c.peerTakesTailCalls() {
 		return c.tailCall(ctx, tgt, a, r, late)
 	}
 	q := &question{c: c, method: r.Method}
@@ -357,6 +354,13 @@ func (c *Conn) forward(ctx context.Context, tgt callTarget, r capnp.Recv, late f
 	forwarded.back.Add(1)
 	return q
 }
+
+// peerTakesTailCalls reports whether the peer said in its HELLO that it
+// takes tail calls (FeatureTailCalls: capnshm's engine over shared
+// memory). No other peer gets one: go-capnp v3.0.1-alpha.2 ends the
+// connection on takeFromOtherQuestion, and over a socket this side cannot
+// tell it from C++, which takes either.
+func (c *Conn) peerTakesTailCalls() bool { return c.shm != nil && c.shm.ep.peerTailCalls }
 
 // forwarded counts the calls forward sent, for tests: tail calls, and
 // calls whose results come back here.

@@ -50,6 +50,6 @@ func PrivateCopies() uint64 { return privateCopies.Load() }
 // only.
 func Forwarded() (tail, back uint64) { return forwarded.tail.Load(), forwarded.back.Load() }
 
-// RoomsFilled is how many small Returns this process's shared-memory
-// transports have built in the room of their question. Tests only.
-func RoomsFilled() uint64 { return roomsFilled.Load() }
+// RoomsFilled is how many small Returns t has built in the room of their
+// question. Tests only.
+func RoomsFilled(t *Transport) uint64 { return t.stats.roomsFilled.Load() }

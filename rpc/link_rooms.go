@@ -3,7 +3,6 @@ package rpc
 import (
 	"encoding/binary"
 	"sync"
-	"sync/atomic"
 
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 )
@@ -73,11 +72,12 @@ func (t *Transport) takeRoom(id uint32) *inMsg {
 	return room
 }
 
-// intoRoom builds a message of one segment, seg (the peer's memory), in
-// the room of the question it returns to, and returns it; nil when it is
-// too big, not a Return, or its question has no room on offer.
+// intoRoom builds a message of one segment, segs[0] (the peer's memory),
+// in the room of the question it returns to, and returns it; nil when it
+// is too big, not a Return, or its question has no room on offer.
 func (t *Transport) intoRoom(segs [][]byte) *inMsg {
-	if len(segs) != 1 || len(segs[0]) > smallCopy {
+	if len(segs) != 1 || len(segs[0]) > smallCopy || !t.send.noGuards.Load() {
+		// Only capnshm's engine (ownedByEngine) offers rooms.
 		return nil
 	}
 	var priv [smallCopy]byte
@@ -96,12 +96,9 @@ func (t *Transport) intoRoom(segs [][]byte) *inMsg {
 	room.arena.segs = room.one[:]
 	room.maps = room.oneMap[:0]
 	t.stats.bytesCopied.Add(uint64(n))
-	roomsFilled.Add(1)
+	t.stats.roomsFilled.Add(1)
 	return room
 }
-
-// roomsFilled counts the messages built in a room, for tests.
-var roomsFilled atomic.Uint64
 
 // peekReturn reads, from b, a private copy of a message of one segment,
 // the answerId of the Return it holds, reading the same fields as go-capnp

@@ -10,6 +10,7 @@ type counters struct {
 	sentByReference, sentInline    atomic.Uint64
 	sentOnSocket, bytesCopied      atomic.Uint64
 	freesSent, freesReceived       atomic.Uint64
+	roomsFilled                    atomic.Uint64 // small Returns built in a room (tests)
 }
 
 // Stats returns the transport's counters.
