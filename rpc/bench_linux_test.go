@@ -289,6 +289,20 @@ func dialBench(tb testing.TB, impl, name string) *benchConn {
 		}
 		tb.Cleanup(closeServer)
 		t = benchStream(impl, mine)
+	case "mem":
+		var mine, theirs transport.Transport
+		if impl == implEngine {
+			mine, theirs = rpc.Pipe()
+		} else {
+			a, b := transport.NewPipe(pipeBuf)
+			mine, theirs = transport.New(a), transport.New(b)
+		}
+		closeServer, err := benchRPCConn(impl, theirs, capnp.Client(echoproto.Echo_ServerToClient(&echoproto.Server{})), nil)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(closeServer)
+		t = mine
 	default:
 		tb.Fatalf("unknown transport %q", name)
 	}
@@ -407,10 +421,12 @@ func copiedPerOp(b *testing.B, bc *benchConn, before rpc.Stats) {
 	b.ReportMetric(float64(after.SentByReference-before.SentByReference)/float64(b.N), "byref-msgs/op")
 }
 
+const pipeBuf = 256
+
 func BenchmarkRPC(b *testing.B) {
 	for _, impl := range []string{implEngine, implGoCapnp} {
 		b.Run(impl, func(b *testing.B) {
-			for _, name := range []string{"shm", "unix", "tcp", "pipe"} {
+			for _, name := range []string{"shm", "unix", "tcp", "pipe", "mem"} {
 				b.Run(name, func(b *testing.B) { benchTransport(b, impl, name) })
 			}
 		})

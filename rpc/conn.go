@@ -17,8 +17,8 @@ import (
 // two-party protocol of rpc.capnp at Level 1 (bootstrap, calls, every kind
 // of return, tail calls, promise pipelining to any depth, resolve, release,
 // embargoes, abort) over a go-capnp transport.Transport: capnshm's shared
-// memory Transport, its StreamTransport (what C++ EZ-RPC speaks), or any
-// other. Get one from Dial, from a Server (handlers find theirs with
+// memory Transport, its StreamTransport (what C++ EZ-RPC speaks), an end of
+// its in-process Pipe, or any other. Get one from Dial, from a Server (handlers find theirs with
 // PeerFromContext), or from NewConn.
 //
 // Capabilities received from the peer are capnp.Clients; local objects

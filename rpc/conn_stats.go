@@ -25,6 +25,10 @@ func (c *Conn) Stats() ConnStats {
 		s.Stats = c.shm.Stats()
 	case c.stream != nil:
 		s.Stats = c.stream.Stats()
+	default:
+		if st, ok := c.t.(interface{ Stats() Stats }); ok {
+			s.Stats = st.Stats() // a Pipe's end
+		}
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -40,12 +40,14 @@
 //	  sender: one FIFO queue, a flusher role            (conn_send.go)
 //	      |  transport.Transport: NewMessage / Send / RecvMessage / Close
 //	      v
-//	Transport (shared memory)            StreamTransport (sockets)
-//	  pools, rings, doorbells,             unpacked stream framing,
-//	  rendezvous socket                    one writev a message
+//	Transport (shared memory)     StreamTransport (sockets)    PipeTransport (Pipe)
+//	  pools, rings, doorbells,      unpacked stream framing,     both ends in this
+//	  rendezvous socket             one writev a message         process, by reference
 //
 // A Conn runs over any go-capnp transport.Transport: NewConn takes one, and
-// Listen and Dial make capnshm's. go-capnp's own rpc.Conn runs over both of
+// Listen and Dial make capnshm's. Pipe connects two Conns of one process
+// with no copy and no encoding: a message's heap segments go to the other
+// end as they are. go-capnp's own rpc.Conn runs over both of
 // capnshm's transports too, for programs that bring it.
 //
 // # The engine

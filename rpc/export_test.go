@@ -53,3 +53,6 @@ func Forwarded() (tail, back uint64) { return forwarded.tail.Load(), forwarded.b
 // RoomsFilled is how many small Returns t has built in the room of their
 // question. Tests only.
 func RoomsFilled(t *Transport) uint64 { return t.stats.roomsFilled.Load() }
+
+// PipeDepth is how many messages a Pipe end queues before Send waits.
+const PipeDepth = pipeDepth
