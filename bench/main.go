@@ -20,6 +20,8 @@
 //	                                                adaptive, busy-spin and block wait strategy
 //	engine-unix, engine-tcp                         capnshm's engine over its stream transport
 //	engine-pipe, gocapnp-pipe                       both ends in this process, over net.Pipe
+//	engine-mem, gocapnp-mem                         both ends in this process, over each one's own
+//	                                                in-process pipe (rpc.Pipe, transport.NewPipe)
 //	gocapnp-shm                                     go-capnp's rpc.Conn over capnshm's shm transport
 //	gocapnp-unix, gocapnp-tcp                       go-capnp's rpc.Conn over its own stream transport
 //	cpp-ezrpc-unix, cpp-ezrpc-tcp                   C++ EZ-RPC (cpp/peer.c++, built with g++ and

@@ -322,7 +322,7 @@ func runChild(role, transport string, rounds, strategy, regionSize int) error {
 // "-"), and exits when stdin ends.
 func serverChild(transport string) error {
 	d, ok := lookupTransport(transport)
-	if !ok || d.medium == "pipe" || d.impl == implCpp {
+	if !ok || d.inProcess() || d.impl == implCpp {
 		return fmt.Errorf("no server child for transport %q", transport)
 	}
 	if d.procs > 0 {

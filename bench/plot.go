@@ -35,6 +35,7 @@ var mediumColors = map[string]string{
 	"unix":      "#d62728",
 	"tcp":       "#2ca02c",
 	"pipe":      "#ff7f0e",
+	"mem":       "#8c564b",
 }
 
 var implDash = map[string]string{

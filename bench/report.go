@@ -196,7 +196,7 @@ func markdown(rep *Report) string {
 		"(rpc.Dial/rpc.Listen; `engine-shm` the adaptive wait strategy, `-spin` busy-spins, `-block` parks at once), " +
 		"`gocapnp-*` is go-capnp's rpc.Conn on both ends (`gocapnp-shm` over capnshm's shared-memory transport, " +
 		"`gocapnp-unix` and `-tcp` over go-capnp's own stream transport), `cpp-ezrpc-*` is Cap'n Proto's C++ EZ-RPC " +
-		"on both ends (bench/cpp/peer.c++, which runs ping and echo only), and `*-pipe` runs both ends in the bench's process over net.Pipe " +
+		"on both ends (bench/cpp/peer.c++, which runs ping and echo only), `*-pipe` runs both ends in the bench's process over net.Pipe and `*-mem` over each implementation's own in-process pipe (capnshm's rpc.Pipe, which hands messages over by reference; go-capnp's transport.NewPipe, which copies them) " +
 		"(no idle pair to measure there). " +
 		"Client and server are separate processes otherwise. Latencies are per round trip, from an HDR histogram " +
 		"(the C++ peer sorts its own samples); MB/s is payload bytes in one direction per second (echo: size / mean call time); " +

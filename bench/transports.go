@@ -9,11 +9,15 @@ package main
 //	                                              memory, adaptive / busy-spin / block wait strategy
 //	engine-unix engine-tcp                        capnshm's engine over its stream transport
 //	engine-pipe                                   capnshm's engine, both ends in this process (net.Pipe)
+//	engine-mem                                    capnshm's engine, both ends in this process (rpc.Pipe:
+//	                                              messages handed over by reference)
 //	gocapnp-shm                                   go-capnp's rpc.Conn on both ends over capnshm's
 //	                                              shared-memory Transport (rpc.NewTransport)
 //	gocapnp-unix gocapnp-tcp                      go-capnp's rpc.Conn over go-capnp's own stream
 //	                                              transport (transport.New over capnp.Encoder/Decoder)
-//	gocapnp-pipe                                  go-capnp's rpc.Conn, both ends in this process
+//	gocapnp-pipe                                  go-capnp's rpc.Conn, both ends in this process (net.Pipe)
+//	gocapnp-mem                                   go-capnp's rpc.Conn, both ends in this process
+//	                                              (go-capnp's transport.NewPipe)
 //	cpp-ezrpc-unix cpp-ezrpc-tcp                  Cap'n Proto C++ EZ-RPC, both ends (cpp/peer.c++)
 //	engine-shm-1p engine-unix-1p gocapnp-unix-1p  the same as without -1p, with GOMAXPROCS=1 in
 //	                                              both processes
@@ -84,10 +88,12 @@ var transportDefs = []transportDef{
 	{name: "engine-unix", impl: implEngine, medium: "unix"},
 	{name: "engine-tcp", impl: implEngine, medium: "tcp"},
 	{name: "engine-pipe", impl: implEngine, medium: "pipe"},
+	{name: "engine-mem", impl: implEngine, medium: "mem"},
 	{name: "gocapnp-shm", impl: implGoCapnp, medium: "shm", strategy: ringbuf.Adaptive},
 	{name: "gocapnp-unix", impl: implGoCapnp, medium: "unix"},
 	{name: "gocapnp-tcp", impl: implGoCapnp, medium: "tcp"},
 	{name: "gocapnp-pipe", impl: implGoCapnp, medium: "pipe"},
+	{name: "gocapnp-mem", impl: implGoCapnp, medium: "mem"},
 	{name: "cpp-ezrpc-unix", impl: implCpp, medium: "unix"},
 	{name: "cpp-ezrpc-tcp", impl: implCpp, medium: "tcp"},
 	{name: "engine-shm-1p", impl: implEngine, medium: "shm", strategy: ringbuf.Adaptive, procs: 1},
@@ -114,11 +120,14 @@ var transportAliases = map[string][]string{
 	"unix":      {"engine-unix"},
 	"tcp":       {"engine-tcp"},
 	"pipe":      {"engine-pipe"},
-	implEngine:  {"engine-shm", "engine-shm-spin", "engine-shm-block", "engine-unix", "engine-tcp", "engine-pipe", "engine-shm-1p", "engine-unix-1p"},
-	implGoCapnp: {"gocapnp-shm", "gocapnp-unix", "gocapnp-tcp", "gocapnp-pipe", "gocapnp-unix-1p"},
+	implEngine:  {"engine-shm", "engine-shm-spin", "engine-shm-block", "engine-unix", "engine-tcp", "engine-pipe", "engine-mem", "engine-shm-1p", "engine-unix-1p"},
+	implGoCapnp: {"gocapnp-shm", "gocapnp-unix", "gocapnp-tcp", "gocapnp-pipe", "gocapnp-mem", "gocapnp-unix-1p"},
 	"1p":        {"engine-shm-1p", "engine-unix-1p", "gocapnp-unix-1p"},
 	implCpp:     {"cpp-ezrpc-unix", "cpp-ezrpc-tcp"},
 }
+
+// inProcess reports whether both ends of d run in the bench's process.
+func (d transportDef) inProcess() bool { return d.medium == "pipe" || d.medium == "mem" }
 
 // lookupTransport returns the definition of a transport label.
 func lookupTransport(name string) (transportDef, bool) {
@@ -165,7 +174,7 @@ func (d transportDef) supports(workload string) bool {
 	case "inplace", "stream", "clients":
 		return d.impl != implCpp
 	case "idle":
-		return d.impl != implCpp && d.medium != "pipe"
+		return d.impl != implCpp && !d.inProcess()
 	}
 	return false
 }
@@ -286,14 +295,15 @@ type endpoint interface {
 
 // startEndpoint starts the server of a transport (not C++).
 func startEndpoint(d transportDef) (endpoint, error) {
-	if d.medium == "pipe" {
+	if d.inProcess() {
 		return newPipeEndpoint(d), nil
 	}
 	return startServer(d)
 }
 
-// pipeEndpoint serves each client in this process over net.Pipe: the RPC
-// layer alone, both ends of it.
+// pipeEndpoint serves each client in this process, over net.Pipe or (medium
+// mem) each implementation's in-process pipe: the RPC layer alone, both
+// ends of it.
 type pipeEndpoint struct {
 	def  transportDef
 	boot echoproto.Echo
@@ -306,6 +316,9 @@ func newPipeEndpoint(d transportDef) *pipeEndpoint {
 }
 
 func (p *pipeEndpoint) dial(ctx context.Context) (*client, error) {
+	if p.def.medium == "mem" {
+		return p.dialMem(ctx)
+	}
 	mine, theirs := net.Pipe()
 	bootstrap := capnp.Client(p.boot.AddRef())
 	if p.def.impl == implGoCapnp {
@@ -340,6 +353,36 @@ func (p *pipeEndpoint) dial(ctx context.Context) (*client, error) {
 	c := engineClient(ctx, conn)
 	return c, checkFirstPing(ctx, c)
 }
+
+// dialMem connects a client over the implementation's in-process pipe:
+// capnshm's rpc.Pipe, or go-capnp's transport.NewPipe.
+func (p *pipeEndpoint) dialMem(ctx context.Context) (*client, error) {
+	bootstrap := capnp.Client(p.boot.AddRef())
+	if p.def.impl == implGoCapnp {
+		a, b := transport.NewPipe(pipeQueue)
+		srv := gorpc.NewConn(transport.New(a), &gorpc.Options{BootstrapClient: bootstrap, Logger: slog.New(slog.DiscardHandler)})
+		p.closers = append(p.closers, func() error { srv.Close(); <-srv.Done(); return nil })
+		c := goCapnpClient(ctx, transport.New(b), rpc.DefaultStreamFlowWindow, noStats)
+		return c, checkFirstPing(ctx, c)
+	}
+	a, b := rpc.Pipe()
+	srv, err := rpc.NewConn(a, bootstrap)
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	p.closers = append(p.closers, func() error { srv.Close(); <-srv.Done(); return nil })
+	conn, err := rpc.NewConn(b, capnp.Client{})
+	if err != nil {
+		return nil, err
+	}
+	c := engineClient(ctx, conn)
+	return c, checkFirstPing(ctx, c)
+}
+
+// pipeQueue is the depth of go-capnp's in-process pipe (capnshm's is its
+// own).
+const pipeQueue = 256
 
 func (p *pipeEndpoint) cpu() (time.Duration, error) {
 	return 0, fmt.Errorf("%s: the server runs in this process", p.def.name)
