@@ -355,14 +355,15 @@ func (p *pipeEndpoint) dial(ctx context.Context) (*client, error) {
 }
 
 // dialMem connects a client over the implementation's in-process pipe:
-// capnshm's rpc.Pipe, or go-capnp's transport.NewPipe.
+// capnshm's rpc.Pipe, or go-capnp's transport.NewPipe (its read limit
+// raised, as gostream does for its stream).
 func (p *pipeEndpoint) dialMem(ctx context.Context) (*client, error) {
 	bootstrap := capnp.Client(p.boot.AddRef())
 	if p.def.impl == implGoCapnp {
-		a, b := transport.NewPipe(pipeQueue)
-		srv := gorpc.NewConn(transport.New(a), &gorpc.Options{BootstrapClient: bootstrap, Logger: slog.New(slog.DiscardHandler)})
+		a, b := gostream.NewPipe(pipeQueue, maxMessage)
+		srv := gorpc.NewConn(a, &gorpc.Options{BootstrapClient: bootstrap, Logger: slog.New(slog.DiscardHandler)})
 		p.closers = append(p.closers, func() error { srv.Close(); <-srv.Done(); return nil })
-		c := goCapnpClient(ctx, transport.New(b), rpc.DefaultStreamFlowWindow, noStats)
+		c := goCapnpClient(ctx, b, rpc.DefaultStreamFlowWindow, noStats)
 		return c, checkFirstPing(ctx, c)
 	}
 	a, b := rpc.Pipe()

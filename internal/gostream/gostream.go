@@ -2,7 +2,8 @@
 // capnp's Encoder and Decoder, unpacked) with its message size and
 // traversal limits raised, so that benchmarks can compare it with
 // capnshm's transports on messages over go-capnp's 64 MiB default.
-// Nothing else differs from transport.NewStream.
+// Nothing else differs from transport.NewStream (New) and transport.NewPipe
+// (NewPipe).
 package gostream
 
 import (
@@ -29,6 +30,27 @@ type codec struct {
 
 func (c *codec) Decode() (*capnp.Message, error) {
 	m, err := c.Decoder.Decode()
+	if err == nil {
+		m.ResetReadLimit(c.limit)
+	}
+	return m, err
+}
+
+// NewPipe returns the two ends of go-capnp's in-process pipe
+// (transport.NewPipe, queues of depth messages), each reading every
+// message up to limit bytes.
+func NewPipe(depth int, limit uint64) (transport.Transport, transport.Transport) {
+	a, b := transport.NewPipe(depth)
+	return transport.New(&pipeCodec{Codec: a, limit: limit}), transport.New(&pipeCodec{Codec: b, limit: limit})
+}
+
+type pipeCodec struct {
+	transport.Codec
+	limit uint64
+}
+
+func (c *pipeCodec) Decode() (*capnp.Message, error) {
+	m, err := c.Codec.Decode()
 	if err == nil {
 		m.ResetReadLimit(c.limit)
 	}
