@@ -263,10 +263,18 @@ func (x *export) forget(c *Conn) {
 	x.client.Release()
 }
 
-// drop releases an export of a connection that ended.
+// drop releases an export of a connection that ended, unless a late
+// dropExports (a Return built while the connection ended) took its last
+// reference first. dropped is read and written under mu, as dropExports
+// does.
 func (x *export) drop(c *Conn) {
+	c.mu.Lock()
+	already := x.dropped
 	x.dropped = true
-	x.forget(c)
+	c.mu.Unlock()
+	if !already {
+		x.forget(c)
+	}
 }
 
 // handleUnimplemented handles the peer echoing a message of this side that
