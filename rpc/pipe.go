@@ -37,7 +37,7 @@ import (
 // RecvMessage of this end returns ErrClosed.
 type PipeTransport struct {
 	peer *PipeTransport
-	in   chan *pipeIn // the messages sent to this end
+	in   chan *streamIn // the messages sent to this end
 	// closed: Close was called on this end. ended is the pair's: closed
 	// when either end closes, and what blocked operations wait on.
 	closed atomic.Bool
@@ -59,8 +59,8 @@ const pipeDepth = 256
 // each with NewConn; closing the Conns closes the ends.
 func Pipe() (*PipeTransport, *PipeTransport) {
 	e := &pipeEnded{c: make(chan struct{})}
-	a := &PipeTransport{in: make(chan *pipeIn, pipeDepth), ended: e}
-	b := &PipeTransport{in: make(chan *pipeIn, pipeDepth), ended: e, peer: a}
+	a := &PipeTransport{in: make(chan *streamIn, pipeDepth), ended: e}
+	b := &PipeTransport{in: make(chan *streamIn, pipeDepth), ended: e, peer: a}
 	a.peer = b
 	return a, b
 }
@@ -111,13 +111,11 @@ func (t *PipeTransport) newMessageIn(o *pipeOut) (transport.OutgoingMessage, err
 
 // pipeOut is a message being built for the other end.
 type pipeOut struct {
-	t        *PipeTransport
-	msg      *capnp.Message
-	arena    heapArena
-	rm       rpccp.Message
-	err      error
-	sent     bool
-	released bool
+	t     *PipeTransport
+	msg   *capnp.Message
+	arena heapArena
+	rm    rpccp.Message
+	outState
 }
 
 func (o *pipeOut) Message() rpccp.Message { return o.rm }
@@ -136,15 +134,9 @@ func (o *pipeOut) Release() {
 
 // Send hands the message to the other end.
 func (o *pipeOut) Send() error {
-	switch {
-	case o.released:
-		panic("capnshm: Send after Release")
-	case o.err != nil:
-		return o.err
-	case o.sent:
-		return errors.New("capnshm: message sent twice")
+	if err := o.startSend(); err != nil {
+		return err
 	}
-	o.sent = true
 	return o.t.send(o.msg, o.rm)
 }
 
@@ -153,7 +145,7 @@ func (t *PipeTransport) send(msg *capnp.Message, rm rpccp.Message) error {
 	if n == 0 {
 		return errors.New("capnshm: sending a message of no segments")
 	}
-	in := &pipeIn{}
+	in := &streamIn{}
 	in.arena.segs = in.one[:]
 	if n > 1 {
 		in.arena.segs = make([][]byte, n)
@@ -170,7 +162,6 @@ func (t *PipeTransport) send(msg *capnp.Message, rm rpccp.Message) error {
 	}
 	in.msg.Arena = &in.arena
 	in.msg.TraverseLimit = total*8 + 64<<10
-	in.total = total
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
 	if !t.noGuards {
@@ -202,7 +193,7 @@ func (t *PipeTransport) RecvMessage() (transport.IncomingMessage, error) {
 	if t.closed.Load() {
 		return nil, t.endErr()
 	}
-	var in *pipeIn
+	var in *streamIn
 	select {
 	case in = <-t.in:
 	default:
@@ -226,7 +217,11 @@ func (t *PipeTransport) RecvMessage() (transport.IncomingMessage, error) {
 	}
 	in.rm = rm
 	t.stats.msgsRecv.Add(1)
-	t.stats.bytesRecv.Add(in.total)
+	var total uint64
+	for _, seg := range in.arena.segs {
+		total += uint64(len(seg))
+	}
+	t.stats.bytesRecv.Add(total)
 	return in, nil
 }
 
@@ -236,28 +231,6 @@ func (t *PipeTransport) Close() error {
 	t.closed.Store(true)
 	t.ended.once.Do(func() { close(t.ended.c) })
 	return nil
-}
-
-// pipeIn is a message received from the other end: its segments, read in
-// place, in one allocation with its Message and arena.
-type pipeIn struct {
-	msg      capnp.Message
-	arena    roArena
-	one      [1][]byte
-	rm       rpccp.Message
-	total    uint64 // bytes
-	released bool
-}
-
-func (m *pipeIn) Message() rpccp.Message { return m.rm }
-
-// Release releases the capabilities of the message's cap table; the
-// memory goes with the garbage collector.
-func (m *pipeIn) Release() {
-	if !m.released {
-		m.released = true
-		m.msg.Release()
-	}
 }
 
 // heapArena is the arena of a message built for a Pipe: segments on the Go

@@ -130,7 +130,7 @@ func (t *StreamTransport) newMessageIn(o *streamOut) (transport.OutgoingMessage,
 	// go-capnp's rpc.Conn needs a message even with an error.
 	m, s := capnp.NewSingleSegmentMessage(nil)
 	rm, _ := rpccp.NewRootMessage(s)
-	return &streamOut{t: t, msg: m, rm: rm, err: err}, fmt.Errorf("capnshm: new message: %w", err)
+	return &streamOut{t: t, msg: m, rm: rm, outState: outState{err: err}}, fmt.Errorf("capnshm: new message: %w", err)
 }
 
 // outMessages recycles the capnp.Messages of sent messages: a Message
@@ -141,12 +141,33 @@ var outMessages = sync.Pool{New: func() any { return new(capnp.Message) }}
 
 // streamOut is a message being built for the stream.
 type streamOut struct {
-	t        *StreamTransport
-	msg      *capnp.Message
-	rm       rpccp.Message
+	t   *StreamTransport
+	msg *capnp.Message
+	rm  rpccp.Message
+	outState
+}
+
+// outState is the life of an outgoing message of the stream transport or
+// a Pipe: sent at most once, never after its Release, not at all if it
+// could not be made (err).
+type outState struct {
 	err      error
 	sent     bool
 	released bool
+}
+
+// startSend marks the message sent, or says why it cannot be.
+func (s *outState) startSend() error {
+	switch {
+	case s.released:
+		panic("capnshm: Send after Release")
+	case s.err != nil:
+		return s.err
+	case s.sent:
+		return errors.New("capnshm: message sent twice")
+	}
+	s.sent = true
+	return nil
 }
 
 func (o *streamOut) Message() rpccp.Message { return o.rm }
@@ -164,15 +185,9 @@ func (o *streamOut) Release() {
 
 // Send writes the message, or refuses it (see StreamTransport).
 func (o *streamOut) Send() error {
-	switch {
-	case o.released:
-		panic("capnshm: Send after Release")
-	case o.err != nil:
-		return o.err
-	case o.sent:
-		return errors.New("capnshm: message sent twice")
+	if err := o.startSend(); err != nil {
+		return err
 	}
-	o.sent = true
 	return o.t.send(o.msg, o.rm)
 }
 
@@ -393,7 +408,7 @@ func streamError(err error) error {
 }
 
 // streamIn is a received message, in one allocation with its Message and
-// arena.
+// arena: read from the stream, or handed over by a Pipe's other end.
 type streamIn struct {
 	msg      capnp.Message
 	arena    roArena
